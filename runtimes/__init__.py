@@ -1,0 +1,1 @@
+"""Model runtimes: numpy in, numpy out. Imports no transport (grpc, HTTP) code."""

@@ -1,0 +1,55 @@
+"""The runtime interface every model backend implements, and the metadata it reports."""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass(frozen=True, slots=True)
+class TensorSpec:
+    """One input or output: OIP datatype and shape, -1 marking a variable dimension."""
+
+    name: str
+    datatype: str
+    shape: tuple[int, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class ModelSignature:
+    """What a loaded model takes and returns, and which platform runs it."""
+
+    platform: str
+    inputs: tuple[TensorSpec, ...]
+    outputs: tuple[TensorSpec, ...]
+
+    def input(self, name: str) -> TensorSpec | None:
+        return next((spec for spec in self.inputs if spec.name == name), None)
+
+    def output(self, name: str) -> TensorSpec | None:
+        return next((spec for spec in self.outputs if spec.name == name), None)
+
+
+class Runtime(abc.ABC):
+    """A loaded model that runs inference on numpy arrays.
+
+    `load` may block (reading files, compiling, warming up) and is called once, before the
+    model is served. `infer` is awaited on the event loop; implementations that compute
+    on the CPU or GPU do so off the loop so that the loop keeps taking requests.
+    """
+
+    @abc.abstractmethod
+    def load(self) -> ModelSignature:
+        """Load the model and return its signature; raise ModelLoadError on failure."""
+
+    @abc.abstractmethod
+    async def infer(
+        self, inputs: Mapping[str, np.ndarray], output_names: Sequence[str]
+    ) -> dict[str, np.ndarray]:
+        """Run the model on validated inputs and return the named outputs."""
+
+    def close(self) -> None:  # noqa: B027 - optional hook, most runtimes hold nothing
+        """Release what the runtime holds (threads, sessions, connections)."""

@@ -1,0 +1,58 @@
+"""The one error tree of Switchyard.
+
+Every layer raises these; each ingress maps them to its wire status in one table
+(server/grpc_ingress.py, server/rest_ingress.py). Messages are written for the caller:
+they say what was wrong and, where it helps, what was expected. Anything that is not a
+SwitchyardError reaches a client only as a generic internal error. `code` is the
+transport-neutral name used in metrics labels and logs.
+"""
+
+from __future__ import annotations
+
+
+class SwitchyardError(Exception):
+    """Base of all errors whose message is safe and useful to show a caller."""
+
+    code = "internal"
+
+
+class InvalidArgument(SwitchyardError):
+    """The request is malformed or does not fit the model (name, datatype, shape, size)."""
+
+    code = "invalid_argument"
+
+
+class NotFound(SwitchyardError):
+    """The named model, version or route does not exist."""
+
+    code = "not_found"
+
+
+class PayloadTooLarge(SwitchyardError):
+    """The request is larger than the configured maximum request size."""
+
+    code = "payload_too_large"
+
+
+class ResourceExhausted(SwitchyardError):
+    """The server is at capacity (a full queue); the caller may retry later."""
+
+    code = "resource_exhausted"
+
+
+class Unavailable(SwitchyardError):
+    """A dependency or the model is not ready; the caller may retry later."""
+
+    code = "unavailable"
+
+
+class DeadlineExceeded(SwitchyardError):
+    """The request's deadline passed before it could be answered."""
+
+    code = "deadline_exceeded"
+
+
+class ModelLoadError(SwitchyardError):
+    """A model could not be loaded: a missing or invalid file, or bad runtime options."""
+
+    code = "model_load_error"

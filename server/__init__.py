@@ -1,0 +1,1 @@
+"""Ingress, data plane and hosts of the Switchyard gateway."""

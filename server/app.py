@@ -1,0 +1,132 @@
+"""The standalone host: gRPC, REST and metrics served from one asyncio (uvloop) process."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import socket
+from collections.abc import Iterator
+
+import grpc
+import uvicorn
+import uvloop
+from prometheus_client import make_asgi_app
+
+from server.config import SwitchyardConfig
+from server.dataplane import DataPlane
+from server.grpc_ingress import InferenceServicer, create_grpc_server
+from server.metrics import ServerMetrics
+from server.repository import ModelRepository
+from server.rest_ingress import RestApp
+
+log = logging.getLogger(__name__)
+
+
+class _EmbeddedUvicorn(uvicorn.Server):
+    """uvicorn inside our loop: signals are the host's to handle, not uvicorn's."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
+def _bind(host: str, port: int) -> socket.socket:
+    """A listening TCP socket; binding here (not in uvicorn) makes a taken port an error."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        raise OSError(f"cannot bind {host}:{port}: {exc.strerror}") from None
+    sock.listen(2048)
+    sock.setblocking(False)
+    return sock
+
+
+class StandaloneServer:
+    """Owns every part of one gateway process and starts and stops them in order."""
+
+    def __init__(self, config: SwitchyardConfig) -> None:
+        self.config = config
+        self.metrics = ServerMetrics()
+        self.repository = ModelRepository(config.models)
+        self.dataplane = DataPlane(self.repository, config.server.max_request_size_bytes)
+        self._grpc_server: grpc.aio.Server | None = None
+        self._http_servers: list[_EmbeddedUvicorn] = []
+        self._http_tasks: list[asyncio.Task[None]] = []
+        self.http_port = self.grpc_port = self.metrics_port = 0
+
+    async def start(self) -> None:
+        settings = self.config.server
+        self.repository.load_all()
+        servicer = InferenceServicer(self.dataplane, self.metrics)
+        self._grpc_server, self.grpc_port = create_grpc_server(
+            servicer, settings.host, settings.grpc_port, settings.max_request_size_bytes
+        )
+        http_socket = _bind(settings.host, settings.http_port)
+        metrics_socket = _bind(settings.host, settings.metrics_port)
+        self.http_port = http_socket.getsockname()[1]
+        self.metrics_port = metrics_socket.getsockname()[1]
+        await self._grpc_server.start()
+        for app, sock in (
+            (RestApp(self.dataplane, self.metrics), http_socket),
+            (make_asgi_app(self.metrics.registry), metrics_socket),
+        ):
+            server = _EmbeddedUvicorn(
+                uvicorn.Config(
+                    app,
+                    http="httptools",
+                    lifespan="off",
+                    access_log=False,
+                    log_config=None,
+                    log_level=settings.log_level,
+                    timeout_graceful_shutdown=int(settings.shutdown_grace_s) or None,
+                )
+            )
+            self._http_servers.append(server)
+            self._http_tasks.append(asyncio.create_task(server.serve(sockets=[sock])))
+        while not all(server.started for server in self._http_servers):
+            if any(task.done() for task in self._http_tasks):
+                await asyncio.gather(*self._http_tasks)  # surfaces the start-up error
+                raise RuntimeError("an HTTP server stopped during start-up")
+            await asyncio.sleep(0.01)
+        self.dataplane.set_ready(True)
+        log.info(
+            "switchyard ready: REST on %s:%d, gRPC on %s:%d, metrics on %s:%d",
+            settings.host, self.http_port, settings.host, self.grpc_port,
+            settings.host, self.metrics_port,
+        )  # fmt: skip
+
+    async def stop(self) -> None:
+        """Stop taking requests, let in-flight ones finish within the grace period, release."""
+        self.dataplane.set_ready(False)
+        grace_s = self.config.server.shutdown_grace_s
+        if self._grpc_server is not None:
+            await self._grpc_server.stop(grace_s)
+        for server in self._http_servers:
+            server.should_exit = True
+        await asyncio.gather(*self._http_tasks, return_exceptions=True)
+        self.repository.close()
+        log.info("switchyard stopped")
+
+
+async def serve_until_signalled(config: SwitchyardConfig) -> None:
+    server = StandaloneServer(config)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await server.start()
+        await stop.wait()
+        log.info("signal received, shutting down")
+    finally:
+        await server.stop()
+
+
+def run_standalone(config: SwitchyardConfig) -> None:
+    uvloop.run(serve_until_signalled(config))

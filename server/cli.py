@@ -1,0 +1,59 @@
+"""The `switchyard` command."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from runtimes.errors import ModelLoadError
+from server.config import DEFAULT_CONFIG_PATH, ConfigError, load_config
+
+
+def _serve(args: argparse.Namespace) -> int:
+    if args.config is None:
+        # The embedded default serves the demo ranker, built on first use (about a second).
+        from demo.build_model import ensure_built
+
+        ensure_built()
+    config_path = args.config or DEFAULT_CONFIG_PATH
+    try:
+        config = load_config(config_path)
+    except ConfigError as exc:
+        print(f"switchyard: {exc}", file=sys.stderr)
+        return 2
+    logging.basicConfig(
+        level=config.server.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    from server.app import run_standalone
+
+    try:
+        run_standalone(config)
+    except (ModelLoadError, OSError) as exc:
+        print(f"switchyard: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="switchyard", description="Switchyard model-serving gateway."
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+    serve = commands.add_parser("serve", help="serve the models of a config file")
+    serve.add_argument(
+        "--config", type=Path, default=None, help="config file (default: the embedded demo)"
+    )
+    serve.set_defaults(handler=_serve)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return args.handler(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

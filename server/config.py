@@ -1,0 +1,151 @@
+"""The one configuration file: server settings and models, validated once at start.
+
+Unknown keys are errors, every error names the offending key, relative model paths are
+resolved against the config file's folder, and SWITCHYARD_<SETTING> environment
+variables override `server` settings (for example SWITCHYARD_HTTP_PORT=9000).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from runtimes.ort_runtime import OrtOptions
+
+ENV_PREFIX = "SWITCHYARD_"
+DEFAULT_CONFIG_PATH = Path(__file__).resolve().parent.parent / "demo" / "config.yaml"
+
+Port = Annotated[int, Field(ge=0, le=65535)]
+
+
+class ConfigError(Exception):
+    """The configuration is invalid; the message names every offending key."""
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ServerSettings(Strict):
+    host: str = "0.0.0.0"
+    http_port: Port = 8000
+    grpc_port: Port = 8001
+    metrics_port: Port = 8002
+    # Largest request accepted on either protocol; also bounds a tensor's declared size.
+    max_request_size_bytes: int = Field(default=64 * 1024 * 1024, gt=0)
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    # How long shutdown waits for in-flight requests before cancelling them.
+    shutdown_grace_s: float = Field(default=5.0, ge=0)
+
+
+class OnnxRuntimeOptions(Strict):
+    execution_providers: list[str] = Field(default_factory=lambda: ["auto"], min_length=1)
+    intra_op_threads: int = Field(default=0, ge=0)
+    inter_op_threads: int = Field(default=0, ge=0)
+    max_concurrent_runs: int = Field(default=1, ge=1)
+    warmup: bool = True
+
+    def to_runtime_options(self) -> OrtOptions:
+        return OrtOptions(
+            execution_providers=tuple(self.execution_providers),
+            intra_op_threads=self.intra_op_threads,
+            inter_op_threads=self.inter_op_threads,
+            max_concurrent_runs=self.max_concurrent_runs,
+            warmup=self.warmup,
+        )
+
+
+class ModelVersionConfig(Strict):
+    version: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")
+    path: Path
+
+
+class ModelConfig(Strict):
+    name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")
+    runtime: Literal["onnxruntime"] = "onnxruntime"
+    versions: list[ModelVersionConfig] = Field(min_length=1)
+    # The version served when a request names none; the last listed by default.
+    default_version: str | None = None
+    runtime_options: OnnxRuntimeOptions = Field(default_factory=OnnxRuntimeOptions)
+
+    @model_validator(mode="after")
+    def _check_versions(self) -> ModelConfig:
+        names = [v.version for v in self.versions]
+        if len(set(names)) != len(names):
+            raise ValueError(f"versions of model '{self.name}' repeat: {names}")
+        if self.default_version is not None and self.default_version not in names:
+            raise ValueError(f"default_version '{self.default_version}' is not in {names}")
+        return self
+
+    @property
+    def served_default_version(self) -> str:
+        return self.default_version or self.versions[-1].version
+
+
+class SwitchyardConfig(Strict):
+    server: ServerSettings = Field(default_factory=ServerSettings)
+    models: list[ModelConfig] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _check_unique_models(self) -> SwitchyardConfig:
+        names = [m.name for m in self.models]
+        if len(set(names)) != len(names):
+            raise ValueError(f"model names repeat: {names}")
+        return self
+
+
+def _format_validation_error(error: ValidationError, source: str) -> str:
+    lines = [f"invalid configuration in {source}:"]
+    for item in error.errors():
+        key = ".".join(str(part) for part in item["loc"]) or "(top level)"
+        lines.append(f"  {key}: {item['msg']}")
+    return "\n".join(lines)
+
+
+def _apply_env_overrides(raw: dict[str, Any], env: Mapping[str, str]) -> dict[str, Any]:
+    server = dict(raw.get("server") or {})
+    for name in ServerSettings.model_fields:
+        value = env.get(ENV_PREFIX + name.upper())
+        if value is not None:
+            server[name] = value
+    return {**raw, "server": server}
+
+
+def _resolve_paths(raw: dict[str, Any], base_dir: Path) -> None:
+    for model in raw.get("models") or []:
+        for version in (model.get("versions") if isinstance(model, dict) else None) or []:
+            if isinstance(version, dict) and isinstance(version.get("path"), str):
+                path = Path(version["path"]).expanduser()
+                version["path"] = str(path if path.is_absolute() else base_dir / path)
+
+
+def parse_config(
+    raw: Any, base_dir: Path, source: str, env: Mapping[str, str] | None = None
+) -> SwitchyardConfig:
+    """Validate an already-parsed YAML document."""
+    if not isinstance(raw, dict):
+        raise ConfigError(f"invalid configuration in {source}: the top level must be a mapping")
+    raw = _apply_env_overrides(raw, os.environ if env is None else env)
+    _resolve_paths(raw, base_dir)
+    try:
+        return SwitchyardConfig.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError(_format_validation_error(exc, source)) from None
+
+
+def load_config(path: Path, env: Mapping[str, str] | None = None) -> SwitchyardConfig:
+    """Read, validate and return the config file at `path`."""
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise ConfigError(f"cannot read configuration {path}: {exc.strerror}") from None
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"configuration {path} is not valid YAML: {exc}") from None
+    return parse_config(raw, path.resolve().parent, str(path), env)

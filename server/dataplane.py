@@ -1,0 +1,132 @@
+"""The transport-neutral data plane shared by the gRPC and REST ingresses.
+
+It answers health and metadata, checks inference requests against the model's signature
+and runs them. Ingress adapters only decode, call this, encode and map errors.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from runtimes.base import ModelSignature, TensorSpec
+from runtimes.errors import InvalidArgument
+from server.repository import LoadedModel, ModelRepository
+from server.types import (
+    InferInput,
+    InferOutput,
+    InferRequest,
+    InferResponse,
+    ModelMetadata,
+    ServerMetadata,
+    TensorMetadata,
+)
+
+SERVER_NAME = "switchyard"
+SERVER_VERSION = "0.1.0"
+# Protocol extensions implemented: Triton's binary tensor data over REST.
+SERVER_EXTENSIONS = ("binary_tensor_data",)
+UNKNOWN_MODEL_LABEL = "_unknown"  # metrics label for names we do not serve (bounded cardinality)
+
+
+class DataPlane:
+    def __init__(self, repository: ModelRepository, max_request_size_bytes: int) -> None:
+        self._repository = repository
+        self.max_request_size_bytes = max_request_size_bytes
+        self._ready = False
+
+    # Health ---------------------------------------------------------------------------
+
+    def live(self) -> bool:
+        return True
+
+    def ready(self) -> bool:
+        return self._ready
+
+    def set_ready(self, ready: bool) -> None:
+        self._ready = ready
+
+    def model_ready(self, name: str, version: str = "") -> bool:
+        self._repository.get(name, version)  # NotFound for unknown names and versions
+        return self._ready
+
+    # Metadata -------------------------------------------------------------------------
+
+    def server_metadata(self) -> ServerMetadata:
+        return ServerMetadata(SERVER_NAME, SERVER_VERSION, SERVER_EXTENSIONS)
+
+    def model_metadata(self, name: str, version: str = "") -> ModelMetadata:
+        model = self._repository.get(name, version)
+        sig = model.signature
+
+        def tensors(specs: Sequence[TensorSpec]) -> tuple[TensorMetadata, ...]:
+            return tuple(TensorMetadata(s.name, s.datatype, s.shape) for s in specs)
+
+        return ModelMetadata(
+            name=name,
+            versions=tuple(self._repository.versions(name)),
+            platform=sig.platform,
+            inputs=tensors(sig.inputs),
+            outputs=tensors(sig.outputs),
+        )
+
+    def model_label(self, name: str) -> str:
+        """The model name for metrics labels: only names we serve, to bound cardinality."""
+        return name if self._repository.has_model(name) else UNKNOWN_MODEL_LABEL
+
+    # Inference ------------------------------------------------------------------------
+
+    async def infer(self, request: InferRequest) -> InferResponse:
+        model = self._repository.get(request.model_name, request.model_version)
+        output_names = _check_request(model.signature, request)
+        results = await model.runtime.infer(
+            {tensor.name: tensor.data for tensor in request.inputs}, output_names
+        )
+        return InferResponse(
+            model_name=model.name,
+            model_version=model.version,
+            id=request.id,
+            outputs=[_output(model, name, results[name]) for name in output_names],
+        )
+
+
+def _check_request(signature: ModelSignature, request: InferRequest) -> list[str]:
+    """Raise InvalidArgument unless the inputs fit the signature; return the outputs to run."""
+    given = [tensor.name for tensor in request.inputs]
+    expected = [spec.name for spec in signature.inputs]
+    if len(set(given)) != len(given):
+        raise InvalidArgument(f"input tensors repeat: {given}")
+    if set(given) != set(expected):
+        raise InvalidArgument(f"model takes inputs {expected}, the request gave {given}")
+    for tensor in request.inputs:
+        spec = signature.input(tensor.name)
+        assert spec is not None
+        _check_tensor(spec, tensor)
+    if not request.output_names:
+        return [spec.name for spec in signature.outputs]
+    outputs = [spec.name for spec in signature.outputs]
+    unknown = [name for name in request.output_names if name not in outputs]
+    if unknown:
+        raise InvalidArgument(f"requested outputs {unknown} do not exist (outputs: {outputs})")
+    return list(dict.fromkeys(request.output_names))
+
+
+def _check_tensor(spec: TensorSpec, tensor: InferInput) -> None:
+    if tensor.datatype != spec.datatype:
+        raise InvalidArgument(
+            f"tensor '{tensor.name}': datatype {tensor.datatype} does not match the model's "
+            f"{spec.datatype}"
+        )
+    fits = len(tensor.shape) == len(spec.shape) and all(
+        want < 0 or want == got for want, got in zip(spec.shape, tensor.shape, strict=True)
+    )
+    if not fits:
+        raise InvalidArgument(
+            f"tensor '{tensor.name}': shape {list(tensor.shape)} does not match the model's "
+            f"{list(spec.shape)} (-1 is any size)"
+        )
+
+
+def _output(model: LoadedModel, name: str, data) -> InferOutput:
+    spec = model.signature.output(name)
+    assert spec is not None
+    return InferOutput(name=name, datatype=spec.datatype, shape=tuple(data.shape), data=data)

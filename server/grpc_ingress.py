@@ -1,0 +1,235 @@
+"""Open Inference Protocol v2 over gRPC (grpc.aio): decode, call the data plane, encode.
+
+Errors reach the client through one table (ERROR_STATUS); anything unexpected is logged
+with its traceback and reaches the client as a generic INTERNAL message.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+import grpc
+
+from protos import open_inference_pb2 as pb
+from protos import open_inference_pb2_grpc as pb_grpc
+from runtimes.errors import (
+    DeadlineExceeded,
+    InvalidArgument,
+    NotFound,
+    PayloadTooLarge,
+    ResourceExhausted,
+    SwitchyardError,
+    Unavailable,
+)
+from server.dataplane import DataPlane
+from server.metrics import ServerMetrics
+from server.tensors import checked_element_count, decode_raw, decode_values, encode_raw
+from server.types import InferInput, InferRequest, InferResponse, ParameterValue
+
+log = logging.getLogger(__name__)
+PROTOCOL = "grpc"
+
+ERROR_STATUS: dict[type[SwitchyardError], grpc.StatusCode] = {
+    InvalidArgument: grpc.StatusCode.INVALID_ARGUMENT,
+    NotFound: grpc.StatusCode.NOT_FOUND,
+    PayloadTooLarge: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    ResourceExhausted: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    Unavailable: grpc.StatusCode.UNAVAILABLE,
+    DeadlineExceeded: grpc.StatusCode.DEADLINE_EXCEEDED,
+}
+INTERNAL_ERROR_MESSAGE = "internal server error; the server log has the details"
+
+# Which InferTensorContents field carries each datatype; FP16 and BF16 travel raw only.
+CONTENTS_FIELD = {
+    "BOOL": "bool_contents",
+    "INT8": "int_contents",
+    "INT16": "int_contents",
+    "INT32": "int_contents",
+    "INT64": "int64_contents",
+    "UINT8": "uint_contents",
+    "UINT16": "uint_contents",
+    "UINT32": "uint_contents",
+    "UINT64": "uint64_contents",
+    "FP32": "fp32_contents",
+    "FP64": "fp64_contents",
+    "BYTES": "bytes_contents",
+}
+
+
+def grpc_status(error: Exception) -> tuple[grpc.StatusCode, str]:
+    """The status and message a client sees for an error."""
+    for error_type in type(error).__mro__:
+        if error_type in ERROR_STATUS:
+            return ERROR_STATUS[error_type], str(error)
+    if isinstance(error, SwitchyardError):
+        return grpc.StatusCode.INTERNAL, str(error)
+    return grpc.StatusCode.INTERNAL, INTERNAL_ERROR_MESSAGE
+
+
+Handler = TypeVar("Handler", bound=Callable[..., Awaitable[Any]])
+
+
+def _maps_errors(handler: Handler) -> Handler:
+    """Turn exceptions into gRPC statuses; cancellation (client gone) passes through."""
+
+    @functools.wraps(handler)
+    async def wrapper(self: InferenceServicer, request: Any, context: grpc.aio.ServicerContext):
+        try:
+            return await handler(self, request, context)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            code, message = grpc_status(exc)
+            if code is grpc.StatusCode.INTERNAL:
+                log.exception("%s failed", handler.__name__)
+            await context.abort(code, message)
+
+    return wrapper  # type: ignore[return-value]
+
+
+def _parameters(params: Any) -> dict[str, ParameterValue]:
+    decoded: dict[str, ParameterValue] = {}
+    for key, param in params.items():
+        choice = param.WhichOneof("parameter_choice")
+        if choice is not None:
+            decoded[key] = getattr(param, choice)
+    return decoded
+
+
+def _set_parameters(target: Any, values: dict[str, ParameterValue]) -> None:
+    for key, value in values.items():
+        param = target[key]
+        if isinstance(value, bool):
+            param.bool_param = value
+        elif isinstance(value, int):
+            param.int64_param = value
+        elif isinstance(value, float):
+            param.double_param = value
+        else:
+            param.string_param = str(value)
+
+
+def decode_infer_request(message: pb.ModelInferRequest, max_size_bytes: int) -> InferRequest:
+    raw_contents = message.raw_input_contents
+    if raw_contents and len(raw_contents) != len(message.inputs):
+        raise InvalidArgument(
+            f"raw_input_contents has {len(raw_contents)} entries for {len(message.inputs)} "
+            "inputs; send one entry per input, in the order of the inputs"
+        )
+    inputs = []
+    for index, tensor in enumerate(message.inputs):
+        shape = tuple(tensor.shape)
+        checked_element_count(tensor.name, tensor.datatype, shape, max_size_bytes)
+        if raw_contents:
+            if tensor.HasField("contents"):
+                raise InvalidArgument(
+                    f"tensor '{tensor.name}': both contents and raw_input_contents are set"
+                )
+            data = decode_raw(tensor.name, tensor.datatype, shape, raw_contents[index])
+        else:
+            field = CONTENTS_FIELD.get(tensor.datatype)
+            if field is None:
+                raise InvalidArgument(
+                    f"tensor '{tensor.name}': {tensor.datatype} data must be sent in "
+                    "raw_input_contents"
+                )
+            data = decode_values(tensor.name, tensor.datatype, shape, getattr(tensor.contents, field))
+        inputs.append(InferInput(tensor.name, tensor.datatype, shape, data))
+    return InferRequest(
+        model_name=message.model_name,
+        model_version=message.model_version,
+        id=message.id,
+        inputs=inputs,
+        output_names=[output.name for output in message.outputs],
+        parameters=_parameters(message.parameters),
+    )
+
+
+def encode_infer_response(response: InferResponse) -> pb.ModelInferResponse:
+    message = pb.ModelInferResponse(
+        model_name=response.model_name,
+        model_version=response.model_version,
+        id=response.id,
+        outputs=[
+            pb.ModelInferResponse.InferOutputTensor(
+                name=output.name, datatype=output.datatype, shape=output.shape
+            )
+            for output in response.outputs
+        ],
+        raw_output_contents=[encode_raw(output.data) for output in response.outputs],
+    )
+    _set_parameters(message.parameters, response.parameters)
+    return message
+
+
+class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
+    def __init__(self, dataplane: DataPlane, metrics: ServerMetrics) -> None:
+        self._dataplane = dataplane
+        self._metrics = metrics
+
+    @_maps_errors
+    async def ServerLive(self, request, context) -> pb.ServerLiveResponse:
+        return pb.ServerLiveResponse(live=self._dataplane.live())
+
+    @_maps_errors
+    async def ServerReady(self, request, context) -> pb.ServerReadyResponse:
+        return pb.ServerReadyResponse(ready=self._dataplane.ready())
+
+    @_maps_errors
+    async def ModelReady(self, request, context) -> pb.ModelReadyResponse:
+        return pb.ModelReadyResponse(ready=self._dataplane.model_ready(request.name, request.version))
+
+    @_maps_errors
+    async def ServerMetadata(self, request, context) -> pb.ServerMetadataResponse:
+        meta = self._dataplane.server_metadata()
+        return pb.ServerMetadataResponse(
+            name=meta.name, version=meta.version, extensions=meta.extensions
+        )
+
+    @_maps_errors
+    async def ModelMetadata(self, request, context) -> pb.ModelMetadataResponse:
+        meta = self._dataplane.model_metadata(request.name, request.version)
+        tensor = pb.ModelMetadataResponse.TensorMetadata
+        return pb.ModelMetadataResponse(
+            name=meta.name,
+            versions=meta.versions,
+            platform=meta.platform,
+            inputs=[tensor(name=t.name, datatype=t.datatype, shape=t.shape) for t in meta.inputs],
+            outputs=[tensor(name=t.name, datatype=t.datatype, shape=t.shape) for t in meta.outputs],
+        )
+
+    @_maps_errors
+    async def ModelInfer(self, request, context) -> pb.ModelInferResponse:
+        with self._metrics.track(PROTOCOL, self._dataplane.model_label) as labels:
+            labels.model = request.model_name
+            infer_request = decode_infer_request(request, self._dataplane.max_request_size_bytes)
+            remaining_s = context.time_remaining()
+            if remaining_s is not None:
+                infer_request.deadline_s = time.monotonic() + remaining_s
+            response = await self._dataplane.infer(infer_request)
+            labels.version = response.model_version
+            return encode_infer_response(response)
+
+
+def create_grpc_server(
+    servicer: InferenceServicer, host: str, port: int, max_message_bytes: int
+) -> tuple[grpc.aio.Server, int]:
+    """A grpc.aio server bound to host:port; returns it and the port actually bound."""
+    server = grpc.aio.server(
+        options=[
+            ("grpc.max_receive_message_length", max_message_bytes),
+            ("grpc.max_send_message_length", max_message_bytes),
+            # Fail loudly when the port is taken instead of sharing it with another process.
+            ("grpc.so_reuseport", 0),
+        ]
+    )
+    pb_grpc.add_GRPCInferenceServiceServicer_to_server(servicer, server)
+    try:
+        return server, server.add_insecure_port(f"{host}:{port}")
+    except RuntimeError:  # grpc's way of saying the address is taken or invalid
+        raise OSError(f"cannot bind gRPC port {host}:{port}: address in use or invalid") from None

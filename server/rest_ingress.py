@@ -1,0 +1,341 @@
+"""Open Inference Protocol v2 over REST: a plain ASGI app (served by uvicorn).
+
+Takes JSON tensors and Triton's binary tensor data extension: with the header
+`Inference-Header-Content-Length: N`, the body's first N bytes are the JSON request and
+the rest are the inputs' raw bytes, in input order, each input's share given by its
+`binary_data_size` parameter. Outputs come back the same way when asked for
+(`binary_data` on an output, or `binary_data_output` on the request).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import zlib
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import orjson
+
+from runtimes.errors import (
+    DeadlineExceeded,
+    InvalidArgument,
+    NotFound,
+    PayloadTooLarge,
+    ResourceExhausted,
+    SwitchyardError,
+    Unavailable,
+)
+from server.dataplane import DataPlane
+from server.metrics import ServerMetrics
+from server.tensors import (
+    checked_element_count,
+    decode_raw,
+    decode_values,
+    encode_raw,
+    json_values,
+)
+from server.types import InferInput, InferRequest, InferResponse
+
+log = logging.getLogger(__name__)
+PROTOCOL = "rest"
+HEADER_LENGTH = b"inference-header-content-length"
+# Triton's request parameter: a timeout for the request, in microseconds.
+TIMEOUT_PARAMETER_US = "timeout"
+
+ERROR_HTTP_STATUS: dict[type[SwitchyardError], int] = {
+    InvalidArgument: 400,
+    NotFound: 404,
+    PayloadTooLarge: 413,
+    ResourceExhausted: 503,
+    Unavailable: 503,
+    DeadlineExceeded: 504,
+}
+INTERNAL_ERROR_MESSAGE = "internal server error; the server log has the details"
+
+Scope = dict[str, Any]
+Receive = Callable[[], Awaitable[dict[str, Any]]]
+Send = Callable[[dict[str, Any]], Awaitable[None]]
+
+
+class HttpError(Exception):
+    """A routing-level failure with its own status (405, 415)."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+def http_status(error: Exception) -> tuple[int, str]:
+    """The status and message a client sees for an error."""
+    if isinstance(error, HttpError):
+        return error.status, str(error)
+    for error_type in type(error).__mro__:
+        if error_type in ERROR_HTTP_STATUS:
+            return ERROR_HTTP_STATUS[error_type], str(error)
+    if isinstance(error, SwitchyardError):
+        return 500, str(error)
+    return 500, INTERNAL_ERROR_MESSAGE
+
+
+class Response:
+    __slots__ = ("body", "headers", "status")
+
+    def __init__(self, status: int, body: bytes = b"", headers: list[tuple[bytes, bytes]] | None = None):
+        self.status = status
+        self.body = body
+        self.headers = headers or []
+
+    @classmethod
+    def json(cls, status: int, document: Any) -> Response:
+        return cls(status, orjson.dumps(document), [(b"content-type", b"application/json")])
+
+
+class RestApp:
+    def __init__(self, dataplane: DataPlane, metrics: ServerMetrics) -> None:
+        self._dataplane = dataplane
+        self._metrics = metrics
+        self._max_bytes = dataplane.max_request_size_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return  # uvicorn runs with lifespan off; websockets are not served
+        try:
+            response = await self._dispatch(scope, receive)
+        except Exception as exc:
+            status, message = http_status(exc)
+            if status == 500:
+                log.exception("%s %s failed", scope["method"], scope["path"])
+            response = Response.json(status, {"error": message})
+        headers = [*response.headers, (b"content-length", str(len(response.body)).encode())]
+        await send({"type": "http.response.start", "status": response.status, "headers": headers})
+        await send({"type": "http.response.body", "body": response.body})
+
+    async def _dispatch(self, scope: Scope, receive: Receive) -> Response:
+        parts = scope["path"].strip("/").split("/")
+        method = scope["method"]
+        if parts[0] != "v2":
+            raise NotFound(f"no route for {scope['path']}; the API lives under /v2")
+        if parts == ["v2"]:
+            _require(method, "GET")
+            meta = self._dataplane.server_metadata()
+            document = {"name": meta.name, "version": meta.version, "extensions": meta.extensions}
+            return Response.json(200, document)
+        if len(parts) == 3 and parts[1] == "health" and parts[2] in ("live", "ready"):
+            _require(method, "GET")
+            ok = self._dataplane.live() if parts[2] == "live" else self._dataplane.ready()
+            return Response(200) if ok else Response.json(503, {"error": "server is not ready"})
+        if len(parts) >= 3 and parts[1] == "models":
+            name, version, action = _model_route(parts, scope["path"])
+            if action == "":
+                _require(method, "GET")
+                return Response.json(200, self._dataplane.model_metadata(name, version).as_json())
+            if action == "ready":
+                _require(method, "GET")
+                if self._dataplane.model_ready(name, version):
+                    return Response(200)
+                return Response.json(503, {"error": f"model '{name}' is not ready"})
+            _require(method, "POST")
+            return await self._infer(scope, receive, name, version)
+        raise NotFound(f"no route for {scope['path']}")
+
+    async def _infer(self, scope: Scope, receive: Receive, name: str, version: str) -> Response:
+        with self._metrics.track(PROTOCOL, self._dataplane.model_label) as labels:
+            labels.model = name
+            headers = dict(scope["headers"])
+            body = await self._read_body(headers, receive)
+            request, binary_outputs = parse_infer_request(
+                body, headers.get(HEADER_LENGTH), name, version, self._max_bytes
+            )
+            response = await self._dataplane.infer(request)
+            labels.version = response.model_version
+            return encode_infer_response(response, binary_outputs)
+
+    async def _read_body(self, headers: dict[bytes, bytes], receive: Receive) -> bytes:
+        declared = headers.get(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self._max_bytes:
+            raise PayloadTooLarge(
+                f"request body of {int(declared)} bytes is over the maximum of {self._max_bytes}"
+            )
+        chunks, size = [], 0
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                raise InvalidArgument("client disconnected before sending the whole body")
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > self._max_bytes:
+                raise PayloadTooLarge(f"request body is over the maximum of {self._max_bytes} bytes")
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                break
+        body = b"".join(chunks)
+        encoding = headers.get(b"content-encoding", b"identity").strip().lower()
+        return _decompress(body, encoding, self._max_bytes)
+
+
+def _require(method: str, allowed: str) -> None:
+    if method != allowed:
+        raise HttpError(405, f"method {method} is not allowed here; use {allowed}")
+
+
+def _model_route(parts: list[str], path: str) -> tuple[str, str, str]:
+    """(model, version, action) from /v2/models/{m}[/versions/{v}][/ready|/infer]."""
+    name, rest = parts[2], parts[3:]
+    version = ""
+    if rest[:1] == ["versions"]:
+        if len(rest) < 2 or not rest[1]:
+            raise NotFound(f"no route for {path}: the version is missing")
+        version, rest = rest[1], rest[2:]
+    if rest == []:
+        return name, version, ""
+    if rest in (["ready"], ["infer"]):
+        return name, version, rest[0]
+    raise NotFound(f"no route for {path}")
+
+
+def _decompress(body: bytes, encoding: bytes, max_bytes: int) -> bytes:
+    if encoding in (b"identity", b""):
+        return body
+    wbits = {b"gzip": 16 + zlib.MAX_WBITS, b"deflate": zlib.MAX_WBITS}.get(encoding)
+    if wbits is None:
+        raise HttpError(415, f"Content-Encoding {encoding.decode()!r} is not supported (gzip, deflate)")
+    decompressor = zlib.decompressobj(wbits)
+    try:
+        data = decompressor.decompress(body, max_bytes + 1)
+    except zlib.error as exc:
+        raise InvalidArgument(f"request body is not valid {encoding.decode()} data: {exc}") from None
+    if len(data) > max_bytes:
+        raise PayloadTooLarge(f"decompressed request body is over the maximum of {max_bytes} bytes")
+    return data
+
+
+def _field(document: dict, key: str, kind: type | tuple[type, ...], where: str, default: Any = ...) -> Any:
+    value = document.get(key, default)
+    if value is ...:
+        raise InvalidArgument(f"{where}: '{key}' is required")
+    if not isinstance(value, kind):
+        raise InvalidArgument(f"{where}: '{key}' has the wrong type ({type(value).__name__})")
+    return value
+
+
+def _shape(tensor: dict, where: str) -> tuple[int, ...]:
+    shape = _field(tensor, "shape", list, where)
+    if not all(isinstance(dim, int) and not isinstance(dim, bool) for dim in shape):
+        raise InvalidArgument(f"{where}: 'shape' must be a list of integers, got {shape}")
+    return tuple(shape)
+
+
+def parse_infer_request(
+    body: bytes,
+    header_length: bytes | None,
+    model_name: str,
+    model_version: str,
+    max_bytes: int,
+) -> tuple[InferRequest, set[str] | bool]:
+    """The request, and which outputs to return as binary: a set of names, or a bool for
+    all of them when the request names no outputs."""
+    json_part, binary = memoryview(body), memoryview(b"")
+    if header_length is not None:
+        if not header_length.isdigit() or int(header_length) > len(body):
+            raise InvalidArgument(
+                f"Inference-Header-Content-Length {header_length.decode(errors='replace')!r} "
+                f"must be a byte count within the {len(body)}-byte body"
+            )
+        split = int(header_length)
+        json_part, binary = json_part[:split], json_part[split:]
+    try:
+        document = orjson.loads(json_part)
+    except orjson.JSONDecodeError as exc:
+        raise InvalidArgument(f"request body is not valid JSON: {exc}") from None
+    if not isinstance(document, dict):
+        raise InvalidArgument("request body must be a JSON object")
+    parameters = _field(document, "parameters", dict, "request", {})
+    inputs, offset = [], 0
+    for index, tensor in enumerate(_field(document, "inputs", list, "request")):
+        where = f"inputs[{index}]"
+        if not isinstance(tensor, dict):
+            raise InvalidArgument(f"{where} must be a JSON object")
+        name = _field(tensor, "name", str, where)
+        where = f"tensor '{name}'"
+        datatype = _field(tensor, "datatype", str, where)
+        shape = _shape(tensor, where)
+        checked_element_count(name, datatype, shape, max_bytes)
+        size = _field(tensor, "parameters", dict, where, {}).get("binary_data_size")
+        if size is not None:
+            if not isinstance(size, int) or size < 0 or offset + size > len(binary):
+                raise InvalidArgument(
+                    f"{where}: binary_data_size {size} does not fit in the {len(binary) - offset} "
+                    "binary bytes left in the body"
+                )
+            data = decode_raw(name, datatype, shape, binary[offset : offset + size])
+            offset += size
+        else:
+            data = decode_values(name, datatype, shape, _field(tensor, "data", list, where))
+        inputs.append(InferInput(name, datatype, shape, data))
+    if offset != len(binary):
+        raise InvalidArgument(
+            f"{len(binary) - offset} binary bytes follow the inputs that no binary_data_size claims"
+        )
+    # binary_data_output is the default for every output; an output's binary_data wins.
+    binary_by_default = parameters.get("binary_data_output", False) is True
+    output_names: list[str] = []
+    binary_outputs: set[str] = set()
+    for index, output in enumerate(_field(document, "outputs", list, "request", [])):
+        if not isinstance(output, dict):
+            raise InvalidArgument(f"outputs[{index}] must be a JSON object")
+        out_name = _field(output, "name", str, f"outputs[{index}]")
+        output_names.append(out_name)
+        out_params = _field(output, "parameters", dict, f"output '{out_name}'", {})
+        if out_params.get("binary_data", binary_by_default) is True:
+            binary_outputs.add(out_name)
+    request_id = _field(document, "id", str, "request", "")
+    request = InferRequest(
+        model_name=model_name,
+        model_version=model_version,
+        id=request_id,
+        inputs=inputs,
+        output_names=output_names,
+        parameters={k: v for k, v in parameters.items() if isinstance(v, bool | int | float | str)},
+    )
+    timeout_us = parameters.get(TIMEOUT_PARAMETER_US)
+    if isinstance(timeout_us, int) and not isinstance(timeout_us, bool) and timeout_us > 0:
+        request.deadline_s = time.monotonic() + timeout_us / 1e6
+    return request, (binary_by_default if not output_names else binary_outputs)
+
+
+def encode_infer_response(response: InferResponse, binary_outputs: set[str] | bool) -> Response:
+    outputs, chunks = [], []
+    for output in response.outputs:
+        tensor: dict[str, Any] = {
+            "name": output.name,
+            "datatype": output.datatype,
+            "shape": list(output.shape),
+        }
+        if binary_outputs is True or (binary_outputs and output.name in binary_outputs):
+            raw = encode_raw(output.data)
+            tensor["parameters"] = {"binary_data_size": len(raw)}
+            chunks.append(raw)
+        else:
+            tensor["data"] = json_values(output.data)
+        outputs.append(tensor)
+    document: dict[str, Any] = {
+        "model_name": response.model_name,
+        "model_version": response.model_version,
+        "outputs": outputs,
+    }
+    if response.id:
+        document["id"] = response.id
+    if response.parameters:
+        document["parameters"] = response.parameters
+    header = orjson.dumps(document, option=orjson.OPT_SERIALIZE_NUMPY)
+    if not chunks:
+        return Response(200, header, [(b"content-type", b"application/json")])
+    return Response(
+        200,
+        b"".join([header, *chunks]),
+        [
+            (b"content-type", b"application/octet-stream"),
+            (HEADER_LENGTH, str(len(header)).encode()),
+        ],
+    )

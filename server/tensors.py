@@ -1,0 +1,118 @@
+"""Tensor payloads to numpy and back, with the size and shape checks every ingress needs.
+
+Three encodings reach the data plane: raw little-endian bytes (gRPC raw_input_contents and
+REST's binary extension), typed lists (gRPC `contents`) and JSON lists. Each is checked
+against the declared shape before it is trusted, and a declared shape is checked against
+the maximum request size before anything is allocated for it.
+"""
+
+from __future__ import annotations
+
+import math
+import struct
+from collections.abc import Sequence
+
+import numpy as np
+
+from runtimes.datatypes import element_size_bytes, numpy_dtype
+from runtimes.errors import InvalidArgument
+
+BYTES_LENGTH_PREFIX = struct.Struct("<I")  # each BYTES element: uint32 length, then its bytes
+
+
+def checked_element_count(
+    name: str, datatype: str, shape: Sequence[int], max_size_bytes: int
+) -> int:
+    """Elements declared by `shape`; refuses negative dims and sizes over the maximum."""
+    numpy_dtype(datatype, name)  # an unknown datatype is refused before anything else
+    if any(dim < 0 for dim in shape):
+        raise InvalidArgument(f"tensor '{name}': shape {list(shape)} has a negative dimension")
+    count = math.prod(shape)  # Python ints: no overflow however large the dims
+    # A BYTES element takes at least its 4-byte length prefix on the wire.
+    size_bytes = count * (element_size_bytes(datatype) or BYTES_LENGTH_PREFIX.size)
+    if size_bytes > max_size_bytes:
+        raise InvalidArgument(
+            f"tensor '{name}': shape {list(shape)} declares {count} elements ({size_bytes} "
+            f"bytes), over the maximum request size of {max_size_bytes} bytes"
+        )
+    return count
+
+
+def decode_raw(name: str, datatype: str, shape: Sequence[int], raw: bytes | memoryview) -> np.ndarray:
+    """A read-only array over raw bytes (no copy for fixed-size datatypes)."""
+    count = math.prod(shape)
+    if datatype == "BYTES":
+        return _decode_bytes_elements(name, shape, count, raw)
+    dtype = numpy_dtype(datatype, name).newbyteorder("<")
+    expected = count * dtype.itemsize
+    if len(raw) != expected:
+        raise InvalidArgument(
+            f"tensor '{name}': {len(raw)} raw bytes, but shape {list(shape)} of {datatype} "
+            f"needs {expected}"
+        )
+    return np.frombuffer(raw, dtype=dtype).reshape(shape)
+
+
+def _decode_bytes_elements(
+    name: str, shape: Sequence[int], count: int, raw: bytes | memoryview
+) -> np.ndarray:
+    view = memoryview(raw)
+    elements: list[bytes] = []
+    offset = 0
+    while offset < len(view):
+        if offset + BYTES_LENGTH_PREFIX.size > len(view):
+            raise InvalidArgument(f"tensor '{name}': BYTES data ends inside a length prefix")
+        (length,) = BYTES_LENGTH_PREFIX.unpack_from(view, offset)
+        offset += BYTES_LENGTH_PREFIX.size
+        if offset + length > len(view):
+            raise InvalidArgument(f"tensor '{name}': BYTES element runs past the end of the data")
+        elements.append(bytes(view[offset : offset + length]))
+        offset += length
+    if len(elements) != count:
+        raise InvalidArgument(
+            f"tensor '{name}': {len(elements)} BYTES elements, but shape {list(shape)} needs {count}"
+        )
+    array = np.empty(count, dtype=object)
+    array[:] = elements
+    return array.reshape(shape)
+
+
+def decode_values(name: str, datatype: str, shape: Sequence[int], values: Sequence) -> np.ndarray:
+    """An array from typed or JSON values (flat, or nested in row-major order)."""
+    dtype = numpy_dtype(datatype, name)
+    try:
+        if datatype == "BYTES":
+            nested = np.asarray(values, dtype=object).ravel()
+            array = np.empty(nested.size, dtype=object)
+            array[:] = [v.encode() if isinstance(v, str) else bytes(v) for v in nested]
+        else:
+            array = np.asarray(values, dtype=dtype)
+    except (TypeError, ValueError, OverflowError) as exc:
+        raise InvalidArgument(f"tensor '{name}': data is not a list of {datatype} values ({exc})") from None
+    count = math.prod(shape)
+    if array.size != count:
+        raise InvalidArgument(
+            f"tensor '{name}': {array.size} values, but shape {list(shape)} needs {count}"
+        )
+    return array.reshape(shape)
+
+
+def encode_raw(array: np.ndarray) -> bytes:
+    """Little-endian row-major bytes; BYTES tensors as length-prefixed elements."""
+    if array.dtype.kind in "OSU":
+        parts = []
+        for element in array.ravel():
+            data = element.encode() if isinstance(element, str) else bytes(element)
+            parts += [BYTES_LENGTH_PREFIX.pack(len(data)), data]
+        return b"".join(parts)
+    return np.ascontiguousarray(array, dtype=array.dtype.newbyteorder("<")).tobytes()
+
+
+def json_values(array: np.ndarray) -> list:
+    """Flat row-major values for a JSON response (BYTES as UTF-8 text)."""
+    if array.dtype.kind in "OSU":
+        return [
+            e.decode("utf-8", errors="replace") if isinstance(e, bytes) else str(e)
+            for e in array.ravel()
+        ]
+    return array.ravel().tolist()
