@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import itertools
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -53,14 +54,16 @@ def generate_data(
         [
             rng.gamma(2.0, 1.0, n_users),
             np.log1p(rng.integers(1, 2000, n_users)),
-            user_taste @ rng.normal(size=(TASTE_DIMS, n_pref)) + 0.3 * rng.normal(size=(n_users, n_pref)),
+            user_taste @ rng.normal(size=(TASTE_DIMS, n_pref))
+            + 0.3 * rng.normal(size=(n_users, n_pref)),
         ]
     ).astype(np.float32)
     item_features = np.column_stack(
         [
             popularity + 0.2 * rng.normal(size=n_items),
             np.log1p(rng.gamma(2.0, 20.0, n_items)),
-            item_taste @ rng.normal(size=(TASTE_DIMS, n_pref)) + 0.3 * rng.normal(size=(n_items, n_pref)),
+            item_taste @ rng.normal(size=(TASTE_DIMS, n_pref))
+            + 0.3 * rng.normal(size=(n_items, n_pref)),
         ]
     ).astype(np.float32)
     pairs = np.column_stack([rng.integers(0, n_users, n_pairs), rng.integers(0, n_items, n_pairs)])
@@ -80,7 +83,7 @@ def training_matrix(data: DemoData) -> np.ndarray:
 def init_params(rng: np.random.Generator, n_inputs: int) -> list[np.ndarray]:
     sizes = (n_inputs, *HIDDEN_UNITS, 1)
     params = []
-    for fan_in, fan_out in zip(sizes[:-1], sizes[1:], strict=True):
+    for fan_in, fan_out in itertools.pairwise(sizes):
         params.append(rng.normal(0.0, np.sqrt(2.0 / fan_in), (fan_in, fan_out)).astype(np.float32))
         params.append(np.zeros(fan_out, dtype=np.float32))
     return params
@@ -164,7 +167,9 @@ def to_onnx(params: list[np.ndarray], mean: np.ndarray, std: np.ndarray) -> onnx
     graph = helper.make_graph(
         nodes,
         "switchyard_demo_ranker",
-        inputs=[helper.make_tensor_value_info("features", TensorProto.FLOAT, ["batch", n_features])],
+        inputs=[
+            helper.make_tensor_value_info("features", TensorProto.FLOAT, ["batch", n_features])
+        ],
         outputs=[
             helper.make_tensor_value_info("logit", TensorProto.FLOAT, ["batch", 1]),
             helper.make_tensor_value_info("score", TensorProto.FLOAT, ["batch", 1]),
@@ -180,7 +185,9 @@ def to_onnx(params: list[np.ndarray], mean: np.ndarray, std: np.ndarray) -> onnx
     return model
 
 
-def write_feature_table(path: Path, id_column: str, names: tuple[str, ...], rows: np.ndarray) -> None:
+def write_feature_table(
+    path: Path, id_column: str, names: tuple[str, ...], rows: np.ndarray
+) -> None:
     with path.open("w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow([id_column, *names])

@@ -46,7 +46,9 @@ def oip_datatype(dtype: np.dtype) -> str:
     try:
         return NUMPY_TO_OIP[dtype]
     except KeyError:
-        raise InvalidArgument(f"numpy dtype {dtype} has no Open Inference Protocol datatype") from None
+        raise InvalidArgument(
+            f"numpy dtype {dtype} has no Open Inference Protocol datatype"
+        ) from None
 
 
 def element_size_bytes(datatype: str) -> int:

@@ -138,7 +138,9 @@ def decode_infer_request(message: pb.ModelInferRequest, max_size_bytes: int) -> 
                     f"tensor '{tensor.name}': {tensor.datatype} data must be sent in "
                     "raw_input_contents"
                 )
-            data = decode_values(tensor.name, tensor.datatype, shape, getattr(tensor.contents, field))
+            data = decode_values(
+                tensor.name, tensor.datatype, shape, getattr(tensor.contents, field)
+            )
         inputs.append(InferInput(tensor.name, tensor.datatype, shape, data))
     return InferRequest(
         model_name=message.model_name,
@@ -182,7 +184,9 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
 
     @_maps_errors
     async def ModelReady(self, request, context) -> pb.ModelReadyResponse:
-        return pb.ModelReadyResponse(ready=self._dataplane.model_ready(request.name, request.version))
+        return pb.ModelReadyResponse(
+            ready=self._dataplane.model_ready(request.name, request.version)
+        )
 
     @_maps_errors
     async def ServerMetadata(self, request, context) -> pb.ServerMetadataResponse:

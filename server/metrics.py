@@ -78,6 +78,4 @@ class ServerMetrics:
             model = model_label(labels.model)
             version = labels.version or "unresolved"
             self.requests.labels(model, version, protocol, status_code(error)).inc()
-            self.latency_s.labels(model, version, protocol).observe(
-                time.perf_counter() - started_s
-            )
+            self.latency_s.labels(model, version, protocol).observe(time.perf_counter() - started_s)

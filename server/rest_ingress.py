@@ -81,7 +81,9 @@ def http_status(error: Exception) -> tuple[int, str]:
 class Response:
     __slots__ = ("body", "headers", "status")
 
-    def __init__(self, status: int, body: bytes = b"", headers: list[tuple[bytes, bytes]] | None = None):
+    def __init__(
+        self, status: int, body: bytes = b"", headers: list[tuple[bytes, bytes]] | None = None
+    ):
         self.status = status
         self.body = body
         self.headers = headers or []
@@ -165,7 +167,9 @@ class RestApp:
             chunk = message.get("body", b"")
             size += len(chunk)
             if size > self._max_bytes:
-                raise PayloadTooLarge(f"request body is over the maximum of {self._max_bytes} bytes")
+                raise PayloadTooLarge(
+                    f"request body is over the maximum of {self._max_bytes} bytes"
+                )
             chunks.append(chunk)
             if not message.get("more_body", False):
                 break
@@ -199,18 +203,24 @@ def _decompress(body: bytes, encoding: bytes, max_bytes: int) -> bytes:
         return body
     wbits = {b"gzip": 16 + zlib.MAX_WBITS, b"deflate": zlib.MAX_WBITS}.get(encoding)
     if wbits is None:
-        raise HttpError(415, f"Content-Encoding {encoding.decode()!r} is not supported (gzip, deflate)")
+        raise HttpError(
+            415, f"Content-Encoding {encoding.decode()!r} is not supported (gzip, deflate)"
+        )
     decompressor = zlib.decompressobj(wbits)
     try:
         data = decompressor.decompress(body, max_bytes + 1)
     except zlib.error as exc:
-        raise InvalidArgument(f"request body is not valid {encoding.decode()} data: {exc}") from None
+        raise InvalidArgument(
+            f"request body is not valid {encoding.decode()} data: {exc}"
+        ) from None
     if len(data) > max_bytes:
         raise PayloadTooLarge(f"decompressed request body is over the maximum of {max_bytes} bytes")
     return data
 
 
-def _field(document: dict, key: str, kind: type | tuple[type, ...], where: str, default: Any = ...) -> Any:
+def _field(
+    document: dict, key: str, kind: type | tuple[type, ...], where: str, default: Any = ...
+) -> Any:
     value = document.get(key, default)
     if value is ...:
         raise InvalidArgument(f"{where}: '{key}' is required")

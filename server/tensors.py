@@ -38,7 +38,9 @@ def checked_element_count(
     return count
 
 
-def decode_raw(name: str, datatype: str, shape: Sequence[int], raw: bytes | memoryview) -> np.ndarray:
+def decode_raw(
+    name: str, datatype: str, shape: Sequence[int], raw: bytes | memoryview
+) -> np.ndarray:
     """A read-only array over raw bytes (no copy for fixed-size datatypes)."""
     count = math.prod(shape)
     if datatype == "BYTES":
@@ -70,7 +72,8 @@ def _decode_bytes_elements(
         offset += length
     if len(elements) != count:
         raise InvalidArgument(
-            f"tensor '{name}': {len(elements)} BYTES elements, but shape {list(shape)} needs {count}"
+            f"tensor '{name}': {len(elements)} BYTES elements, "
+            f"but shape {list(shape)} needs {count}"
         )
     array = np.empty(count, dtype=object)
     array[:] = elements
@@ -88,7 +91,9 @@ def decode_values(name: str, datatype: str, shape: Sequence[int], values: Sequen
         else:
             array = np.asarray(values, dtype=dtype)
     except (TypeError, ValueError, OverflowError) as exc:
-        raise InvalidArgument(f"tensor '{name}': data is not a list of {datatype} values ({exc})") from None
+        raise InvalidArgument(
+            f"tensor '{name}': data is not a list of {datatype} values ({exc})"
+        ) from None
     count = math.prod(shape)
     if array.size != count:
         raise InvalidArgument(

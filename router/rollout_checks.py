@@ -1,0 +1,87 @@
+"""Judging a canary step: its SLOs, absolute and relative to stable, from windowed stats."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from enum import StrEnum
+
+from router.latency_window import LatencyWindow
+from router.rollout_plan import RolloutPlan
+
+
+class Outcome(StrEnum):
+    PASS = "pass"
+    FAIL = "fail"
+    WAIT = "wait"  # not enough requests to judge yet
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    outcome: Outcome
+    reason: str
+
+
+def judge(plan: RolloutPlan, canary: LatencyWindow, stable: LatencyWindow) -> Verdict:
+    """PASS when every configured check is judged and holds, FAIL at the first that fails.
+
+    The canary is judged once it has `min_requests`; the checks relative to stable also wait
+    for stable to have as many, but the absolute ones are judged first, so a clearly broken
+    canary is failed without waiting for a baseline.
+    """
+    if canary.requests < plan.min_requests:
+        return Verdict(
+            Outcome.WAIT, f"canary has {canary.requests} of {plan.min_requests} requests"
+        )
+    error_rate = canary.error_rate or 0.0
+    p95_s = canary.p95_s
+    if plan.max_error_rate is not None and error_rate > plan.max_error_rate:
+        return _fail(f"canary error rate {error_rate:.4f} > max {plan.max_error_rate:.4f}")
+    if plan.max_p95_latency_s is not None:
+        if p95_s is None:
+            return Verdict(Outcome.WAIT, "canary has no successful request to time")
+        if p95_s > plan.max_p95_latency_s:
+            return _fail(f"canary p95 {p95_s:.4f}s > max {plan.max_p95_latency_s:.4f}s")
+    if plan.compares_to_stable:
+        verdict = _judge_against_stable(plan, error_rate, p95_s, stable)
+        if verdict is not None:
+            return verdict
+    return Verdict(Outcome.PASS, f"checks passed over {canary.requests} canary requests")
+
+
+def _judge_against_stable(
+    plan: RolloutPlan, error_rate: float, p95_s: float | None, stable: LatencyWindow
+) -> Verdict | None:
+    if stable.requests < plan.min_requests:
+        return Verdict(
+            Outcome.WAIT, f"stable has {stable.requests} of {plan.min_requests} requests"
+        )
+    stable_error_rate = stable.error_rate or 0.0
+    increase = error_rate - stable_error_rate
+    if plan.max_error_rate_increase is not None and increase > plan.max_error_rate_increase:
+        return _fail(
+            f"canary error rate {error_rate:.4f} exceeds stable {stable_error_rate:.4f} "
+            f"by {increase:.4f} > max {plan.max_error_rate_increase:.4f}"
+        )
+    if plan.max_p95_latency_ratio is None and plan.max_p95_latency_increase_s is None:
+        return None
+    stable_p95_s = stable.p95_s
+    if p95_s is None or stable_p95_s is None:
+        return Verdict(Outcome.WAIT, "no successful requests to compare latency with")
+    ratio = p95_s / stable_p95_s if stable_p95_s > 0 else (math.inf if p95_s > 0 else 1.0)
+    if plan.max_p95_latency_ratio is not None and ratio > plan.max_p95_latency_ratio:
+        return _fail(
+            f"canary p95 {p95_s:.4f}s is {ratio:.2f}x stable {stable_p95_s:.4f}s "
+            f"> max {plan.max_p95_latency_ratio:.2f}x"
+        )
+    increase_s = p95_s - stable_p95_s
+    if plan.max_p95_latency_increase_s is not None and increase_s > plan.max_p95_latency_increase_s:
+        return _fail(
+            f"canary p95 {p95_s:.4f}s exceeds stable {stable_p95_s:.4f}s by {increase_s:.4f}s "
+            f"> max {plan.max_p95_latency_increase_s:.4f}s"
+        )
+    return None
+
+
+def _fail(reason: str) -> Verdict:
+    return Verdict(Outcome.FAIL, reason)

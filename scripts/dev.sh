@@ -1,0 +1,63 @@
+#!/usr/bin/env bash
+# Set up Switchyard on a fresh machine, then serve or test.
+#   ./scripts/dev.sh serve   build the demo and serve it on the embedded defaults
+#   ./scripts/dev.sh test    run the whole test suite (starts redis-server when none answers)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+PYTHON=${PYTHON:-python3}
+VENV=.venv
+
+setup() {
+    if [ ! -x "$VENV/bin/python" ]; then
+        "$PYTHON" -c 'import sys; sys.exit(sys.version_info < (3, 11))' \
+            || { echo "Switchyard needs Python >= 3.11 ($PYTHON is older)" >&2; exit 1; }
+        "$PYTHON" -m venv "$VENV"
+    fi
+    "$VENV/bin/python" -m pip install --quiet --upgrade pip
+    "$VENV/bin/python" -m pip install --quiet -e ".[dev]"
+    "$VENV/bin/python" -m demo.build_model
+}
+
+redis_answers() {
+    if command -v redis-cli >/dev/null 2>&1; then
+        [ "$(redis-cli -h 127.0.0.1 -p 6379 ping 2>/dev/null)" = "PONG" ]
+    else
+        "$VENV/bin/python" -c 'import redis, sys; sys.exit(not redis.Redis(socket_timeout=1).ping())' \
+            >/dev/null 2>&1
+    fi
+}
+
+ensure_redis() {
+    redis_answers && return 0
+    if ! command -v redis-server >/dev/null 2>&1; then
+        echo "installing redis-server from Debian's packages"
+        apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null
+    fi
+    redis-server --daemonize yes --bind 127.0.0.1 --port 6379 --save "" --appendonly no \
+        --logfile "$(pwd)/.redis-test.log"
+    for _ in $(seq 50); do redis_answers && return 0; sleep 0.1; done
+    echo "redis-server did not start; see .redis-test.log" >&2
+    exit 1
+}
+
+case "${1:-}" in
+    serve)
+        setup
+        shift
+        exec "$VENV/bin/switchyard" serve "$@"
+        ;;
+    test)
+        setup
+        ensure_redis
+        shift
+        "$VENV/bin/python" -m protos.generate --check
+        "$VENV/bin/ruff" check .
+        "$VENV/bin/ruff" format --check .
+        exec "$VENV/bin/python" -m pytest "$@"
+        ;;
+    *)
+        echo "usage: $0 serve [--config FILE] | test [pytest args]" >&2
+        exit 2
+        ;;
+esac

@@ -1,0 +1,98 @@
+"""Helpers for tests that run the real gateway in a subprocess on free ports."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@dataclass
+class Gateway:
+    process: subprocess.Popen
+    http_port: int
+    grpc_port: int
+    metrics_port: int
+    log_path: Path
+
+    @property
+    def http_url(self) -> str:
+        return f"localhost:{self.http_port}"
+
+    @property
+    def grpc_url(self) -> str:
+        return f"localhost:{self.grpc_port}"
+
+    def log(self) -> str:
+        return self.log_path.read_text()
+
+    def stop(self, timeout_s: float = 20.0) -> int:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+        try:
+            return self.process.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            raise
+
+
+def start_gateway(config: dict[str, Any], workdir: Path, ready_timeout_s: float = 60.0) -> Gateway:
+    """Write `config` with free ports, run `switchyard serve --config`, wait until ready."""
+    ports = {"http_port": free_port(), "grpc_port": free_port(), "metrics_port": free_port()}
+    config = {**config, "server": {**config.get("server", {}), "host": "127.0.0.1", **ports}}
+    config_path = workdir / "switchyard.yaml"
+    config_path.write_text(yaml.safe_dump(config))
+    log_path = workdir / "gateway.log"
+    process = subprocess.Popen(
+        [sys.executable, "-m", "server.cli", "serve", "--config", str(config_path)],
+        cwd=REPO_ROOT,
+        stdout=log_path.open("w"),
+        stderr=subprocess.STDOUT,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    gateway = Gateway(process, log_path=log_path, **ports)
+    deadline = time.monotonic() + ready_timeout_s
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"gateway exited with {process.returncode}:\n{gateway.log()}")
+        try:
+            with urllib.request.urlopen(
+                f"http://{gateway.http_url}/v2/health/ready", timeout=1
+            ) as response:
+                if response.status == 200:
+                    return gateway
+        except OSError:
+            pass
+        time.sleep(0.1)
+    gateway.stop()
+    raise RuntimeError(f"gateway not ready in {ready_timeout_s} s:\n{gateway.log()}")
+
+
+def demo_model_config(model_path: Path, **server: Any) -> dict[str, Any]:
+    return {
+        "server": server,
+        "models": [
+            {
+                "name": "ranker",
+                "versions": [{"version": "1", "path": str(model_path)}],
+                "runtime_options": {"intra_op_threads": 1},
+            }
+        ],
+    }
