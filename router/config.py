@@ -167,8 +167,10 @@ def endpoint_to_config(spec: EndpointSpec) -> dict[str, Any]:
         }
     if spec.rollout is not None:
         plan = spec.rollout
-        config["rollout"] = {key: getattr(plan, key) for key in _ROLLOUT_KEYS}
-        config["rollout"]["steps_percent"] = list(plan.steps_percent)
+        # Unset checks are left out, as they would be written by hand.
+        rollout = {key: getattr(plan, key) for key in _ROLLOUT_KEYS}
+        rollout["steps_percent"] = list(plan.steps_percent)
+        config["rollout"] = {key: value for key, value in rollout.items() if value is not None}
     return config
 
 

@@ -21,18 +21,18 @@ from collections.abc import Mapping
 
 from router.decision import Choice, RouteReason, RouteRequest
 from router.endpoint import EndpointSpec
-from router.hashing import key_point
+from router.hashing import key_points
 
 
 def sticky_variant(endpoint: str, key: str, shares: Mapping[str, float]) -> str:
     """The variant for `key` under `shares` (weights; any scale); ties go to the first in order."""
+    live = [(name, share) for name, share in shares.items() if share > 0]
+    points = key_points((endpoint, key), (name for name, _ in live))
     best_name = ""
     best_score = math.inf
-    for name, share in shares.items():
-        if share <= 0:
-            continue
+    for (name, share), point in zip(live, points, strict=True):
         # 1 - point lies in (0, 1], so the logarithm is finite.
-        score = -math.log(1.0 - key_point(endpoint, key, name)) / share
+        score = -math.log(1.0 - point) / share
         if score < best_score or not best_name:
             best_name, best_score = name, score
     return best_name
