@@ -43,7 +43,9 @@ def time_calls(call: Callable[[], object], requests: int, warmup: int) -> list[f
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawTextHelpFormatter
+    )
     parser.add_argument("--requests", type=int, default=2000)
     parser.add_argument("--warmup", type=int, default=200)
     parser.add_argument("--rows", type=int, default=1, help="rows per request")
@@ -53,7 +55,9 @@ def main() -> None:
     features = np.random.default_rng(0).normal(size=(args.rows, 16)).astype(np.float32)
     session_options = ort.SessionOptions()
     session_options.intra_op_num_threads = 1
-    session = ort.InferenceSession(str(model_path), session_options, providers=["CPUExecutionProvider"])
+    session = ort.InferenceSession(
+        str(model_path), session_options, providers=["CPUExecutionProvider"]
+    )
 
     with tempfile.TemporaryDirectory() as workdir:
         gateway = start_gateway(demo_model_config(model_path), Path(workdir))
@@ -83,7 +87,9 @@ def main() -> None:
 
     floor = results["direct ONNX Runtime (in process)"]["p50"]
     print(f"\nsequential latency, {args.requests} requests of {args.rows} row(s), demo ranker")
-    print(f"| {'path':<34} | {'p50 us':>8} | {'p90 us':>8} | {'p99 us':>8} | {'p50 / direct':>12} |")
+    print(
+        f"| {'path':<34} | {'p50 us':>8} | {'p90 us':>8} | {'p99 us':>8} | {'p50 / direct':>12} |"
+    )
     print(f"|{'-' * 36}|{'-' * 10}|{'-' * 10}|{'-' * 10}|{'-' * 14}|")
     for name, p in results.items():
         print(

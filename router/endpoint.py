@@ -111,7 +111,3 @@ class EndpointSpec:
         if name not in self.variants:
             known = ", ".join(sorted(self.variants))
             raise RoutingConfigError(key, f"unknown variant '{name}' (variants: {known})")
-
-    def variant(self, name: str) -> VariantTarget:
-        """The named variant; KeyError if there is none (callers validate names first)."""
-        return self.variants[name]

@@ -39,6 +39,10 @@ from runtimes.errors import (
 )
 
 __all__ = [
+    "REFUSED_DEADLINE",
+    "REFUSED_INVALID",
+    "REFUSED_QUEUE_FULL",
+    "REFUSED_SHUTTING_DOWN",
     "BatchExecutionError",
     "BatchObserver",
     "BatchingOptions",

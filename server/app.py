@@ -53,7 +53,7 @@ class StandaloneServer:
     def __init__(self, config: SwitchyardConfig) -> None:
         self.config = config
         self.metrics = ServerMetrics()
-        self.repository = ModelRepository(config.models)
+        self.repository = ModelRepository(config.models, self.metrics.batch_observer)
         self.dataplane = DataPlane(self.repository, config.server.max_request_size_bytes)
         self._grpc_server: grpc.aio.Server | None = None
         self._http_servers: list[_EmbeddedUvicorn] = []
@@ -63,6 +63,7 @@ class StandaloneServer:
     async def start(self) -> None:
         settings = self.config.server
         self.repository.load_all()
+        await self.repository.start()
         servicer = InferenceServicer(self.dataplane, self.metrics)
         self._grpc_server, self.grpc_port = create_grpc_server(
             servicer, settings.host, settings.grpc_port, settings.max_request_size_bytes
@@ -110,7 +111,7 @@ class StandaloneServer:
         for server in self._http_servers:
             server.should_exit = True
         await asyncio.gather(*self._http_tasks, return_exceptions=True)
-        self.repository.close()
+        await self.repository.close(drain=True)
         log.info("switchyard stopped")
 
 

@@ -15,6 +15,7 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from runtimes.batcher import BatchingOptions
 from runtimes.ort_runtime import OrtOptions
 
 ENV_PREFIX = "SWITCHYARD_"
@@ -47,16 +48,51 @@ class OnnxRuntimeOptions(Strict):
     execution_providers: list[str] = Field(default_factory=lambda: ["auto"], min_length=1)
     intra_op_threads: int = Field(default=0, ge=0)
     inter_op_threads: int = Field(default=0, ge=0)
-    max_concurrent_runs: int = Field(default=1, ge=1)
     warmup: bool = True
 
-    def to_runtime_options(self) -> OrtOptions:
+    def to_runtime_options(self, concurrent_runs: int) -> OrtOptions:
         return OrtOptions(
             execution_providers=tuple(self.execution_providers),
             intra_op_threads=self.intra_op_threads,
             inter_op_threads=self.inter_op_threads,
-            max_concurrent_runs=self.max_concurrent_runs,
+            max_concurrent_runs=concurrent_runs,
             warmup=self.warmup,
+        )
+
+
+# Rows per batch when the config leaves max_batch_size unset and the model has a batch
+# dimension (every input and output starts with a variable dimension).
+AUTO_MAX_BATCH_SIZE = 64
+
+
+class BatchingConfig(Strict):
+    """Dynamic batching of each version of a model (Triton's dynamic_batching semantics)."""
+
+    # Rows per batch; 0 turns batching off; unset: AUTO_MAX_BATCH_SIZE for a batchable model.
+    max_batch_size: int | None = Field(default=None, ge=0)
+    # How long a partial batch may wait for more requests; 0 sends what is queued at once.
+    max_queue_delay_us: int = Field(default=0, ge=0)
+    preferred_batch_sizes: list[int] = Field(default_factory=list)
+    # Requests waiting beyond this are refused at once (RESOURCE_EXHAUSTED / 503).
+    max_queue_size: int = Field(default=1024, ge=1)
+    # Batches running at once (threads running the model).
+    instance_count: int = Field(default=1, ge=1)
+    # Per-request timeout; a caller's own deadline applies too, the earlier wins.
+    timeout_s: float | None = Field(default=None, gt=0)
+
+    @model_validator(mode="after")
+    def _check_options(self) -> BatchingConfig:
+        self.to_options(AUTO_MAX_BATCH_SIZE if self.max_batch_size is None else self.max_batch_size)
+        return self
+
+    def to_options(self, max_batch_size: int) -> BatchingOptions:
+        return BatchingOptions(
+            max_batch_size=max_batch_size,
+            max_queue_delay_us=self.max_queue_delay_us,
+            preferred_batch_sizes=tuple(self.preferred_batch_sizes),
+            max_queue_size=self.max_queue_size,
+            instance_count=self.instance_count,
+            default_timeout_s=self.timeout_s,
         )
 
 
@@ -72,6 +108,7 @@ class ModelConfig(Strict):
     # The version served when a request names none; the last listed by default.
     default_version: str | None = None
     runtime_options: OnnxRuntimeOptions = Field(default_factory=OnnxRuntimeOptions)
+    batching: BatchingConfig = Field(default_factory=BatchingConfig)
 
     @model_validator(mode="after")
     def _check_versions(self) -> ModelConfig:

@@ -6,6 +6,7 @@ and runs them. Ingress adapters only decode, call this, encode and map errors.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 
 from runtimes.base import ModelSignature, TensorSpec
@@ -25,6 +26,8 @@ SERVER_NAME = "switchyard"
 SERVER_VERSION = "0.1.0"
 # Protocol extensions implemented: Triton's binary tensor data over REST.
 SERVER_EXTENSIONS = ("binary_tensor_data",)
+# Triton's request parameter: a timeout for the request, in microseconds.
+TIMEOUT_PARAMETER_US = "timeout"
 UNKNOWN_MODEL_LABEL = "_unknown"  # metrics label for names we do not serve (bounded cardinality)
 
 
@@ -78,8 +81,8 @@ class DataPlane:
     async def infer(self, request: InferRequest) -> InferResponse:
         model = self._repository.get(request.model_name, request.model_version)
         output_names = _check_request(model.signature, request)
-        results = await model.runtime.infer(
-            {tensor.name: tensor.data for tensor in request.inputs}, output_names
+        results = await model.batcher.infer(
+            {tensor.name: tensor.data for tensor in request.inputs}, _deadline_s(request)
         )
         return InferResponse(
             model_name=model.name,
@@ -87,6 +90,15 @@ class DataPlane:
             id=request.id,
             outputs=[_output(model, name, results[name]) for name in output_names],
         )
+
+
+def _deadline_s(request: InferRequest) -> float | None:
+    """The earlier of the transport's deadline and the request's `timeout` parameter."""
+    timeout_us = request.parameters.get(TIMEOUT_PARAMETER_US)
+    if isinstance(timeout_us, bool) or not isinstance(timeout_us, int) or timeout_us <= 0:
+        return request.deadline_s
+    deadline_s = time.monotonic() + timeout_us / 1e6
+    return deadline_s if request.deadline_s is None else min(deadline_s, request.deadline_s)
 
 
 def _check_request(signature: ModelSignature, request: InferRequest) -> list[str]:

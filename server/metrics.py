@@ -10,8 +10,10 @@ from dataclasses import dataclass
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+from runtimes.batcher import BatchObserver
 from runtimes.errors import SwitchyardError
 
+BATCH_SIZE_BUCKETS_ROWS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
 # From 100 us (an in-process hit) to 10 s (a request stuck behind an overloaded queue).
 LATENCY_BUCKETS_S = (
     0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
@@ -60,6 +62,51 @@ class ServerMetrics:
             registry=self.registry,
         )
 
+        model_labels = ["model", "version"]
+        self.batch_size_rows = Histogram(
+            "switchyard_batch_size_rows",
+            "Rows in each batch run by a model.",
+            model_labels,
+            buckets=BATCH_SIZE_BUCKETS_ROWS,
+            registry=self.registry,
+        )
+        self.batch_requests = Histogram(
+            "switchyard_batch_requests",
+            "Requests merged into each batch run by a model.",
+            model_labels,
+            buckets=BATCH_SIZE_BUCKETS_ROWS,
+            registry=self.registry,
+        )
+        self.queue_time_s = Histogram(
+            "switchyard_queue_time_seconds",
+            "Time a request waited in the batcher's queue.",
+            model_labels,
+            buckets=LATENCY_BUCKETS_S,
+            registry=self.registry,
+        )
+        self.compute_time_s = Histogram(
+            "switchyard_compute_time_seconds",
+            "Time the runtime took for one batch.",
+            model_labels,
+            buckets=LATENCY_BUCKETS_S,
+            registry=self.registry,
+        )
+        self.queue_depth = Gauge(
+            "switchyard_queue_depth",
+            "Requests waiting in the batcher's queue.",
+            model_labels,
+            registry=self.registry,
+        )
+        self.refused = Counter(
+            "switchyard_refused_requests",
+            "Requests refused or dropped by the batcher before running, by reason.",
+            [*model_labels, "reason"],
+            registry=self.registry,
+        )
+
+    def batch_observer(self, model: str, version: str) -> BatchObserver:
+        return _PrometheusBatchObserver(self, model, version)
+
     @contextmanager
     def track(self, protocol: str, model_label: Callable[[str], str]) -> Iterator[RequestLabels]:
         """Count, time and label one inference request; the body fills in the labels."""
@@ -79,3 +126,30 @@ class ServerMetrics:
             version = labels.version or "unresolved"
             self.requests.labels(model, version, protocol, status_code(error)).inc()
             self.latency_s.labels(model, version, protocol).observe(time.perf_counter() - started_s)
+
+
+class _PrometheusBatchObserver(BatchObserver):
+    """One model version's batcher events as Prometheus metrics (label children bound once)."""
+
+    def __init__(self, metrics: ServerMetrics, model: str, version: str) -> None:
+        self._batch_rows = metrics.batch_size_rows.labels(model, version)
+        self._batch_requests = metrics.batch_requests.labels(model, version)
+        self._queue_time = metrics.queue_time_s.labels(model, version)
+        self._compute_time = metrics.compute_time_s.labels(model, version)
+        self._queue_depth = metrics.queue_depth.labels(model, version)
+        self._refused = metrics.refused
+        self._labels = (model, version)
+
+    def batch_executed(self, rows: int, requests: int, compute_s: float) -> None:
+        self._batch_rows.observe(rows)
+        self._batch_requests.observe(requests)
+        self._compute_time.observe(compute_s)
+
+    def request_dequeued(self, queue_s: float) -> None:
+        self._queue_time.observe(queue_s)
+
+    def request_refused(self, reason: str) -> None:
+        self._refused.labels(*self._labels, reason).inc()
+
+    def queue_depth_changed(self, depth: int) -> None:
+        self._queue_depth.set(depth)

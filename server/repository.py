@@ -1,16 +1,21 @@
-"""The loaded models: one runtime per configured model version."""
+"""The served models: one runtime and one dynamic batcher per configured model version."""
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from runtimes.base import ModelSignature, Runtime
+from runtimes.batcher import BatchObserver, DynamicBatcher
 from runtimes.errors import ModelLoadError, NotFound
 from runtimes.ort_runtime import OnnxRuntimeModel
-from server.config import ModelConfig, ModelVersionConfig
+from server.config import AUTO_MAX_BATCH_SIZE, ModelConfig, ModelVersionConfig
 
 log = logging.getLogger(__name__)
+
+# Makes the metrics observer of one model version: (model, version) -> observer.
+ObserverFactory = Callable[[str, str], BatchObserver]
 
 
 @dataclass(frozen=True, slots=True)
@@ -19,6 +24,7 @@ class LoadedModel:
     version: str
     signature: ModelSignature
     runtime: Runtime
+    batcher: DynamicBatcher
 
     @property
     def label(self) -> str:
@@ -27,16 +33,36 @@ class LoadedModel:
 
 def create_runtime(model: ModelConfig, version: ModelVersionConfig) -> Runtime:
     """The runtime named by the config (one runtime kind so far: onnxruntime)."""
-    return OnnxRuntimeModel(
-        version.path, model.runtime_options.to_runtime_options(), f"{model.name}:{version.version}"
-    )
+    # The batcher runs up to instance_count batches at once; the runtime needs as many threads.
+    options = model.runtime_options.to_runtime_options(model.batching.instance_count)
+    return OnnxRuntimeModel(version.path, options, f"{model.name}:{version.version}")
+
+
+def has_batch_dimension(signature: ModelSignature) -> bool:
+    """Every input and output starts with a variable dimension that rows can stack on."""
+    tensors = (*signature.inputs, *signature.outputs)
+    return all(spec.shape and spec.shape[0] == -1 for spec in tensors)
+
+
+def max_batch_size(model: ModelConfig, signature: ModelSignature) -> int:
+    configured = model.batching.max_batch_size
+    batchable = has_batch_dimension(signature)
+    if configured is None:
+        return AUTO_MAX_BATCH_SIZE if batchable else 0
+    if configured > 0 and not batchable:
+        raise ModelLoadError(
+            f"model '{model.name}': batching.max_batch_size is {configured}, but not every "
+            "input and output has a variable first (batch) dimension; set it to 0"
+        )
+    return configured
 
 
 class ModelRepository:
     """Loads every configured model version at start and looks them up by name and version."""
 
-    def __init__(self, models: list[ModelConfig]) -> None:
+    def __init__(self, models: list[ModelConfig], observer_factory: ObserverFactory) -> None:
         self._configs = {model.name: model for model in models}
+        self._observer_factory = observer_factory
         self._loaded: dict[tuple[str, str], LoadedModel] = {}
 
     def load_all(self) -> None:
@@ -47,16 +73,45 @@ class ModelRepository:
                 runtime = create_runtime(model, version)
                 try:
                     signature = runtime.load()
+                    options = model.batching.to_options(max_batch_size(model, signature))
                 except ModelLoadError as exc:
                     runtime.close()
                     failures.append(str(exc))
                     continue
-                loaded = LoadedModel(model.name, version.version, signature, runtime)
-                self._loaded[(model.name, version.version)] = loaded
-                log.info("loaded %s (%s)", loaded.label, signature.platform)
+                label = f"{model.name}:{version.version}"
+                batcher = DynamicBatcher(
+                    runtime,
+                    options,
+                    [spec.name for spec in signature.outputs],
+                    label,
+                    observer=self._observer_factory(model.name, version.version),
+                )
+                self._loaded[(model.name, version.version)] = LoadedModel(
+                    model.name, version.version, signature, runtime, batcher
+                )
+                log.info(
+                    "loaded %s (%s, max_batch_size %d, max_queue_delay_us %d)",
+                    label,
+                    signature.platform,
+                    options.max_batch_size,
+                    options.max_queue_delay_us,
+                )
         if failures:
-            self.close()
+            for loaded in self._loaded.values():
+                loaded.runtime.close()
+            self._loaded.clear()
             raise ModelLoadError("; ".join(failures))
+
+    async def start(self) -> None:
+        for loaded in self._loaded.values():
+            await loaded.batcher.start()
+
+    async def close(self, drain: bool = True) -> None:
+        """Finish (drain) or fail what is queued, then release every runtime."""
+        for loaded in self._loaded.values():
+            await loaded.batcher.close(drain)
+            loaded.runtime.close()
+        self._loaded.clear()
 
     def get(self, name: str, version: str = "") -> LoadedModel:
         """The model version asked for, or its default version when `version` is empty."""
@@ -79,8 +134,3 @@ class ModelRepository:
 
     def models(self) -> list[LoadedModel]:
         return list(self._loaded.values())
-
-    def close(self) -> None:
-        for loaded in self._loaded.values():
-            loaded.runtime.close()
-        self._loaded.clear()

@@ -10,7 +10,6 @@ the rest are the inputs' raw bytes, in input order, each input's share given by 
 from __future__ import annotations
 
 import logging
-import time
 import zlib
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -40,8 +39,6 @@ from server.types import InferInput, InferRequest, InferResponse
 log = logging.getLogger(__name__)
 PROTOCOL = "rest"
 HEADER_LENGTH = b"inference-header-content-length"
-# Triton's request parameter: a timeout for the request, in microseconds.
-TIMEOUT_PARAMETER_US = "timeout"
 
 ERROR_HTTP_STATUS: dict[type[SwitchyardError], int] = {
     InvalidArgument: 400,
@@ -300,18 +297,14 @@ def parse_infer_request(
         if out_params.get("binary_data", binary_by_default) is True:
             binary_outputs.add(out_name)
     request_id = _field(document, "id", str, "request", "")
-    request = InferRequest(
+    return InferRequest(
         model_name=model_name,
         model_version=model_version,
         id=request_id,
         inputs=inputs,
         output_names=output_names,
         parameters={k: v for k, v in parameters.items() if isinstance(v, bool | int | float | str)},
-    )
-    timeout_us = parameters.get(TIMEOUT_PARAMETER_US)
-    if isinstance(timeout_us, int) and not isinstance(timeout_us, bool) and timeout_us > 0:
-        request.deadline_s = time.monotonic() + timeout_us / 1e6
-    return request, (binary_by_default if not output_names else binary_outputs)
+    ), (binary_by_default if not output_names else binary_outputs)
 
 
 def encode_infer_response(response: InferResponse, binary_outputs: set[str] | bool) -> Response:

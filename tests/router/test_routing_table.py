@@ -1,0 +1,195 @@
+"""The endpoints: schema, the immutable routing table, set-weights, the audit diff, swaps."""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import pytest
+
+from router.audit import describe_changes
+from router.config import build_routing_table, table_to_config
+from router.decision import Choice, RouteReason, RouteRequest
+from router.endpoint import EndpointSpec
+from router.errors import RoutingConfigError
+from router.router import Router
+from router.table import RoutingTable
+from runtimes.errors import InvalidArgument, NotFound
+
+FULL: list[dict[str, Any]] = [
+    {
+        "name": "recs",
+        "variants": {
+            "stable": {"model": "ranker", "version": "1"},
+            "canary": {"model": "ranker", "version": 2},
+            "next": {"model": "ranker-next"},
+        },
+        "weights": {"stable": 95, "canary": 5},
+        "routing_key": {"parameter": "user_id", "header": "X-User-Id"},
+        "override": {"allowed": False, "parameter": "force_variant", "header": None},
+        "shadow": {"variants": ["next"], "fraction": 0.1, "max_concurrency": 4},
+        "rollout": {
+            "stable": "stable",
+            "canary": "canary",
+            "steps_percent": [5, 25, 50, 100],
+            "step_interval_s": 600,
+            "min_requests": 500,
+            "max_error_rate": 0.01,
+            "max_p95_latency_ratio": 1.2,
+        },
+    },
+    {"name": "rank", "variants": {"only": {"model": "ranker"}}},
+]
+
+
+def test_full_schema_parses() -> None:
+    table = build_routing_table(FULL, models={"ranker": ["1", "2"], "ranker-next": ["7"]})
+    recs = table.endpoint("recs")
+    assert recs.variants["canary"].version == "2"  # YAML ints are version names
+    assert recs.variants["next"].version is None  # the model's default version
+    assert dict(recs.weights) == {"canary": 5.0, "next": 0.0, "stable": 95.0}
+    assert recs.shares["stable"] == pytest.approx(0.95)
+    assert recs.routing_key.header == "x-user-id"  # one case for HTTP and gRPC metadata
+    assert not recs.override.allowed and recs.override.header is None
+    assert recs.shadow is not None and recs.shadow.max_concurrency == 4
+    assert recs.rollout is not None and recs.rollout.steps_percent == (5, 25, 50, 100)
+    # Defaults: one variant takes all traffic; overrides on; default hint names.
+    rank = table.endpoint("rank")
+    assert dict(rank.weights) == {"only": 1.0}
+    assert rank.override.allowed and rank.override.parameter == "variant"
+    assert rank.routing_key.parameter == "routing_key" and rank.shadow is None
+
+
+def test_config_round_trips() -> None:
+    table = build_routing_table(FULL)
+    assert build_routing_table(table_to_config(table)) == table
+
+
+def mutate(path: list[Any], value: Any, *, delete: bool = False) -> list[dict[str, Any]]:
+    raw = copy.deepcopy(FULL)
+    target: Any = raw
+    for part in path[:-1]:
+        target = target[part]
+    if delete:
+        del target[path[-1]]
+    else:
+        target[path[-1]] = value
+    return raw
+
+
+@pytest.mark.parametrize(
+    ("path", "value", "message"),
+    [
+        ([0, "weights"], {"stable": 0, "canary": 0}, "endpoints.recs.weights: at least one weight"),
+        ([0, "weights", "canary"], -1, "endpoints.recs.weights.canary: must be finite and >= 0"),
+        ([0, "weights", "canary"], True, "endpoints.recs.weights.canary: must be a number"),
+        ([0, "weights", "canry"], 5, r"endpoints.recs.weights.canry: unknown variant \(variants:"),
+        ([0, "variants"], {}, "endpoints.recs.variants: at least one variant"),
+        ([0, "shadow", "fraction"], 1.5, r"endpoints.recs.shadow.fraction: must be in \[0, 1\]"),
+        (
+            [0, "shadow", "variants"],
+            ["nxt"],
+            "endpoints.recs.shadow.variants: unknown variant 'nxt'",
+        ),
+        ([0, "shadow", "fractoin"], 0.1, "endpoints.recs.shadow.fractoin: unknown key"),
+        ([0, "rollout", "canary"], "stable", "endpoints.recs.rollout.canary: must differ"),
+        ([0, "rollout", "canary"], "nope", "endpoints.recs.rollout.canary: unknown variant 'nope'"),
+        ([0, "rollout", "steps_percent"], [50, 25], "endpoints.recs.rollout.steps_percent: steps"),
+        (
+            [0, "rollout", "min_requests"],
+            1.5,
+            "endpoints.recs.rollout.min_requests: must be an int",
+        ),
+        (
+            [0, "override", "allowed"],
+            "yes",
+            "endpoints.recs.override.allowed: must be true or false",
+        ),
+        (
+            [0, "override", "parameter"],
+            "user_id",
+            "endpoints.recs.override.parameter: 'user_id' is",
+        ),
+        (
+            [0, "variants", "bad name"],
+            {"model": "m"},
+            "endpoints.recs.variants.bad name: must be a",
+        ),
+        ([0, "variants", "next", "model"], None, "endpoints.recs.variants.next.model: is required"),
+        ([1, "name"], "recs", "endpoints.recs: endpoint name repeats"),
+        ([1, "name"], None, "endpoints.1.name: is required"),
+    ],
+)
+def test_validation_errors_name_the_key(path: list[Any], value: Any, message: str) -> None:
+    with pytest.raises(RoutingConfigError, match=message):
+        build_routing_table(mutate(path, value))
+
+
+def test_models_are_checked_when_given() -> None:
+    with pytest.raises(RoutingConfigError, match=r"next.model: unknown model 'ranker-next'"):
+        build_routing_table(FULL, models={"ranker": ["1", "2"]})
+    with pytest.raises(RoutingConfigError, match="canary.version: model 'ranker' has no version"):
+        build_routing_table(FULL, models={"ranker": ["1"], "ranker-next": []})
+
+
+def test_config_errors_are_invalid_argument_for_the_admin_api() -> None:
+    assert issubclass(RoutingConfigError, InvalidArgument)
+    assert build_routing_table(None) == RoutingTable({})
+    with pytest.raises(RoutingConfigError, match="endpoints: must be a list"):
+        build_routing_table({"recs": {}})
+
+
+def test_with_weights_returns_a_new_table_and_diff_describes_it() -> None:
+    old = build_routing_table(FULL)
+    new = old.with_weights("recs", {"stable": 90, "canary": 10})
+    assert old.endpoint("recs").weights["canary"] == 5  # unchanged
+    assert new.endpoint("recs").shares["canary"] == pytest.approx(0.10)
+    assert new.endpoint("rank") is old.endpoint("rank")
+    assert describe_changes(old, new) == [
+        "endpoints.recs.weights.canary: 5 -> 10",
+        "endpoints.recs.weights.stable: 95 -> 90",
+    ]
+    assert describe_changes(old, old) == []
+    with pytest.raises(RoutingConfigError, match="endpoints.recs.weights.canary: must be finite"):
+        old.with_weights("recs", {"stable": 1, "canary": float("nan")})
+    with pytest.raises(NotFound):
+        old.with_weights("nope", {"a": 1})
+
+
+def test_diff_reports_added_removed_and_nested_changes() -> None:
+    old = build_routing_table(FULL)
+    changed = mutate([0, "shadow", "fraction"], 0.2)
+    changed[0]["rollout"]["max_error_rate"] = None
+    new = build_routing_table([changed[0], {"name": "fresh", "variants": {"v": {"model": "m"}}}])
+    assert describe_changes(old, new) == [
+        "endpoints.fresh: added",
+        "endpoints.rank: removed",
+        "endpoints.recs.rollout.max_error_rate: 0.01 -> (none)",
+        "endpoints.recs.shadow.fraction: 0.1 -> 0.2",
+    ]
+
+
+def test_swap_mid_request_does_not_disturb_it() -> None:
+    old = build_routing_table(FULL)
+
+    class SwapInTheMiddle:
+        def choose(self, endpoint: EndpointSpec, request: RouteRequest) -> Choice | None:
+            router.swap(RoutingTable({}))  # a config change lands mid-request
+            return Choice("stable", RouteReason.RANDOM)
+
+    router = Router(old, policies=[SwapInTheMiddle()])
+    decision = router.route("recs")
+    assert decision.primary.name == "stable"  # decided on the snapshot it started with
+    assert router.table == RoutingTable({})
+    with pytest.raises(NotFound):
+        router.route("recs")
+
+
+def test_table_and_specs_are_immutable() -> None:
+    table = build_routing_table(FULL)
+    with pytest.raises(TypeError):
+        table.endpoints["x"] = table.endpoint("rank")  # type: ignore[index]
+    with pytest.raises(TypeError):
+        table.endpoint("recs").weights["canary"] = 50  # type: ignore[index]
+    with pytest.raises(AttributeError):
+        table.endpoint("recs").name = "other"  # type: ignore[misc]
