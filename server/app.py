@@ -8,18 +8,23 @@ import logging
 import signal
 import socket
 from collections.abc import Iterator
+from pathlib import Path
 
 import grpc
 import uvicorn
 import uvloop
 from prometheus_client import make_asgi_app
 
-from server.config import SwitchyardConfig
+from server.admin_api import AdminApi
+from server.audit_log import AuditLog
+from server.config import SwitchyardConfig, routing_table
+from server.config_reload import ConfigReloader
 from server.dataplane import DataPlane
 from server.grpc_ingress import InferenceServicer, create_grpc_server
 from server.metrics import ServerMetrics
 from server.repository import ModelRepository
 from server.rest_ingress import RestApp
+from server.routing import RoutingService
 
 log = logging.getLogger(__name__)
 
@@ -50,11 +55,25 @@ def _bind(host: str, port: int) -> socket.socket:
 class StandaloneServer:
     """Owns every part of one gateway process and starts and stops them in order."""
 
-    def __init__(self, config: SwitchyardConfig) -> None:
+    def __init__(self, config: SwitchyardConfig, config_path: Path | None = None) -> None:
         self.config = config
         self.metrics = ServerMetrics()
         self.repository = ModelRepository(config.models, self.metrics.batch_observer)
         self.dataplane = DataPlane(self.repository, config.server.max_request_size_bytes)
+        self.routing = RoutingService(
+            routing_table(config),
+            self.dataplane.infer_model,
+            config.routing,
+            self.metrics.routing,
+            AuditLog(config.admin.audit_log_path),
+        )
+        self.dataplane.routing = self.routing
+        self._reloader = (
+            ConfigReloader(config_path, config, self.routing, config.routing.config_reload_s)
+            if config_path is not None and config.routing.config_reload_s > 0
+            else None
+        )
+        self._reload_task: asyncio.Task[None] | None = None
         self._grpc_server: grpc.aio.Server | None = None
         self._http_servers: list[_EmbeddedUvicorn] = []
         self._http_tasks: list[asyncio.Task[None]] = []
@@ -64,6 +83,7 @@ class StandaloneServer:
         settings = self.config.server
         self.repository.load_all()
         await self.repository.start()
+        await self.routing.start()
         servicer = InferenceServicer(self.dataplane, self.metrics)
         self._grpc_server, self.grpc_port = create_grpc_server(
             servicer, settings.host, settings.grpc_port, settings.max_request_size_bytes
@@ -74,7 +94,12 @@ class StandaloneServer:
         self.metrics_port = metrics_socket.getsockname()[1]
         await self._grpc_server.start()
         for app, sock in (
-            (RestApp(self.dataplane, self.metrics), http_socket),
+            (
+                RestApp(
+                    self.dataplane, self.metrics, AdminApi(self.routing, self.config.admin.token)
+                ),
+                http_socket,
+            ),
             (make_asgi_app(self.metrics.registry), metrics_socket),
         ):
             server = _EmbeddedUvicorn(
@@ -95,6 +120,8 @@ class StandaloneServer:
                 await asyncio.gather(*self._http_tasks)  # surfaces the start-up error
                 raise RuntimeError("an HTTP server stopped during start-up")
             await asyncio.sleep(0.01)
+        if self._reloader is not None:
+            self._reload_task = asyncio.create_task(self._reloader.run_forever(), name="reload")
         self.dataplane.set_ready(True)
         log.info(
             "switchyard ready: REST on %s:%d, gRPC on %s:%d, metrics on %s:%d",
@@ -105,18 +132,22 @@ class StandaloneServer:
     async def stop(self) -> None:
         """Stop taking requests, let in-flight ones finish within the grace period, release."""
         self.dataplane.set_ready(False)
+        if self._reload_task is not None:
+            self._reload_task.cancel()
+            await asyncio.gather(self._reload_task, return_exceptions=True)
         grace_s = self.config.server.shutdown_grace_s
         if self._grpc_server is not None:
             await self._grpc_server.stop(grace_s)
         for server in self._http_servers:
             server.should_exit = True
         await asyncio.gather(*self._http_tasks, return_exceptions=True)
+        await self.routing.close()
         await self.repository.close(drain=True)
         log.info("switchyard stopped")
 
 
-async def serve_until_signalled(config: SwitchyardConfig) -> None:
-    server = StandaloneServer(config)
+async def serve_until_signalled(config: SwitchyardConfig, config_path: Path | None) -> None:
+    server = StandaloneServer(config, config_path)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -129,5 +160,5 @@ async def serve_until_signalled(config: SwitchyardConfig) -> None:
         await server.stop()
 
 
-def run_standalone(config: SwitchyardConfig) -> None:
-    uvloop.run(serve_until_signalled(config))
+def run_standalone(config: SwitchyardConfig, config_path: Path | None = None) -> None:
+    uvloop.run(serve_until_signalled(config, config_path))

@@ -30,7 +30,7 @@ def _serve(args: argparse.Namespace) -> int:
     from server.app import run_standalone
 
     try:
-        run_standalone(config)
+        run_standalone(config, config_path)
     except (ModelLoadError, OSError) as exc:
         print(f"switchyard: {exc}", file=sys.stderr)
         return 1

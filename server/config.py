@@ -15,6 +15,9 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from router.config import build_routing_table
+from router.errors import RoutingConfigError
+from router.table import RoutingTable
 from runtimes.batcher import BatchingOptions
 from runtimes.ort_runtime import OrtOptions
 
@@ -124,9 +127,35 @@ class ModelConfig(Strict):
         return self.default_version or self.versions[-1].version
 
 
+class RoutingSettings(Strict):
+    """How the router's background work runs (the endpoints themselves are `endpoints:`)."""
+
+    # JSONL log of the largest shadow-versus-primary disagreements; none when unset.
+    disagreement_log_path: Path | None = None
+    disagreement_top_n: int = Field(default=10, ge=1)  # lines kept per window
+    disagreement_window_s: float = Field(default=60.0, gt=0)
+    # A shadow call still running after this long is cancelled and counted.
+    shadow_timeout_s: float = Field(default=5.0, gt=0)
+    rollout_tick_s: float = Field(default=1.0, gt=0)  # how often rollouts are judged
+    # How often the config file is checked for endpoint changes; 0 turns reloading off.
+    config_reload_s: float = Field(default=2.0, ge=0)
+
+
+class AdminSettings(Strict):
+    """The admin REST API (/admin/v1/...) on the HTTP port; off unless a token is set."""
+
+    token: str | None = Field(default=None, min_length=16)
+    # Every routing change as one JSON line (who, when, old -> new); the log gets them too.
+    audit_log_path: Path | None = None
+
+
 class SwitchyardConfig(Strict):
     server: ServerSettings = Field(default_factory=ServerSettings)
     models: list[ModelConfig] = Field(min_length=1)
+    # Validated by router.config (see routing_table below); raw here to keep one schema.
+    endpoints: list[Any] = Field(default_factory=list)
+    routing: RoutingSettings = Field(default_factory=RoutingSettings)
+    admin: AdminSettings = Field(default_factory=AdminSettings)
 
     @model_validator(mode="after")
     def _check_unique_models(self) -> SwitchyardConfig:
@@ -150,15 +179,41 @@ def _apply_env_overrides(raw: dict[str, Any], env: Mapping[str, str]) -> dict[st
         value = env.get(ENV_PREFIX + name.upper())
         if value is not None:
             server[name] = value
-    return {**raw, "server": server}
+    raw = {**raw, "server": server}
+    token = env.get(ENV_PREFIX + "ADMIN_TOKEN")
+    if token is not None:  # secrets belong in the environment, not in the config file
+        raw["admin"] = {**(raw.get("admin") or {}), "token": token}
+    return raw
+
+
+def routing_table(config: SwitchyardConfig, source: str = "the configuration") -> RoutingTable:
+    """The validated routing table of `config`'s endpoints; ConfigError naming the key."""
+    models = {model.name: [v.version for v in model.versions] for model in config.models}
+    try:
+        table = build_routing_table(config.endpoints, models=models)
+    except RoutingConfigError as exc:
+        raise ConfigError(f"invalid configuration in {source}:\n  {exc}") from None
+    clashes = sorted(set(table.endpoints) & set(models))
+    if clashes:
+        raise ConfigError(
+            f"invalid configuration in {source}:\n  endpoints: names {clashes} are also model "
+            "names; an endpoint needs a name of its own"
+        )
+    return table
+
+
+def _resolve_path(section: Any, key: str, base_dir: Path) -> None:
+    if isinstance(section, dict) and isinstance(section.get(key), str):
+        path = Path(section[key]).expanduser()
+        section[key] = str(path if path.is_absolute() else base_dir / path)
 
 
 def _resolve_paths(raw: dict[str, Any], base_dir: Path) -> None:
+    _resolve_path(raw.get("routing"), "disagreement_log_path", base_dir)
+    _resolve_path(raw.get("admin"), "audit_log_path", base_dir)
     for model in raw.get("models") or []:
         for version in (model.get("versions") if isinstance(model, dict) else None) or []:
-            if isinstance(version, dict) and isinstance(version.get("path"), str):
-                path = Path(version["path"]).expanduser()
-                version["path"] = str(path if path.is_absolute() else base_dir / path)
+            _resolve_path(version, "path", base_dir)
 
 
 def parse_config(
@@ -170,9 +225,11 @@ def parse_config(
     raw = _apply_env_overrides(raw, os.environ if env is None else env)
     _resolve_paths(raw, base_dir)
     try:
-        return SwitchyardConfig.model_validate(raw)
+        config = SwitchyardConfig.model_validate(raw)
     except ValidationError as exc:
         raise ConfigError(_format_validation_error(exc, source)) from None
+    routing_table(config, source)  # endpoints are validated at start too
+    return config
 
 
 def load_config(path: Path, env: Mapping[str, str] | None = None) -> SwitchyardConfig:

@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from runtimes.base import ModelSignature, TensorSpec
 from runtimes.errors import InvalidArgument
 from server.repository import LoadedModel, ModelRepository
+from server.routing import RoutingService
 from server.types import (
     InferInput,
     InferOutput,
@@ -36,6 +37,8 @@ class DataPlane:
         self._repository = repository
         self.max_request_size_bytes = max_request_size_bytes
         self._ready = False
+        # Set by the host once built (it calls back into infer_model for each variant).
+        self.routing: RoutingService | None = None
 
     # Health ---------------------------------------------------------------------------
 
@@ -73,12 +76,29 @@ class DataPlane:
         )
 
     def model_label(self, name: str) -> str:
-        """The model name for metrics labels: only names we serve, to bound cardinality."""
-        return name if self._repository.has_model(name) else UNKNOWN_MODEL_LABEL
+        """The model or endpoint name for metrics labels: only names we serve, to bound
+        cardinality."""
+        known = self._repository.has_model(name) or self._is_endpoint(name)
+        return name if known else UNKNOWN_MODEL_LABEL
+
+    def _is_endpoint(self, name: str) -> bool:
+        return self.routing is not None and self.routing.is_endpoint(name)
 
     # Inference ------------------------------------------------------------------------
 
     async def infer(self, request: InferRequest) -> InferResponse:
+        """Serve a request naming an endpoint (routed) or a model version (direct)."""
+        if self.routing is not None and self.routing.is_endpoint(request.model_name):
+            if request.model_version:
+                raise InvalidArgument(
+                    f"'{request.model_name}' is an endpoint: its router picks the version; "
+                    "name a model to ask for a version"
+                )
+            return await self.routing.infer(request)
+        return await self.infer_model(request)
+
+    async def infer_model(self, request: InferRequest) -> InferResponse:
+        """Run the model version the request names, without routing."""
         model = self._repository.get(request.model_name, request.model_version)
         output_names = _check_request(model.signature, request)
         results = await model.batcher.infer(

@@ -28,6 +28,7 @@ from runtimes.errors import (
 )
 from server.dataplane import DataPlane
 from server.metrics import ServerMetrics
+from server.routing import VARIANT_HEADER, VARIANT_PARAMETER
 from server.tensors import checked_element_count, decode_raw, decode_values, encode_raw
 from server.types import InferInput, InferRequest, InferResponse, ParameterValue
 
@@ -212,11 +213,19 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         with self._metrics.track(PROTOCOL, self._dataplane.model_label) as labels:
             labels.model = request.model_name
             infer_request = decode_infer_request(request, self._dataplane.max_request_size_bytes)
+            infer_request.headers = {
+                key.lower(): value
+                for key, value in context.invocation_metadata() or ()
+                if isinstance(value, str)  # binary (-bin) metadata carries no routing hints
+            }
             remaining_s = context.time_remaining()
             if remaining_s is not None:
                 infer_request.deadline_s = time.monotonic() + remaining_s
             response = await self._dataplane.infer(infer_request)
             labels.version = response.model_version
+            variant = response.parameters.get(VARIANT_PARAMETER)
+            if variant is not None:
+                context.set_trailing_metadata(((VARIANT_HEADER, str(variant)),))
             return encode_infer_response(response)
 
 

@@ -103,6 +103,7 @@ class ServerMetrics:
             [*model_labels, "reason"],
             registry=self.registry,
         )
+        self.routing = RoutingMetrics(self.registry)
 
     def batch_observer(self, model: str, version: str) -> BatchObserver:
         return _PrometheusBatchObserver(self, model, version)
@@ -153,3 +154,74 @@ class _PrometheusBatchObserver(BatchObserver):
 
     def queue_depth_changed(self, depth: int) -> None:
         self._queue_depth.set(depth)
+
+
+# Shadow-versus-primary differences span exact agreement (0) to unrelated outputs (>= 1).
+ABS_DIFF_BUCKETS = (0.0, 1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 0.1, 1.0)
+FRACTION_BUCKETS = (0.0, 0.25, 0.5, 0.75, 0.9, 0.99, 1.0)
+LATENCY_DELTA_BUCKETS_S = (-0.1, -0.01, -0.001, -0.0001, 0.0, 0.0001, 0.001, 0.01, 0.1, 1.0)
+
+
+class RoutingMetrics:
+    """Routing decisions, shadow comparisons and rollouts, on the server's registry."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        variant_labels = ["endpoint", "variant"]
+        self.routed = Counter(
+            "switchyard_routed_requests",
+            "Requests to an endpoint by the variant that served them and why it was chosen.",
+            [*variant_labels, "reason"],
+            registry=registry,
+        )
+        self.shadow_requests = Counter(
+            "switchyard_shadow_requests",
+            "Mirrored requests by outcome (ok, error, dropped_at_capacity, ...).",
+            [*variant_labels, "outcome"],
+            registry=registry,
+        )
+        self.shadow_max_abs_diff = Histogram(
+            "switchyard_shadow_max_abs_diff",
+            "Largest absolute difference between shadow and primary outputs, per request.",
+            variant_labels,
+            buckets=ABS_DIFF_BUCKETS,
+            registry=registry,
+        )
+        self.shadow_argmax_agreement = Histogram(
+            "switchyard_shadow_argmax_agreement",
+            "Share of rows whose argmax (top item) agrees between shadow and primary.",
+            variant_labels,
+            buckets=FRACTION_BUCKETS,
+            registry=registry,
+        )
+        self.shadow_top_k_overlap = Histogram(
+            "switchyard_shadow_top_k_overlap",
+            "Overlap of the top-k items ranked by shadow and by primary.",
+            variant_labels,
+            buckets=FRACTION_BUCKETS,
+            registry=registry,
+        )
+        self.shadow_latency_delta_s = Histogram(
+            "switchyard_shadow_latency_delta_seconds",
+            "Shadow latency minus primary latency, per request.",
+            variant_labels,
+            buckets=LATENCY_DELTA_BUCKETS_S,
+            registry=registry,
+        )
+        self.rollout_events = Counter(
+            "switchyard_rollout_events",
+            "Rollout transitions by the state they lead to.",
+            ["endpoint", "to_state"],
+            registry=registry,
+        )
+        self.rollout_canary_percent = Gauge(
+            "switchyard_rollout_canary_percent",
+            "The canary's share of an endpoint's traffic under its rollout, in percent.",
+            ["endpoint"],
+            registry=registry,
+        )
+        self.table_changes = Counter(
+            "switchyard_routing_table_changes",
+            "Routing table changes applied, by who made them.",
+            ["actor"],
+            registry=registry,
+        )

@@ -16,17 +16,12 @@ from typing import Any
 
 import orjson
 
-from runtimes.errors import (
-    DeadlineExceeded,
-    InvalidArgument,
-    NotFound,
-    PayloadTooLarge,
-    ResourceExhausted,
-    SwitchyardError,
-    Unavailable,
-)
+from runtimes.errors import InvalidArgument, NotFound, PayloadTooLarge
+from server.admin_api import AdminApi
 from server.dataplane import DataPlane
+from server.http_errors import HttpError, http_status
 from server.metrics import ServerMetrics
+from server.routing import VARIANT_HEADER, VARIANT_PARAMETER
 from server.tensors import (
     checked_element_count,
     decode_raw,
@@ -40,39 +35,9 @@ log = logging.getLogger(__name__)
 PROTOCOL = "rest"
 HEADER_LENGTH = b"inference-header-content-length"
 
-ERROR_HTTP_STATUS: dict[type[SwitchyardError], int] = {
-    InvalidArgument: 400,
-    NotFound: 404,
-    PayloadTooLarge: 413,
-    ResourceExhausted: 503,
-    Unavailable: 503,
-    DeadlineExceeded: 504,
-}
-INTERNAL_ERROR_MESSAGE = "internal server error; the server log has the details"
-
 Scope = dict[str, Any]
 Receive = Callable[[], Awaitable[dict[str, Any]]]
 Send = Callable[[dict[str, Any]], Awaitable[None]]
-
-
-class HttpError(Exception):
-    """A routing-level failure with its own status (405, 415)."""
-
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-
-
-def http_status(error: Exception) -> tuple[int, str]:
-    """The status and message a client sees for an error."""
-    if isinstance(error, HttpError):
-        return error.status, str(error)
-    for error_type in type(error).__mro__:
-        if error_type in ERROR_HTTP_STATUS:
-            return ERROR_HTTP_STATUS[error_type], str(error)
-    if isinstance(error, SwitchyardError):
-        return 500, str(error)
-    return 500, INTERNAL_ERROR_MESSAGE
 
 
 class Response:
@@ -91,9 +56,12 @@ class Response:
 
 
 class RestApp:
-    def __init__(self, dataplane: DataPlane, metrics: ServerMetrics) -> None:
+    def __init__(
+        self, dataplane: DataPlane, metrics: ServerMetrics, admin: AdminApi | None = None
+    ) -> None:
         self._dataplane = dataplane
         self._metrics = metrics
+        self._admin = admin
         self._max_bytes = dataplane.max_request_size_bytes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -113,6 +81,11 @@ class RestApp:
     async def _dispatch(self, scope: Scope, receive: Receive) -> Response:
         parts = scope["path"].strip("/").split("/")
         method = scope["method"]
+        if parts[:2] == ["admin", "v1"] and self._admin is not None:
+            headers = dict(scope["headers"])
+            self._admin.authorize(headers)  # before reading any body
+            body = await self._read_body(headers, receive) if method in ("PUT", "POST") else b""
+            return Response.json(200, self._admin.handle(method, parts[2:], headers, body))
         if parts[0] != "v2":
             raise NotFound(f"no route for {scope['path']}; the API lives under /v2")
         if parts == ["v2"]:
@@ -146,9 +119,14 @@ class RestApp:
             request, binary_outputs = parse_infer_request(
                 body, headers.get(HEADER_LENGTH), name, version, self._max_bytes
             )
+            request.headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in headers.items()}
             response = await self._dataplane.infer(request)
             labels.version = response.model_version
-            return encode_infer_response(response, binary_outputs)
+            encoded = encode_infer_response(response, binary_outputs)
+            variant = response.parameters.get(VARIANT_PARAMETER)
+            if variant is not None:
+                encoded.headers.append((VARIANT_HEADER.encode(), str(variant).encode()))
+            return encoded
 
     async def _read_body(self, headers: dict[bytes, bytes], receive: Receive) -> bytes:
         declared = headers.get(b"content-length")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -28,6 +29,8 @@ class InferRequest:
     # Requested output names; empty means every output of the model.
     output_names: list[str] = field(default_factory=list)
     parameters: dict[str, ParameterValue] = field(default_factory=dict)
+    # HTTP headers or gRPC metadata, names in lower case (routing keys and overrides).
+    headers: Mapping[str, str] = field(default_factory=dict)
     # Absolute deadline on the monotonic clock, from the caller's gRPC deadline or timeout.
     deadline_s: float | None = None
 

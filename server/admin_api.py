@@ -1,0 +1,88 @@
+"""The admin REST API: read and change routing, drive rollouts. Bearer-token protected.
+
+Routes (all under /admin/v1):
+  GET  /endpoints                              endpoints, policies and rollout states
+  PUT  /endpoints/{name}/weights               body {"weights": {"stable": 90, "canary": 10}}
+  POST /endpoints/{name}/rollout/{action}      action: start | abort | promote
+Every change is audited with its actor: the `X-Switchyard-Actor` header, else "admin".
+"""
+
+from __future__ import annotations
+
+import hmac
+from typing import Any
+
+import orjson
+
+from router.config import table_to_config
+from runtimes.errors import InvalidArgument, NotFound
+from server.http_errors import HttpError
+from server.routing import RoutingService
+
+ACTOR_HEADER = b"x-switchyard-actor"
+ROLLOUT_ACTIONS = ("start", "abort", "promote")
+
+
+class AdminApi:
+    def __init__(self, routing: RoutingService, token: str | None) -> None:
+        self._routing = routing
+        self._token = token
+
+    def authorize(self, headers: dict[bytes, bytes]) -> None:
+        """Refuse unless the request carries the configured bearer token."""
+        if self._token is None:
+            raise NotFound("the admin API is off; set admin.token or SWITCHYARD_ADMIN_TOKEN")
+        scheme, _, given = headers.get(b"authorization", b"").decode("latin-1").partition(" ")
+        if scheme.lower() != "bearer" or not given:
+            raise HttpError(401, "the admin API needs an 'Authorization: Bearer <token>' header")
+        if not hmac.compare_digest(given.encode(), self._token.encode()):
+            raise HttpError(403, "the bearer token is not valid for the admin API")
+
+    def handle(
+        self, method: str, parts: list[str], headers: dict[bytes, bytes], body: bytes
+    ) -> dict[str, Any]:
+        """Serve /admin/v1/{parts...}; the returned document is the 200 response."""
+        actor = headers.get(ACTOR_HEADER, b"admin").decode("latin-1")[:100]
+        if parts == ["endpoints"]:
+            _require(method, "GET")
+            return {
+                "endpoints": table_to_config(self._routing.table),
+                "rollouts": self._routing.rollout_states(),
+            }
+        if len(parts) == 3 and parts[0] == "endpoints" and parts[2] == "weights":
+            _require(method, "PUT")
+            weights = _json_object(body).get("weights")
+            if not isinstance(weights, dict):
+                raise InvalidArgument('body must be {"weights": {"<variant>": <number>, ...}}')
+            changes = self._routing.set_weights(parts[1], weights, actor)
+            return {"changes": changes}
+        if len(parts) == 4 and parts[0] == "endpoints" and parts[2] == "rollout":
+            _require(method, "POST")
+            action = parts[3]
+            if action not in ROLLOUT_ACTIONS:
+                raise NotFound(f"unknown rollout action '{action}' (actions: {ROLLOUT_ACTIONS})")
+            controller = self._routing.rollout(parts[1])
+            reason = f"{action} by {actor}"
+            if action == "start":
+                event = controller.start()
+            elif action == "abort":
+                event = controller.abort(reason)
+            else:
+                event = controller.promote(reason)
+            return {"state": str(event.to_state), "canary_percent": event.to_percent}
+        raise NotFound(f"no admin route /admin/v1/{'/'.join(parts)}")
+
+
+def _require(method: str, allowed: str) -> None:
+    if method != allowed:
+        raise HttpError(405, f"method {method} is not allowed here; use {allowed}")
+
+
+def _json_object(body: bytes) -> dict[str, Any]:
+    try:
+        document = orjson.loads(body or b"{}")
+    except orjson.JSONDecodeError as exc:
+        raise InvalidArgument(f"request body is not valid JSON: {exc}") from None
+    if not isinstance(document, dict):
+        raise InvalidArgument("request body must be a JSON object")
+    return document

@@ -1,0 +1,1 @@
+"""Latency-driven autoscaling: the policy, its Ray Serve and Prometheus faces, and a simulator."""

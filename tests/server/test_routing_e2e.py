@@ -1,0 +1,480 @@
+"""Endpoints through the real gateway: splits, stickiness, overrides, shadows, rollouts,
+the admin API and live config reloads."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import threading
+import time
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import tritonclient.grpc as triton_grpc
+import yaml
+
+from demo.build_model import build
+from tests.slow_model import build_slow_model
+from tests.support import Gateway, start_gateway
+
+ADMIN_TOKEN = "test-admin-token-0123456789"
+ROW = [0.5] * 16
+# 20 candidates for one user: enough rows for top-k ranking comparisons.
+CANDIDATES = np.random.default_rng(1).normal(size=(20, 16)).round(3).tolist()
+
+
+@pytest.fixture(scope="module")
+def model_paths(demo_model_path: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    workdir = tmp_path_factory.mktemp("models")
+    return {
+        "v1": str(demo_model_path),
+        "v2": str(build(workdir / "v2", seed=8)),  # another seed: outputs that differ
+        "slow_input": str(build_slow_model(workdir / "other.onnx", work_dim=8)),
+    }
+
+
+def base_config(paths: dict[str, str], workdir: Path, **routing: Any) -> dict[str, Any]:
+    versions = [{"version": "1", "path": paths["v1"]}, {"version": "2", "path": paths["v2"]}]
+    return {
+        "models": [
+            {"name": "ranker", "versions": versions, "default_version": "1"},
+            # The same v1 file behind a 2 s queue delay: a real, slow variant.
+            {
+                "name": "ranker_slow",
+                "versions": [{"version": "1", "path": paths["v1"]}],
+                "batching": {"max_batch_size": 1024, "max_queue_delay_us": 2_000_000},
+            },
+            # A 1 us timeout: every request expires in the queue (DEADLINE_EXCEEDED).
+            {
+                "name": "ranker_expiring",
+                "versions": [{"version": "1", "path": paths["v1"]}],
+                "batching": {"timeout_s": 0.000001},
+            },
+            # Takes `x`, not `features`: every call routed to it fails.
+            {"name": "wrong_input", "versions": [{"version": "1", "path": paths["slow_input"]}]},
+        ],
+        "routing": {
+            "disagreement_log_path": str(workdir / "disagreements.jsonl"),
+            "disagreement_window_s": 0.2,
+            "rollout_tick_s": 0.1,
+            "config_reload_s": 0.2,
+            **routing,
+        },
+        "admin": {"token": ADMIN_TOKEN, "audit_log_path": str(workdir / "audit.jsonl")},
+        "endpoints": [
+            {
+                "name": "recs",
+                "variants": {
+                    "stable": {"model": "ranker", "version": "1"},
+                    "canary": {"model": "ranker", "version": "2"},
+                },
+                "weights": {"stable": 50, "canary": 50},
+                "routing_key": {"parameter": "user_id", "header": "x-user-id"},
+            },
+            {
+                "name": "locked",
+                "variants": {"only": {"model": "ranker", "version": "1"}},
+                "override": {"allowed": False},
+            },
+            {
+                "name": "mirrored",
+                "variants": {
+                    "live": {"model": "ranker", "version": "1"},
+                    "candidate": {"model": "ranker", "version": "2"},
+                    "slow": {"model": "ranker_slow"},
+                    "broken": {"model": "wrong_input"},
+                },
+                "weights": {"live": 1},
+                "shadow": {
+                    "variants": ["candidate", "slow", "broken"],
+                    "fraction": 1.0,
+                    "max_concurrency": 64,
+                },
+            },
+            {
+                "name": "mirrored_capped",
+                "variants": {
+                    "live": {"model": "ranker", "version": "1"},
+                    "slow": {"model": "ranker_slow"},
+                },
+                "weights": {"live": 1},
+                "shadow": {"variants": ["slow"], "fraction": 1.0, "max_concurrency": 2},
+            },
+            {
+                "name": "rollout_ok",
+                "variants": {
+                    "stable": {"model": "ranker", "version": "1"},
+                    "canary": {"model": "ranker", "version": "2"},
+                },
+                "weights": {"stable": 1},
+                "rollout": {
+                    "stable": "stable",
+                    "canary": "canary",
+                    "steps_percent": [50, 100],
+                    "step_interval_s": 0.3,
+                    "min_requests": 5,
+                    "max_error_rate": 0.05,
+                },
+            },
+            {
+                "name": "rollout_failing",
+                "variants": {
+                    "stable": {"model": "ranker", "version": "1"},
+                    "canary": {"model": "ranker_expiring"},
+                },
+                "weights": {"stable": 1},
+                "rollout": {
+                    "stable": "stable",
+                    "canary": "canary",
+                    "steps_percent": [50, 100],
+                    "step_interval_s": 0.3,
+                    "min_requests": 5,
+                    "max_error_rate": 0.05,
+                },
+            },
+            {
+                "name": "rollout_slow",
+                "variants": {
+                    "stable": {"model": "ranker", "version": "1"},
+                    "canary": {"model": "ranker_slow"},
+                },
+                "weights": {"stable": 1},
+                "rollout": {
+                    "stable": "stable",
+                    "canary": "canary",
+                    "steps_percent": [50, 100],
+                    "step_interval_s": 30,
+                    "min_requests": 3,
+                    "max_p95_latency_s": 0.5,
+                },
+            },
+        ],
+    }
+
+
+@pytest.fixture(scope="module")
+def routed(
+    model_paths: dict[str, str], tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Gateway]:
+    workdir = tmp_path_factory.mktemp("routed")
+    gateway = start_gateway(base_config(model_paths, workdir), workdir)
+    gateway.workdir = workdir  # type: ignore[attr-defined]
+    yield gateway
+    gateway.stop()
+
+
+def request(
+    gateway: Gateway,
+    method: str,
+    path: str,
+    body: Any = None,
+    headers: dict[str, str] | None = None,
+) -> tuple[int, dict[str, str], dict]:
+    connection = http.client.HTTPConnection("127.0.0.1", gateway.http_port, timeout=30)
+    payload = json.dumps(body).encode() if body is not None else None
+    connection.request(method, path, body=payload, headers=headers or {})
+    response = connection.getresponse()
+    raw = response.read()
+    connection.close()
+    return (
+        response.status,
+        {k.lower(): v for k, v in response.getheaders()},
+        json.loads(raw or b"{}"),
+    )
+
+
+def infer(
+    gateway: Gateway,
+    endpoint: str,
+    parameters: dict | None = None,
+    headers: dict[str, str] | None = None,
+    rows: list[list[float]] | None = None,
+):
+    rows = rows or [ROW]
+    tensor = {"name": "features", "datatype": "FP32", "shape": [len(rows), 16], "data": rows}
+    body: dict[str, Any] = {"inputs": [tensor]}
+    if parameters:
+        body["parameters"] = parameters
+    return request(gateway, "POST", f"/v2/models/{endpoint}/infer", body, headers)
+
+
+def admin(
+    gateway: Gateway, method: str, path: str, body: Any = None, token: str | None = ADMIN_TOKEN
+):
+    headers = {"X-Switchyard-Actor": "alice"}
+    if token is not None:
+        headers["Authorization"] = f"Bearer {token}"
+    return request(gateway, method, f"/admin/v1{path}", body, headers)
+
+
+def test_split_is_sticky_across_requests_and_protocols(routed: Gateway) -> None:
+    served: dict[str, str] = {}
+    for user in range(200):
+        status, headers, body = infer(routed, "recs", {"user_id": f"u{user}"})
+        assert status == 200, body
+        variant = body["parameters"]["switchyard_variant"]
+        assert headers["x-switchyard-variant"] == variant
+        assert body["parameters"]["switchyard_endpoint"] == "recs"
+        assert body["model_version"] == {"stable": "1", "canary": "2"}[variant]
+        served[f"u{user}"] = variant
+    shares = Counter(served.values())
+    assert 60 <= shares["canary"] <= 140, shares  # 50% of 200, far beyond chance to miss
+    client = triton_grpc.InferenceServerClient(routed.grpc_url)
+    tensor = triton_grpc.InferInput("features", [1, 16], "FP32")
+    tensor.set_data_from_numpy(np.array([ROW], dtype=np.float32))
+    for user in range(0, 200, 10):
+        # The header carries the same key over gRPC metadata; the answer names the variant.
+        result = client.infer("recs", [tensor], headers={"x-user-id": f"u{user}"})
+        params = result.get_response().parameters
+        assert params["switchyard_variant"].string_param == served[f"u{user}"]
+        _, _, body = infer(routed, "recs", {"user_id": f"u{user}"})
+        assert body["parameters"]["switchyard_variant"] == served[f"u{user}"]
+
+
+def test_override_and_its_refusal(routed: Gateway) -> None:
+    for variant in ("stable", "canary"):
+        status, _, body = infer(routed, "recs", headers={"X-Switchyard-Variant": variant})
+        assert status == 200 and body["parameters"]["switchyard_variant"] == variant
+    status, _, body = infer(routed, "recs", {"variant": "blue"})
+    assert status == 400 and "blue" in body["error"] and "canary" in body["error"]
+    status, _, body = infer(routed, "locked", {"variant": "only"})
+    assert status == 400 and "does not allow choosing a variant" in body["error"]
+
+
+def test_endpoint_names_no_version(routed: Gateway) -> None:
+    status, _, body = request(routed, "POST", "/v2/models/recs/versions/1/infer", {"inputs": []})
+    assert status == 400 and "endpoint" in body["error"]
+
+
+def metrics_text(gateway: Gateway) -> str:
+    connection = http.client.HTTPConnection("127.0.0.1", gateway.metrics_port, timeout=10)
+    connection.request("GET", "/metrics")
+    return connection.getresponse().read().decode()
+
+
+def metric(text: str, name: str, **labels: str) -> float:
+    return sum(
+        float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line.startswith(name + "{") and all(f'{k}="{v}"' in line for k, v in labels.items())
+    )
+
+
+def test_slow_and_failing_shadows_never_touch_the_primary(routed: Gateway) -> None:
+    latencies = []
+    for _ in range(10):
+        started = time.perf_counter()
+        status, headers, body = infer(routed, "mirrored", rows=CANDIDATES)
+        latencies.append(time.perf_counter() - started)
+        assert status == 200, body
+        assert headers["x-switchyard-variant"] == "live"
+    # The slow shadow waits 2 s in its queue; the caller never waits for it.
+    assert max(latencies) < 1.0, latencies
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        text = metrics_text(routed)
+        done = metric(text, "switchyard_shadow_requests_total", endpoint="mirrored", variant="slow")
+        if done >= 10:
+            break
+        time.sleep(0.2)
+    labels = {"endpoint": "mirrored"}
+    assert (
+        metric(
+            text, "switchyard_shadow_requests_total", variant="candidate", outcome="ok", **labels
+        )
+        == 10
+    )
+    assert (
+        metric(text, "switchyard_shadow_requests_total", variant="slow", outcome="ok", **labels)
+        == 10
+    )
+    assert (
+        metric(
+            text, "switchyard_shadow_requests_total", variant="broken", outcome="error", **labels
+        )
+        == 10
+    )
+    assert metric(text, "switchyard_shadow_max_abs_diff_count", variant="candidate", **labels) == 10
+    # The same model behind a slow queue agrees exactly and is slower.
+    assert (
+        metric(text, "switchyard_shadow_max_abs_diff_bucket", variant="slow", le="0.0", **labels)
+        == 10
+    )
+    assert (
+        metric(
+            text,
+            "switchyard_shadow_latency_delta_seconds_bucket",
+            variant="slow",
+            le="0.1",
+            **labels,
+        )
+        == 0
+    )
+    assert (
+        metric(text, "switchyard_shadow_top_k_overlap_count", variant="candidate", **labels) == 10
+    )
+
+
+def test_shadows_over_the_cap_are_dropped_and_counted(routed: Gateway) -> None:
+    for _ in range(6):  # each slow shadow holds its slot for 2 s
+        status, _, _ = infer(routed, "mirrored_capped")
+        assert status == 200
+    text = metrics_text(routed)
+    labels = {"endpoint": "mirrored_capped", "variant": "slow"}
+    dropped = metric(
+        text, "switchyard_shadow_requests_total", outcome="dropped_at_capacity", **labels
+    )
+    assert dropped == 4
+
+
+def test_disagreements_are_logged(routed: Gateway) -> None:
+    for _ in range(5):
+        infer(routed, "mirrored")
+    time.sleep(0.3)  # the next comparison after a window closes writes that window's lines
+    infer(routed, "mirrored")
+    log_path = routed.workdir / "disagreements.jsonl"  # type: ignore[attr-defined]
+    deadline = time.monotonic() + 10
+    while not (log_path.exists() and log_path.read_text().strip()) and time.monotonic() < deadline:
+        infer(routed, "mirrored")
+        time.sleep(0.3)
+    line = json.loads(log_path.read_text().splitlines()[0])
+    assert line["endpoint"] == "mirrored"
+    assert line["shadow"]["name"] == "candidate"  # the only shadow that disagrees
+    assert json.dumps(line).count("max_abs_diff") >= 1
+
+
+def rollout_state(gateway: Gateway, endpoint: str) -> dict:
+    status, _, body = admin(gateway, "GET", "/endpoints")
+    assert status == 200, body
+    return body["rollouts"][endpoint]
+
+
+def drive(gateway: Gateway, endpoint: str, until: set[str], timeout_s: float = 20) -> dict:
+    """Send traffic until the rollout reaches one of `until` states."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        for _ in range(5):
+            infer(gateway, endpoint)
+        state = rollout_state(gateway, endpoint)
+        if state["state"] in until:
+            return state
+    raise AssertionError(f"rollout of {endpoint} did not reach {until}: {state}")
+
+
+def test_healthy_canary_rolls_forward_to_completion(routed: Gateway) -> None:
+    status, _, body = admin(routed, "POST", "/endpoints/rollout_ok/rollout/start")
+    assert status == 200 and body == {"state": "running", "canary_percent": 50}
+    state = drive(routed, "rollout_ok", {"completed", "rolled_back"})
+    assert state["state"] == "completed" and state["canary_percent"] == 100
+    for _ in range(5):
+        _, _, body = infer(routed, "rollout_ok")
+        assert body["parameters"]["switchyard_variant"] == "canary"
+    text = metrics_text(routed)
+    assert (
+        metric(text, "switchyard_rollout_events_total", endpoint="rollout_ok", to_state="completed")
+        == 1
+    )
+    assert metric(text, "switchyard_rollout_canary_percent", endpoint="rollout_ok") == 100
+
+
+def test_failing_canary_rolls_back(routed: Gateway) -> None:
+    admin(routed, "POST", "/endpoints/rollout_failing/rollout/start")
+    state = drive(routed, "rollout_failing", {"completed", "rolled_back"})
+    assert state["state"] == "rolled_back" and state["canary_percent"] == 0
+    for _ in range(10):
+        _, _, body = infer(routed, "rollout_failing")
+        assert body["parameters"]["switchyard_variant"] == "stable"
+
+
+def test_slow_canary_rolls_back_on_p95(routed: Gateway) -> None:
+    admin(routed, "POST", "/endpoints/rollout_slow/rollout/start")
+    state = drive(routed, "rollout_slow", {"completed", "rolled_back"}, timeout_s=60)
+    assert state["state"] == "rolled_back"
+    audit = (routed.workdir / "audit.jsonl").read_text()  # type: ignore[attr-defined]
+    assert "rollout rolled_back" in audit and "p95" in audit
+
+
+def test_admin_api_refuses_missing_and_wrong_tokens(routed: Gateway) -> None:
+    status, headers, body = admin(routed, "GET", "/endpoints", token=None)
+    assert status == 401 and "Bearer" in body["error"]
+    status, _, body = admin(routed, "GET", "/endpoints", token="not-the-token-at-all")
+    assert status == 403
+    status, _, body = admin(
+        routed, "PUT", "/endpoints/recs/weights", {"weights": {"canary": 100}}, token="nope"
+    )
+    assert status == 403
+    _, _, listing = admin(routed, "GET", "/endpoints")
+    recs = next(e for e in listing["endpoints"] if e["name"] == "recs")
+    assert recs["weights"] == {"canary": 50, "stable": 50}  # the refused change did not apply
+
+
+def test_admin_sets_weights_and_audits(routed: Gateway) -> None:
+    status, _, body = admin(routed, "PUT", "/endpoints/locked/weights", {"weights": {"only": 2}})
+    assert status == 200 and body["changes"] == ["endpoints.locked.weights.only: 1 -> 2"]
+    status, _, body = admin(routed, "PUT", "/endpoints/recs/weights", {"weights": {"nope": 1}})
+    assert status == 400 and "nope" in body["error"]
+    status, _, body = admin(routed, "PUT", "/endpoints/absent/weights", {"weights": {"a": 1}})
+    assert status == 404
+    entries = [
+        json.loads(line) for line in (routed.workdir / "audit.jsonl").read_text().splitlines()
+    ]  # type: ignore[attr-defined]
+    entry = next(e for e in entries if e["action"] == "set weights")
+    assert entry["actor"] == "alice" and entry["changes"] == [
+        "endpoints.locked.weights.only: 1 -> 2"
+    ]
+    assert entry["time"].endswith("Z")
+
+
+def test_config_reload_under_load_fails_no_request(
+    model_paths: dict[str, str], tmp_path: Path
+) -> None:
+    config = base_config(model_paths, tmp_path)
+    gateway = start_gateway(config, tmp_path)
+    config_path = tmp_path / "switchyard.yaml"
+    failures: list[str] = []
+    variants: list[str] = []
+    stop = threading.Event()
+
+    def hammer() -> None:
+        while not stop.is_set():
+            status, _, body = infer(gateway, "recs", {"user_id": "steady-user"})
+            if status != 200:
+                failures.append(f"{status}: {body}")
+            else:
+                variants.append(body["parameters"]["switchyard_variant"])
+
+    threads = [threading.Thread(target=hammer) for _ in range(4)]
+    try:
+        for thread in threads:
+            thread.start()
+        written = yaml.safe_load(config_path.read_text())
+        for weights in ({"stable": 100, "canary": 0}, {"stable": 0, "canary": 100}) * 2:
+            written["endpoints"][0]["weights"] = weights
+            config_path.write_text(yaml.safe_dump(written))
+            only = next(name for name, weight in weights.items() if weight)
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline:
+                count = len(variants)
+                time.sleep(0.3)
+                if variants[count:] and set(variants[count:]) == {only}:
+                    break
+            else:
+                raise AssertionError(f"weights {weights} never took effect")
+        # An invalid edit is refused and the routing in force stays.
+        config_path.write_text("endpoints: [\n")
+        time.sleep(0.6)
+        count = len(variants)
+        time.sleep(0.3)
+        assert set(variants[count:]) == {"canary"}
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join()
+        gateway.stop()
+    assert failures == []
+    assert len(variants) > 50
+    assert "config change ignored" in gateway.log()
