@@ -12,10 +12,12 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import grpc
 import numpy as np
 import pytest
 import tritonclient.grpc as triton_grpc
 import yaml
+from tritonclient.grpc import service_pb2, service_pb2_grpc
 
 from demo.build_model import build
 from tests.slow_model import build_slow_model
@@ -235,6 +237,19 @@ def test_split_is_sticky_across_requests_and_protocols(routed: Gateway) -> None:
         assert body["parameters"]["switchyard_variant"] == served[f"u{user}"]
 
 
+def test_grpc_trailing_metadata_names_the_variant(routed: Gateway) -> None:
+    channel = grpc.insecure_channel(routed.grpc_url)
+    stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)
+    message = service_pb2.ModelInferRequest(model_name="recs")
+    tensor = message.inputs.add(name="features", datatype="FP32", shape=[1, 16])
+    tensor.contents.fp32_contents.extend(ROW)
+    message.parameters["variant"].string_param = "canary"
+    response, call = stub.ModelInfer.with_call(message)
+    assert dict(call.trailing_metadata())["x-switchyard-variant"] == "canary"
+    assert response.parameters["switchyard_variant"].string_param == "canary"
+    channel.close()
+
+
 def test_override_and_its_refusal(routed: Gateway) -> None:
     for variant in ("stable", "canary"):
         status, _, body = infer(routed, "recs", headers={"X-Switchyard-Variant": variant})
@@ -399,7 +414,7 @@ def test_slow_canary_rolls_back_on_p95(routed: Gateway) -> None:
 
 
 def test_admin_api_refuses_missing_and_wrong_tokens(routed: Gateway) -> None:
-    status, headers, body = admin(routed, "GET", "/endpoints", token=None)
+    status, _, body = admin(routed, "GET", "/endpoints", token=None)
     assert status == 401 and "Bearer" in body["error"]
     status, _, body = admin(routed, "GET", "/endpoints", token="not-the-token-at-all")
     assert status == 403
