@@ -25,6 +25,8 @@ class ModelSignature:
     platform: str
     inputs: tuple[TensorSpec, ...]
     outputs: tuple[TensorSpec, ...]
+    # The most rows one call may carry, when the runtime has a limit (Triton's config does).
+    max_batch_size: int | None = None
 
     def input(self, name: str) -> TensorSpec | None:
         return next((spec for spec in self.inputs if spec.name == name), None)
@@ -47,9 +49,24 @@ class Runtime(abc.ABC):
 
     @abc.abstractmethod
     async def infer(
-        self, inputs: Mapping[str, np.ndarray], output_names: Sequence[str]
+        self,
+        inputs: Mapping[str, np.ndarray],
+        output_names: Sequence[str],
+        deadline_s: float | None = None,
     ) -> dict[str, np.ndarray]:
-        """Run the model on validated inputs and return the named outputs."""
+        """Run the model on validated inputs and return the named outputs.
+
+        `deadline_s` (time.monotonic) is when the last caller waiting on this call gives up;
+        remote runtimes pass it on, in-process ones may ignore it.
+        """
+
+    async def ready(self) -> bool:
+        """Whether the model can serve now; remote runtimes ask their server."""
+        return True
 
     def close(self) -> None:  # noqa: B027 - optional hook, most runtimes hold nothing
-        """Release what the runtime holds (threads, sessions, connections)."""
+        """Release what the runtime holds (threads, sessions), from any thread."""
+
+    async def aclose(self) -> None:
+        """Release everything, on the event loop (connections that belong to it too)."""
+        self.close()

@@ -170,6 +170,12 @@ class _Request:
     queued: bool = True
 
 
+def _latest_deadline_s(batch: list[_Request]) -> float | None:
+    """How long a remote runtime may take for the batch: until its last caller gives up."""
+    deadlines = [request.deadline_s for request in batch]
+    return None if None in deadlines else max(d for d in deadlines if d is not None)
+
+
 def _resolve(future: asyncio.Future[Outputs], outputs: Outputs) -> None:
     if not future.done():  # a cancelled caller's result is dropped
         future.set_result(outputs)
@@ -215,6 +221,10 @@ class DynamicBatcher:
         self._timer: asyncio.Task[None] | None = None
         self._timer_at = math.inf
         self._batch_tasks: set[asyncio.Task[None]] = set()
+
+    @property
+    def max_batch_size(self) -> int:
+        return self._options.max_batch_size
 
     @property
     def queue_depth(self) -> int:
@@ -473,7 +483,9 @@ class DynamicBatcher:
     async def _run_batch(self, batch: list[_Request]) -> None:
         started_s = self._clock.now()
         try:
-            outputs = await self._runtime.infer(self._merge(batch), self._output_names)
+            outputs = await self._runtime.infer(
+                self._merge(batch), self._output_names, deadline_s=_latest_deadline_s(batch)
+            )
             parts = self._split(batch, outputs)
         except SwitchyardError as error:  # written for the caller: pass it on as it is
             for request in batch:

@@ -159,7 +159,10 @@ class OnnxRuntimeModel(Runtime):
         return self._session.run(list(output_names), feeds)
 
     async def infer(
-        self, inputs: Mapping[str, np.ndarray], output_names: Sequence[str]
+        self,
+        inputs: Mapping[str, np.ndarray],
+        output_names: Sequence[str],
+        deadline_s: float | None = None,  # a started session.run cannot be interrupted
     ) -> dict[str, np.ndarray]:
         loop = asyncio.get_running_loop()
         results = await loop.run_in_executor(self._executor, self._run, inputs, output_names)

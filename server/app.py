@@ -58,7 +58,7 @@ class StandaloneServer:
     def __init__(self, config: SwitchyardConfig, config_path: Path | None = None) -> None:
         self.config = config
         self.metrics = ServerMetrics()
-        self.repository = ModelRepository(config.models, self.metrics.batch_observer)
+        self.repository = ModelRepository(config.models, self.metrics)
         self.dataplane = DataPlane(self.repository, config.server.max_request_size_bytes)
         self.routing = RoutingService(
             routing_table(config),

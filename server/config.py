@@ -99,22 +99,47 @@ class BatchingConfig(Strict):
         )
 
 
+class TritonRuntimeOptions(Strict):
+    """A model served by a Triton server (runtime: triton)."""
+
+    url: str = Field(min_length=1)  # host:port of Triton's gRPC endpoint
+    model_name: str | None = None  # Triton's name for it; default: the model's own name
+    model_version: str = ""  # Triton's version; empty: Triton's default
+    # gateway: Switchyard batches in front of Triton (up to Triton's max_batch_size);
+    # triton: requests pass through one by one and Triton's own dynamic batcher batches.
+    batching: Literal["gateway", "triton"] = "gateway"
+    timeout_s: float = Field(default=5.0, gt=0)
+    connect_timeout_s: float = Field(default=30.0, gt=0)
+    max_attempts: int = Field(default=3, ge=1)
+    backoff_initial_s: float = Field(default=0.02, gt=0)
+    backoff_max_s: float = Field(default=0.5, gt=0)
+    breaker_failures: int = Field(default=5, ge=1)
+    breaker_open_s: float = Field(default=2.0, gt=0)
+
+
 class ModelVersionConfig(Strict):
     version: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")
-    path: Path
+    path: Path | None = None  # the model file; required for onnxruntime
 
 
 class ModelConfig(Strict):
     name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")
-    runtime: Literal["onnxruntime"] = "onnxruntime"
+    runtime: Literal["onnxruntime", "triton"] = "onnxruntime"
     versions: list[ModelVersionConfig] = Field(min_length=1)
     # The version served when a request names none; the last listed by default.
     default_version: str | None = None
     runtime_options: OnnxRuntimeOptions = Field(default_factory=OnnxRuntimeOptions)
+    triton: TritonRuntimeOptions | None = None
     batching: BatchingConfig = Field(default_factory=BatchingConfig)
 
     @model_validator(mode="after")
     def _check_versions(self) -> ModelConfig:
+        if self.runtime == "triton" and self.triton is None:
+            raise ValueError("runtime triton needs a `triton:` section with at least `url`")
+        if self.runtime == "onnxruntime":
+            missing = [v.version for v in self.versions if v.path is None]
+            if missing:
+                raise ValueError(f"versions {missing} need a `path` for runtime onnxruntime")
         names = [v.version for v in self.versions]
         if len(set(names)) != len(names):
             raise ValueError(f"versions of model '{self.name}' repeat: {names}")

@@ -18,6 +18,7 @@ from server.types import (
     InferOutput,
     InferRequest,
     InferResponse,
+    ModelConfigSummary,
     ModelMetadata,
     ServerMetadata,
     TensorMetadata,
@@ -51,9 +52,9 @@ class DataPlane:
     def set_ready(self, ready: bool) -> None:
         self._ready = ready
 
-    def model_ready(self, name: str, version: str = "") -> bool:
-        self._repository.get(name, version)  # NotFound for unknown names and versions
-        return self._ready
+    async def model_ready(self, name: str, version: str = "") -> bool:
+        model = self._repository.get(name, version)  # NotFound for unknown names, versions
+        return self._ready and await model.runtime.ready()
 
     # Metadata -------------------------------------------------------------------------
 
@@ -73,6 +74,16 @@ class DataPlane:
             platform=sig.platform,
             inputs=tensors(sig.inputs),
             outputs=tensors(sig.outputs),
+        )
+
+    def model_config(self, name: str, version: str = "") -> ModelConfigSummary:
+        model = self._repository.get(name, version)
+        platform = model.signature.platform
+        return ModelConfigSummary(
+            name=name,
+            platform=platform,
+            backend=platform.split(":", 1)[-1].removesuffix("_onnx"),
+            max_batch_size=model.batcher.max_batch_size,
         )
 
     def model_label(self, name: str) -> str:

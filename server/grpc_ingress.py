@@ -26,10 +26,11 @@ from runtimes.errors import (
     SwitchyardError,
     Unavailable,
 )
+from runtimes.tensor_codec import decode_raw, encode_raw
 from server.dataplane import DataPlane
 from server.metrics import ServerMetrics
 from server.routing import VARIANT_HEADER, VARIANT_PARAMETER
-from server.tensors import checked_element_count, decode_raw, decode_values, encode_raw
+from server.tensors import checked_element_count, decode_values
 from server.types import InferInput, InferRequest, InferResponse, ParameterValue
 
 log = logging.getLogger(__name__)
@@ -185,9 +186,8 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
 
     @_maps_errors
     async def ModelReady(self, request, context) -> pb.ModelReadyResponse:
-        return pb.ModelReadyResponse(
-            ready=self._dataplane.model_ready(request.name, request.version)
-        )
+        ready = await self._dataplane.model_ready(request.name, request.version)
+        return pb.ModelReadyResponse(ready=ready)
 
     @_maps_errors
     async def ServerMetadata(self, request, context) -> pb.ServerMetadataResponse:
@@ -206,6 +206,18 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             platform=meta.platform,
             inputs=[tensor(name=t.name, datatype=t.datatype, shape=t.shape) for t in meta.inputs],
             outputs=[tensor(name=t.name, datatype=t.datatype, shape=t.shape) for t in meta.outputs],
+        )
+
+    @_maps_errors
+    async def ModelConfig(self, request, context) -> pb.ModelConfigResponse:
+        summary = self._dataplane.model_config(request.name, request.version)
+        return pb.ModelConfigResponse(
+            config=pb.ModelConfig(
+                name=summary.name,
+                platform=summary.platform,
+                backend=summary.backend,
+                max_batch_size=summary.max_batch_size,
+            )
         )
 
     @_maps_errors

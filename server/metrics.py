@@ -103,6 +103,12 @@ class ServerMetrics:
             [*model_labels, "reason"],
             registry=self.registry,
         )
+        self.circuit_state = Gauge(
+            "switchyard_circuit_state",
+            "Circuit breaker of a remote runtime: 0 closed, 1 half-open, 2 open.",
+            model_labels,
+            registry=self.registry,
+        )
         self.routing = RoutingMetrics(self.registry)
 
     def batch_observer(self, model: str, version: str) -> BatchObserver:

@@ -3,19 +3,17 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
 from dataclasses import dataclass
 
 from runtimes.base import ModelSignature, Runtime
-from runtimes.batcher import BatchObserver, DynamicBatcher
+from runtimes.batcher import DynamicBatcher
 from runtimes.errors import ModelLoadError, NotFound
 from runtimes.ort_runtime import OnnxRuntimeModel
+from runtimes.triton_runtime import TritonModel, TritonOptions
 from server.config import AUTO_MAX_BATCH_SIZE, ModelConfig, ModelVersionConfig
+from server.metrics import ServerMetrics
 
 log = logging.getLogger(__name__)
-
-# Makes the metrics observer of one model version: (model, version) -> observer.
-ObserverFactory = Callable[[str, str], BatchObserver]
 
 
 @dataclass(frozen=True, slots=True)
@@ -31,11 +29,32 @@ class LoadedModel:
         return f"{self.name}:{self.version}"
 
 
-def create_runtime(model: ModelConfig, version: ModelVersionConfig) -> Runtime:
-    """The runtime named by the config (one runtime kind so far: onnxruntime)."""
+def create_runtime(
+    model: ModelConfig, version: ModelVersionConfig, metrics: ServerMetrics
+) -> Runtime:
+    """The runtime the config names for one model version."""
+    label = f"{model.name}:{version.version}"
+    if model.triton is not None and model.runtime == "triton":
+        t = model.triton
+        options = TritonOptions(
+            url=t.url,
+            model_name=t.model_name or model.name,
+            model_version=t.model_version,
+            timeout_s=t.timeout_s,
+            connect_timeout_s=t.connect_timeout_s,
+            max_attempts=t.max_attempts,
+            backoff_initial_s=t.backoff_initial_s,
+            backoff_max_s=t.backoff_max_s,
+            breaker_failures=t.breaker_failures,
+            breaker_open_s=t.breaker_open_s,
+        )
+        breaker_gauge = metrics.circuit_state.labels(model.name, version.version)
+        breaker_gauge.set(0)
+        return TritonModel(options, label, on_breaker_change=breaker_gauge.set)
+    assert version.path is not None  # the config requires it for onnxruntime
     # The batcher runs up to instance_count batches at once; the runtime needs as many threads.
     options = model.runtime_options.to_runtime_options(model.batching.instance_count)
-    return OnnxRuntimeModel(version.path, options, f"{model.name}:{version.version}")
+    return OnnxRuntimeModel(version.path, options, label)
 
 
 def has_batch_dimension(signature: ModelSignature) -> bool:
@@ -45,14 +64,25 @@ def has_batch_dimension(signature: ModelSignature) -> bool:
 
 
 def max_batch_size(model: ModelConfig, signature: ModelSignature) -> int:
+    """Rows per batch: as configured, else the default for a batchable model, never more
+    than the runtime takes; 0 where Triton is left to batch."""
+    if model.triton is not None and model.runtime == "triton" and model.triton.batching == "triton":
+        return 0
     configured = model.batching.max_batch_size
     batchable = has_batch_dimension(signature)
+    limit = signature.max_batch_size
     if configured is None:
-        return AUTO_MAX_BATCH_SIZE if batchable else 0
+        size = AUTO_MAX_BATCH_SIZE if batchable else 0
+        return min(size, limit) if limit is not None else size
     if configured > 0 and not batchable:
         raise ModelLoadError(
             f"model '{model.name}': batching.max_batch_size is {configured}, but not every "
             "input and output has a variable first (batch) dimension; set it to 0"
+        )
+    if limit is not None and configured > limit:
+        raise ModelLoadError(
+            f"model '{model.name}': batching.max_batch_size {configured} is over the "
+            f"runtime's limit of {limit}"
         )
     return configured
 
@@ -60,9 +90,9 @@ def max_batch_size(model: ModelConfig, signature: ModelSignature) -> int:
 class ModelRepository:
     """Loads every configured model version at start and looks them up by name and version."""
 
-    def __init__(self, models: list[ModelConfig], observer_factory: ObserverFactory) -> None:
+    def __init__(self, models: list[ModelConfig], metrics: ServerMetrics) -> None:
         self._configs = {model.name: model for model in models}
-        self._observer_factory = observer_factory
+        self._metrics = metrics
         self._loaded: dict[tuple[str, str], LoadedModel] = {}
 
     def load_all(self) -> None:
@@ -70,7 +100,7 @@ class ModelRepository:
         failures = []
         for model in self._configs.values():
             for version in model.versions:
-                runtime = create_runtime(model, version)
+                runtime = create_runtime(model, version, self._metrics)
                 try:
                     signature = runtime.load()
                     options = model.batching.to_options(max_batch_size(model, signature))
@@ -84,7 +114,7 @@ class ModelRepository:
                     options,
                     [spec.name for spec in signature.outputs],
                     label,
-                    observer=self._observer_factory(model.name, version.version),
+                    observer=self._metrics.batch_observer(model.name, version.version),
                 )
                 self._loaded[(model.name, version.version)] = LoadedModel(
                     model.name, version.version, signature, runtime, batcher
@@ -110,7 +140,7 @@ class ModelRepository:
         """Finish (drain) or fail what is queued, then release every runtime."""
         for loaded in self._loaded.values():
             await loaded.batcher.close(drain)
-            loaded.runtime.close()
+            await loaded.runtime.aclose()
         self._loaded.clear()
 
     def get(self, name: str, version: str = "") -> LoadedModel:

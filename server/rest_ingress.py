@@ -17,18 +17,13 @@ from typing import Any
 import orjson
 
 from runtimes.errors import InvalidArgument, NotFound, PayloadTooLarge
+from runtimes.tensor_codec import decode_raw, encode_raw
 from server.admin_api import AdminApi
 from server.dataplane import DataPlane
 from server.http_errors import HttpError, http_status
 from server.metrics import ServerMetrics
 from server.routing import VARIANT_HEADER, VARIANT_PARAMETER
-from server.tensors import (
-    checked_element_count,
-    decode_raw,
-    decode_values,
-    encode_raw,
-    json_values,
-)
+from server.tensors import checked_element_count, decode_values, json_values
 from server.types import InferInput, InferRequest, InferResponse
 
 log = logging.getLogger(__name__)
@@ -102,9 +97,12 @@ class RestApp:
             if action == "":
                 _require(method, "GET")
                 return Response.json(200, self._dataplane.model_metadata(name, version).as_json())
+            if action == "config":
+                _require(method, "GET")
+                return Response.json(200, self._dataplane.model_config(name, version).as_json())
             if action == "ready":
                 _require(method, "GET")
-                if self._dataplane.model_ready(name, version):
+                if await self._dataplane.model_ready(name, version):
                     return Response(200)
                 return Response.json(503, {"error": f"model '{name}' is not ready"})
             _require(method, "POST")
@@ -159,7 +157,7 @@ def _require(method: str, allowed: str) -> None:
 
 
 def _model_route(parts: list[str], path: str) -> tuple[str, str, str]:
-    """(model, version, action) from /v2/models/{m}[/versions/{v}][/ready|/infer]."""
+    """(model, version, action) from /v2/models/{m}[/versions/{v}][/ready|/infer|/config]."""
     name, rest = parts[2], parts[3:]
     version = ""
     if rest[:1] == ["versions"]:
@@ -168,7 +166,7 @@ def _model_route(parts: list[str], path: str) -> tuple[str, str, str]:
         version, rest = rest[1], rest[2:]
     if rest == []:
         return name, version, ""
-    if rest in (["ready"], ["infer"]):
+    if rest in (["ready"], ["infer"], ["config"]):
         return name, version, rest[0]
     raise NotFound(f"no route for {path}")
 

@@ -12,6 +12,7 @@ from pathlib import Path
 from google.protobuf import descriptor_pb2, descriptor_pool
 from google.protobuf.descriptor import Descriptor, FileDescriptor
 from grpc_tools import protoc
+from tritonclient.grpc import model_config_pb2  # noqa: F401 - registers inference.ModelConfig
 from tritonclient.grpc import service_pb2 as triton_pb
 
 from tests.support import REPO_ROOT
@@ -51,16 +52,17 @@ def assert_compatible(ours: Descriptor, theirs: Descriptor) -> None:
 def test_every_message_matches_tritonclient(tmp_path: Path) -> None:
     ours = our_file_descriptor(tmp_path)
     assert ours.package == "inference"
-    assert len(ours.message_types_by_name) == 14
-    for name, descriptor in ours.message_types_by_name.items():
-        assert_compatible(descriptor, triton_pb.DESCRIPTOR.message_types_by_name[name])
+    assert len(ours.message_types_by_name) == 17
+    triton_pool = descriptor_pool.Default()
+    for descriptor in ours.message_types_by_name.values():
+        assert_compatible(descriptor, triton_pool.FindMessageTypeByName(descriptor.full_name))
 
 
 def test_service_methods_match_tritonclient(tmp_path: Path) -> None:
     ours = our_file_descriptor(tmp_path).services_by_name["GRPCInferenceService"]
     theirs = triton_pb.DESCRIPTOR.services_by_name["GRPCInferenceService"]
     assert ours.full_name == "inference.GRPCInferenceService"
-    assert len(ours.methods) == 6
+    assert len(ours.methods) == 7
     for method in ours.methods:
         their_method = theirs.methods_by_name[method.name]
         assert method.input_type.full_name == their_method.input_type.full_name

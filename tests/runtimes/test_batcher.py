@@ -93,6 +93,7 @@ class FakeRuntime(Runtime):
         self.gate = asyncio.Event()
         self.gate.set()
         self.batches: list[np.ndarray] = []
+        self.deadlines: list[float | None] = []  # what each call was given
         self.active = 0
         self.max_active = 0
 
@@ -113,10 +114,14 @@ class FakeRuntime(Runtime):
         return set(self.seen_order())
 
     async def infer(
-        self, inputs: Mapping[str, np.ndarray], output_names: Sequence[str]
+        self,
+        inputs: Mapping[str, np.ndarray],
+        output_names: Sequence[str],
+        deadline_s: float | None = None,
     ) -> dict[str, np.ndarray]:
         x = inputs["x"]
         self.batches.append(x)
+        self.deadlines.append(deadline_s)
         self.active += 1
         self.max_active = max(self.max_active, self.active)
         try:
@@ -218,6 +223,25 @@ def test_concurrent_requests_share_a_batch_and_get_their_own_rows() -> None:
             assert_result(result, x)
         await batcher.close()
         assert_no_other_tasks()
+
+    run(scenario)
+
+
+def test_the_runtime_gets_the_latest_deadline_of_its_batch() -> None:
+    async def scenario() -> None:
+        clock = ManualClock()
+        runtime = FakeRuntime()
+        batcher = await started(runtime, options(), clock)
+        await asyncio.gather(
+            batcher.infer({"x": rows_of(0, 1)}, deadline_s=5.0),
+            batcher.infer({"x": rows_of(1, 1)}, deadline_s=9.0),
+        )
+        await asyncio.gather(
+            batcher.infer({"x": rows_of(2, 1)}, deadline_s=5.0),
+            batcher.infer({"x": rows_of(3, 1)}),  # a caller with no deadline: none for all
+        )
+        assert runtime.deadlines == [9.0, None]
+        await batcher.close()
 
     run(scenario)
 

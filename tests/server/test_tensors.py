@@ -8,7 +8,8 @@ from hypothesis.extra import numpy as hnp
 
 from runtimes.datatypes import OIP_TO_NUMPY, oip_datatype
 from runtimes.errors import InvalidArgument
-from server.tensors import checked_element_count, decode_raw, decode_values, encode_raw
+from runtimes.tensor_codec import decode_raw, encode_raw
+from server.tensors import checked_element_count, decode_values
 
 FIXED_SIZE = [name for name in OIP_TO_NUMPY if name != "BYTES"]
 
