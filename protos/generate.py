@@ -1,7 +1,8 @@
 """Regenerate the Python gRPC stubs from the .proto files in this folder.
 
 Run from the repository root: `python -m protos.generate`. With `--check`, regenerate into a
-temporary folder and exit non-zero when the committed stubs differ (CI runs this).
+temporary folder and exit non-zero when the committed stubs differ (CI runs this). The
+messages go into a private descriptor pool (see _use_private_pool).
 """
 
 from __future__ import annotations
@@ -35,11 +36,30 @@ def generate(out_dir: Path) -> list[Path]:
         ]
         if protoc.main(args) != 0:
             raise SystemExit(f"protoc failed on {proto}")
+    for proto in proto_files:
+        _use_private_pool(out_dir / "protos" / f"{proto.stem}_pb2.py")
     return [
         out_dir / "protos" / f"{proto.stem}{suffix}"
         for proto in proto_files
         for suffix in ("_pb2.py", "_pb2.pyi", "_pb2_grpc.py")
     ]
+
+
+GENERATED_POOL_LINE = "DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile("
+PRIVATE_POOL_LINES = (
+    "# Switchyard: a pool of our own, so these `inference.*` messages can share a process with\n"
+    "# tritonclient's, which register the same names in the default pool.\n"
+    "_POOL = _descriptor_pool.DescriptorPool()\n"
+    "DESCRIPTOR = _POOL.AddSerializedFile("
+)
+
+
+def _use_private_pool(pb2_path: Path) -> None:
+    """Register the file's messages in a private descriptor pool instead of the default."""
+    text = pb2_path.read_text()
+    if GENERATED_POOL_LINE not in text:
+        raise SystemExit(f"{pb2_path}: protoc output changed; update protos/generate.py")
+    pb2_path.write_text(text.replace(GENERATED_POOL_LINE, PRIVATE_POOL_LINES, 1))
 
 
 def main() -> int:

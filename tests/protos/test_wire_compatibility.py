@@ -1,39 +1,19 @@
 """Our .proto must match tritonclient's on the wire: same names, field numbers and types.
 
-Both define `inference.*` messages, so the two generated modules cannot share one process's
-default descriptor pool. Ours is compiled here into a pool of its own instead; for the same
-reason tests talk to the gateway over the network and never import `protos.*_pb2`.
+Both define `inference.*` messages; ours live in a private descriptor pool
+(protos/generate.py), so both can be imported in one process, as here.
 """
 
 from __future__ import annotations
 
-from pathlib import Path
+import pickle
 
-from google.protobuf import descriptor_pb2, descriptor_pool
-from google.protobuf.descriptor import Descriptor, FileDescriptor
-from grpc_tools import protoc
+from google.protobuf import descriptor_pool
+from google.protobuf.descriptor import Descriptor
 from tritonclient.grpc import model_config_pb2  # noqa: F401 - registers inference.ModelConfig
 from tritonclient.grpc import service_pb2 as triton_pb
 
-from tests.support import REPO_ROOT
-
-
-def our_file_descriptor(tmp_path: Path) -> FileDescriptor:
-    descriptor_set = tmp_path / "ours.pb"
-    status = protoc.main(
-        [
-            "grpc_tools.protoc",
-            f"-I{REPO_ROOT}",
-            f"--descriptor_set_out={descriptor_set}",
-            "protos/open_inference.proto",
-        ]
-    )
-    assert status == 0
-    file_set = descriptor_pb2.FileDescriptorSet.FromString(descriptor_set.read_bytes())
-    pool = descriptor_pool.DescriptorPool()
-    for file_proto in file_set.file:
-        pool.Add(file_proto)
-    return pool.FindFileByName("protos/open_inference.proto")
+from protos import open_inference_pb2 as our_pb
 
 
 def fields(descriptor: Descriptor) -> dict[str, tuple[int, int, bool]]:
@@ -49,8 +29,8 @@ def assert_compatible(ours: Descriptor, theirs: Descriptor) -> None:
         assert_compatible(nested, theirs.nested_types_by_name[nested.name])
 
 
-def test_every_message_matches_tritonclient(tmp_path: Path) -> None:
-    ours = our_file_descriptor(tmp_path)
+def test_every_message_matches_tritonclient() -> None:
+    ours = our_pb.DESCRIPTOR
     assert ours.package == "inference"
     assert len(ours.message_types_by_name) == 17
     triton_pool = descriptor_pool.Default()
@@ -58,8 +38,8 @@ def test_every_message_matches_tritonclient(tmp_path: Path) -> None:
         assert_compatible(descriptor, triton_pool.FindMessageTypeByName(descriptor.full_name))
 
 
-def test_service_methods_match_tritonclient(tmp_path: Path) -> None:
-    ours = our_file_descriptor(tmp_path).services_by_name["GRPCInferenceService"]
+def test_service_methods_match_tritonclient() -> None:
+    ours = our_pb.DESCRIPTOR.services_by_name["GRPCInferenceService"]
     theirs = triton_pb.DESCRIPTOR.services_by_name["GRPCInferenceService"]
     assert ours.full_name == "inference.GRPCInferenceService"
     assert len(ours.methods) == 7
@@ -67,3 +47,17 @@ def test_service_methods_match_tritonclient(tmp_path: Path) -> None:
         their_method = theirs.methods_by_name[method.name]
         assert method.input_type.full_name == their_method.input_type.full_name
         assert method.output_type.full_name == their_method.output_type.full_name
+
+
+def test_messages_cross_between_the_two_stubs_and_pickle() -> None:
+    request = our_pb.ModelInferRequest(model_name="ranker", id="r1")
+    request.inputs.add(name="features", datatype="FP32", shape=[1, 16])
+    request.raw_input_contents.append(b"\0" * 64)
+    theirs = triton_pb.ModelInferRequest.FromString(request.SerializeToString())
+    assert (theirs.model_name, theirs.inputs[0].name, list(theirs.inputs[0].shape)) == (
+        "ranker",
+        "features",
+        [1, 16],
+    )
+    # Ray Serve's gRPC proxy pickles request messages to hand them to replicas.
+    assert pickle.loads(pickle.dumps(request)) == request

@@ -1,0 +1,144 @@
+"""The Triton runtime's retries, deadline and circuit breaker against a real gRPC server
+whose answers the test scripts (the real-Triton tests live in tests/triton/)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import grpc
+import numpy as np
+import pytest
+
+from protos import open_inference_pb2 as pb
+from protos import open_inference_pb2_grpc as pb_grpc
+from runtimes.circuit_breaker import CircuitState
+from runtimes.errors import DeadlineExceeded, InvalidArgument, Unavailable
+from runtimes.triton_runtime import TritonModel, TritonOptions
+
+
+class ScriptedTriton(pb_grpc.GRPCInferenceServiceServicer):
+    """Answers ModelInfer with `2 * x`, after failing as `script` says (one entry a call)."""
+
+    def __init__(self) -> None:
+        self.script: list[grpc.StatusCode | float] = []
+        self.calls = 0
+
+    async def ModelInfer(self, request, context):
+        self.calls += 1
+        step = self.script.pop(0) if self.script else None
+        if isinstance(step, grpc.StatusCode):
+            await context.abort(step, f"scripted {step.name}")
+        if isinstance(step, float):
+            await asyncio.sleep(step)
+        x = np.frombuffer(request.raw_input_contents[0], np.float32)
+        output = pb.ModelInferResponse.InferOutputTensor(
+            name="y", datatype="FP32", shape=request.inputs[0].shape
+        )
+        return pb.ModelInferResponse(outputs=[output], raw_output_contents=[(2 * x).tobytes()])
+
+    async def ModelReady(self, request, context):
+        return pb.ModelReadyResponse(ready=True)
+
+
+def run(coro_factory) -> None:
+    async def main() -> None:
+        servicer = ScriptedTriton()
+        server = grpc.aio.server()
+        pb_grpc.add_GRPCInferenceServiceServicer_to_server(servicer, server)
+        port = server.add_insecure_port("127.0.0.1:0")
+        await server.start()
+        try:
+            await coro_factory(servicer, f"127.0.0.1:{port}")
+        finally:
+            await server.stop(0)
+
+    asyncio.run(main())
+
+
+class SkippableClock:
+    """Monotonic time that a test can move forward at once."""
+
+    def __init__(self) -> None:
+        self.skipped_s = 0.0
+
+    def __call__(self) -> float:
+        return time.monotonic() + self.skipped_s
+
+
+def model(url: str, clock: SkippableClock | None = None, **overrides) -> TritonModel:
+    options = TritonOptions(
+        url=url,
+        model_name="m",
+        backoff_initial_s=0.01,
+        breaker_failures=3,
+        breaker_open_s=0.3,
+        **overrides,
+    )
+    return TritonModel(options, "m:1", clock=clock or SkippableClock())
+
+
+X = {"x": np.arange(4, dtype=np.float32).reshape(2, 2)}
+
+
+def test_transient_unavailable_is_retried_inside_the_deadline() -> None:
+    async def scenario(servicer: ScriptedTriton, url: str) -> None:
+        runtime = model(url)
+        servicer.script = [grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.UNAVAILABLE]
+        outputs = await runtime.infer(X, ["y"])
+        np.testing.assert_array_equal(outputs["y"], 2 * X["x"])
+        assert servicer.calls == 3
+        assert runtime.breaker_state is CircuitState.CLOSED
+        await runtime.aclose()
+
+    run(scenario)
+
+
+def test_caller_errors_pass_through_without_retry() -> None:
+    async def scenario(servicer: ScriptedTriton, url: str) -> None:
+        runtime = model(url)
+        servicer.script = [grpc.StatusCode.INVALID_ARGUMENT]
+        with pytest.raises(InvalidArgument, match="scripted INVALID_ARGUMENT"):
+            await runtime.infer(X, ["y"])
+        assert servicer.calls == 1
+        await runtime.aclose()
+
+    run(scenario)
+
+
+def test_the_deadline_bounds_the_call() -> None:
+    async def scenario(servicer: ScriptedTriton, url: str) -> None:
+        runtime = model(url)
+        servicer.script = [0.5]  # Triton takes 500 ms
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        with pytest.raises(DeadlineExceeded):
+            await runtime.infer(X, ["y"], deadline_s=time.monotonic() + 0.05)
+        assert loop.time() - started < 0.4
+        await runtime.aclose()
+
+    run(scenario)
+
+
+def test_the_breaker_opens_fails_fast_and_recovers() -> None:
+    async def scenario(servicer: ScriptedTriton, url: str) -> None:
+        clock = SkippableClock()
+        runtime = model(url, clock, max_attempts=1)
+        servicer.script = [grpc.StatusCode.UNAVAILABLE] * 3
+        for _ in range(3):
+            with pytest.raises(Unavailable, match="unavailable"):
+                await runtime.infer(X, ["y"])
+        assert runtime.breaker_state is CircuitState.OPEN
+        calls = servicer.calls
+        with pytest.raises(Unavailable, match="circuit open"):
+            await runtime.infer(X, ["y"])
+        assert servicer.calls == calls  # failed fast, nothing sent
+        assert not await runtime.ready()
+        clock.skipped_s += 0.3  # breaker_open_s passed: the next call is the probe
+        outputs = await runtime.infer(X, ["y"])
+        np.testing.assert_array_equal(outputs["y"], 2 * X["x"])
+        assert runtime.breaker_state is CircuitState.CLOSED
+        assert await runtime.ready()
+        await runtime.aclose()
+
+    run(scenario)
