@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from runtimes.errors import ModelLoadError
+from server.autoscaling.cli import add_autoscale_subcommand
 from server.config import DEFAULT_CONFIG_PATH, ConfigError, load_config
 
 
@@ -47,6 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--config", type=Path, default=None, help="config file (default: the embedded demo)"
     )
     serve.set_defaults(handler=_serve)
+    add_autoscale_subcommand(commands)
     return parser
 
 

@@ -71,7 +71,7 @@ class LatencyPolicyConfig:
     max_ongoing_requests: int = 5
     min_target_utilization: float = 0.2
     max_target_utilization: float = 0.85
-    saturated_scale_factor: float = 2.0  # the estimate's multiple of a saturated load
+    saturated_scale_factor: float = 3.0  # the estimate's multiple of a saturated load
 
     def __post_init__(self) -> None:
         for field in fields(self):
@@ -220,12 +220,16 @@ class LatencyPolicy:
         recommended = min(max(recommended, config.min_replicas), config.max_replicas)
         self._remember(now_s, recommended)
 
+        # The windows are half-open, (now - window, now], and always hold this recommendation.
         lowest_up = min(
-            n for t, n in self._recommendations if t >= now_s - config.upscale_stabilization_s
+            (n for t, n in self._recommendations if t > now_s - config.upscale_stabilization_s),
+            default=recommended,
         )
         highest_down = max(
-            n for t, n in self._recommendations if t >= now_s - config.downscale_stabilization_s
+            (n for t, n in self._recommendations if t > now_s - config.downscale_stabilization_s),
+            default=recommended,
         )
+        lowest_up, highest_down = min(lowest_up, recommended), max(highest_down, recommended)
         wanted = current_replicas
         if lowest_up > current_replicas:
             wanted = lowest_up
@@ -235,21 +239,23 @@ class LatencyPolicy:
         removed = -sum(
             d for t, d in self._scalings if d < 0 and t > now_s - config.scale_down_period_s
         )
-        desired = min(
+        limited = min(
             max(wanted, current_replicas - max(0, config.max_scale_down_step - removed)),
             current_replicas + max(0, config.max_scale_up_step - added),
         )
-        desired = min(max(desired, config.min_replicas), config.max_replicas)
+        desired = min(max(limited, config.min_replicas), config.max_replicas)
         if desired != current_replicas:
             self._scalings.append((now_s, desired - current_replicas))
 
         notes = [why]
-        if desired != wanted and wanted > current_replicas:
-            notes.append(f"rate limit +{config.max_scale_up_step}/{config.scale_up_period_s:g}s")
-        elif desired != wanted and wanted < current_replicas:
+        if desired != limited:
+            notes.append("brought within min/max replicas")
+        elif limited > wanted:
             notes.append(
                 f"rate limit -{config.max_scale_down_step}/{config.scale_down_period_s:g}s"
             )
+        elif limited < wanted:
+            notes.append(f"rate limit +{config.max_scale_up_step}/{config.scale_up_period_s:g}s")
         elif wanted == current_replicas and recommended > current_replicas:
             notes.append(f"stabilizing: min of last {config.upscale_stabilization_s:g}s")
         elif wanted == current_replicas and recommended < current_replicas:

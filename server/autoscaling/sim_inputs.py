@@ -1,7 +1,7 @@
 """What the autoscaling simulator replays: a load trace and a service-time model.
 
 Load trace: a CSV with a `time_s,requests_per_s` header; each rate holds until the next row's
-time, the last one for `step_s` more (the gap before it, by default), so a step reads naturally.
+time, and the last row's time ends the trace, so a step reads as it is written.
 
 Service-time model, from a spec string:
     lognormal:p50_s=0.02,p95_s=0.05   service times with that median and p95
@@ -9,6 +9,12 @@ Service-time model, from a spec string:
                                       (one value in seconds per line, or a CSV with a
                                       `latency_s` column; lines starting with # are skipped)
     constant:0.03                     every request takes exactly this long
+
+Policy configs, from YAML (or JSON): a list of named LatencyPolicyConfig settings,
+    policies:
+      - name: baseline
+        target_latency_s: 0.2
+        ...
 """
 
 from __future__ import annotations
@@ -20,6 +26,9 @@ from pathlib import Path
 from typing import Protocol
 
 import numpy as np
+import yaml
+
+from server.autoscaling.latency_policy import LatencyPolicyConfig
 
 # z of the standard normal's 95th percentile: ln(p95 / p50) / Z_95 is a lognormal's sigma.
 Z_95 = 1.6448536269514722
@@ -37,7 +46,7 @@ class LoadTrace:
         return float(self.requests_per_s[index]) if index >= 0 and time_s < self.end_s else 0.0
 
 
-def load_trace(path: Path, step_s: float | None = None) -> LoadTrace:
+def load_trace(path: Path) -> LoadTrace:
     """Reads a trace CSV; ValueError names the file and line of what is wrong."""
     try:
         with path.open(newline="") as handle:
@@ -63,11 +72,9 @@ def load_trace(path: Path, step_s: float | None = None) -> LoadTrace:
             raise ValueError(f"{path}:{line_number}: time_s must increase")
         times_s.append(time_s)
         rates.append(rate)
-    if not times_s:
-        raise ValueError(f"{path}: no rows after the header")
-    if step_s is None:
-        step_s = times_s[-1] - times_s[-2] if len(times_s) > 1 else 1.0
-    return LoadTrace(np.array(times_s), np.array(rates), times_s[-1] + step_s)
+    if len(times_s) < 2:
+        raise ValueError(f"{path}: needs at least two rows: the last row's time ends the trace")
+    return LoadTrace(np.array(times_s), np.array(rates), times_s[-1])
 
 
 class ServiceTimeModel(Protocol):
@@ -177,3 +184,32 @@ def _is_number(text: str) -> bool:
     except ValueError:
         return False
     return True
+
+
+def load_policy_configs(path: Path) -> list[tuple[str, LatencyPolicyConfig]]:
+    """The named configs of a policies file; ValueError names the file, policy and setting."""
+    try:
+        document = yaml.safe_load(path.read_text())
+    except OSError as exc:
+        raise ValueError(f"{path}: cannot read policies: {exc.strerror or exc}") from exc
+    except yaml.YAMLError as exc:
+        raise ValueError(f"{path}: not valid YAML: {exc}") from exc
+    entries = document.get("policies") if isinstance(document, dict) else None
+    if not isinstance(entries, list) or not entries:
+        raise ValueError(f"{path}: expected a non-empty list under `policies:`")
+    configs: list[tuple[str, LatencyPolicyConfig]] = []
+    for index, entry in enumerate(entries):
+        where = f"{path}: policies[{index}]"
+        if not isinstance(entry, dict):
+            raise ValueError(f"{where}: expected a mapping of settings")
+        settings = dict(entry)
+        name = settings.pop("name", None)
+        if not isinstance(name, str) or not name.strip():
+            raise ValueError(f"{where}: name: required, a non-empty string")
+        if name in (known for known, _ in configs):
+            raise ValueError(f"{where}: name: {name!r} is used twice")
+        try:
+            configs.append((name, LatencyPolicyConfig.from_mapping(settings)))
+        except (ValueError, TypeError) as exc:
+            raise ValueError(f"{where} ({name}): {exc}") from None
+    return configs
