@@ -7,6 +7,11 @@ trains a small MLP on (user features ++ item features) with numpy, and writes:
   artifacts/users.csv     user_id + the 8 user feature columns
   artifacts/items.csv     item_id + the 8 item feature columns
 
+The CSVs are the demo's feature files (the online store serves them), and the model is
+trained on rows built from them by the serving code's own function, under the feature
+definitions of the served config (`features:` of demo/config.yaml), so training and
+serving cannot transform features differently.
+
 Run: `python -m demo.build_model [--out DIR] [--seed N]`.
 """
 
@@ -16,16 +21,25 @@ import argparse
 import csv
 import itertools
 import logging
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import onnx
+import yaml
 from onnx import TensorProto, helper, numpy_helper
+
+from server.features.config import parse_features
+from server.features.definitions import EntityTable, FeatureDefinitions
+from server.features.definitions import training_matrix as rows_to_training_matrix
+from server.features.files import read_table
 
 log = logging.getLogger(__name__)
 
 ARTIFACTS_DIR = Path(__file__).resolve().parent / "artifacts"
+DEMO_CONFIG_PATH = Path(__file__).resolve().parent / "config.yaml"
+MODEL_NAME = "ranker"
 MODEL_FILE_NAME = "ranker.onnx"
 USER_FEATURES = ("activity", "tenure", "pref_0", "pref_1", "pref_2", "pref_3", "pref_4", "pref_5")
 ITEM_FEATURES = ("popularity", "price", "emb_0", "emb_1", "emb_2", "emb_3", "emb_4", "emb_5")
@@ -73,11 +87,42 @@ def generate_data(
     return DemoData(user_features, item_features, pairs, clicks)
 
 
-def training_matrix(data: DemoData) -> np.ndarray:
-    """Model input rows: the user's features followed by the item's, in that order."""
-    return np.hstack(
-        [data.user_features[data.pairs[:, 0]], data.item_features[data.pairs[:, 1]]]
-    ).astype(np.float32)
+def feature_definitions() -> FeatureDefinitions:
+    """The demo's feature definitions: those of the served config."""
+    raw = yaml.safe_load(DEMO_CONFIG_PATH.read_text())["features"]
+    config = parse_features(raw, DEMO_CONFIG_PATH.parent, str(DEMO_CONFIG_PATH))
+    return FeatureDefinitions.from_config(config)
+
+
+def entity_ids(id_column: str, n: int) -> list[str]:
+    """The ids the feature files give the demo's users (u0, u1, ...) and items (i0, ...)."""
+    return [f"{id_column[0]}{index}" for index in range(n)]
+
+
+def training_matrix(data: DemoData, tables: Mapping[str, EntityTable] | None = None) -> np.ndarray:
+    """Model input rows for data.pairs, built as serving builds them: the user's features
+    followed by the item's. tables: the feature files as read back (default: data's own)."""
+    definitions = feature_definitions()
+    user_ids = entity_ids("user_id", len(data.user_features))
+    item_ids = entity_ids("item_id", len(data.item_features))
+    if tables is None:
+        for name, names in (("user", USER_FEATURES), ("item", ITEM_FEATURES)):
+            declared = tuple(f.name for f in definitions.entity(name).fields)
+            if declared != names:
+                raise ValueError(f"the demo's {name} columns {names} are not {declared}")
+        tables = {
+            "user": EntityTable.from_arrays(
+                definitions.entity("user"), user_ids, data.user_features
+            ),
+            "item": EntityTable.from_arrays(
+                definitions.entity("item"), item_ids, data.item_features
+            ),
+        }
+    ids = {
+        "user": [user_ids[i] for i in data.pairs[:, 0]],
+        "item": [item_ids[i] for i in data.pairs[:, 1]],
+    }
+    return rows_to_training_matrix(definitions.layout(MODEL_NAME), tables, ids)
 
 
 def init_params(rng: np.random.Generator, n_inputs: int) -> list[np.ndarray]:
@@ -188,29 +233,39 @@ def to_onnx(params: list[np.ndarray], mean: np.ndarray, std: np.ndarray) -> onnx
 def write_feature_table(
     path: Path, id_column: str, names: tuple[str, ...], rows: np.ndarray
 ) -> None:
-    with path.open("w", newline="") as f:
+    tmp_path = path.with_suffix(".tmp")
+    with tmp_path.open("w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow([id_column, *names])
-        for index, row in enumerate(rows):
-            writer.writerow([f"{id_column[0]}{index}", *(f"{value:.6g}" for value in row)])
+        # str() of a float32 is its shortest exact text: the file holds the trained values.
+        for entity_id, row in zip(entity_ids(id_column, len(rows)), rows, strict=True):
+            writer.writerow([entity_id, *(str(value) for value in row.astype(np.float32))])
+    tmp_path.replace(path)
 
 
 def build(out_dir: Path = ARTIFACTS_DIR, seed: int = 7) -> Path:
     """Generate, train and export; returns the path of the ONNX model."""
     rng = np.random.default_rng(seed)
     data = generate_data(rng)
-    x, y = training_matrix(data), data.clicks
+    out_dir.mkdir(parents=True, exist_ok=True)
+    # The feature files first: the model is trained on the rows they give.
+    users_path, items_path = out_dir / "users.csv", out_dir / "items.csv"
+    write_feature_table(users_path, "user_id", USER_FEATURES, data.user_features)
+    write_feature_table(items_path, "item_id", ITEM_FEATURES, data.item_features)
+    definitions = feature_definitions()
+    tables = {
+        "user": read_table(users_path, definitions.entity("user")),
+        "item": read_table(items_path, definitions.entity("item")),
+    }
+    x, y = training_matrix(data, tables), data.clicks
     n_train = int(0.8 * len(x))
     params, mean, std = train(rng, x[:n_train], y[:n_train])
     held_out_logits, _ = forward(params, (x[n_train:] - mean) / std)
-    out_dir.mkdir(parents=True, exist_ok=True)
     model_path = out_dir / MODEL_FILE_NAME
     # Write to a temporary name first so a concurrent reader never sees half a file.
     tmp_path = model_path.with_suffix(".tmp")
     onnx.save(to_onnx(params, mean, std), tmp_path)
     tmp_path.replace(model_path)
-    write_feature_table(out_dir / "users.csv", "user_id", USER_FEATURES, data.user_features)
-    write_feature_table(out_dir / "items.csv", "item_id", ITEM_FEATURES, data.item_features)
     log.info(
         "demo ranker written to %s (held-out AUC %.3f, click rate %.2f)",
         model_path,

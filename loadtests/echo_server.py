@@ -8,7 +8,6 @@ Run: `.venv/bin/python -m loadtests.echo_server --port 9001`
 from __future__ import annotations
 
 import argparse
-import asyncio
 
 import grpc
 import uvloop

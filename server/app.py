@@ -15,13 +15,18 @@ import uvicorn
 import uvloop
 from prometheus_client import make_asgi_app
 
+from protos.recommend_pb2_grpc import add_RecommenderServicer_to_server
 from server.admin_api import AdminApi
 from server.audit_log import AuditLog
 from server.config import SwitchyardConfig, routing_table
 from server.config_reload import ConfigReloader
 from server.dataplane import DataPlane
+from server.features.definitions import FeatureDefinitions
+from server.features.factory import create_store
 from server.grpc_ingress import InferenceServicer, create_grpc_server
-from server.metrics import ServerMetrics
+from server.metrics import FeatureStatsCollector, ServerMetrics
+from server.recommend import Recommender
+from server.recommend_ingress import RecommendServicer
 from server.repository import ModelRepository
 from server.rest_ingress import RestApp
 from server.routing import RoutingService
@@ -74,6 +79,12 @@ class StandaloneServer:
             else None
         )
         self._reload_task: asyncio.Task[None] | None = None
+        definitions = FeatureDefinitions.from_config(config.features)
+        self.feature_store = create_store(config.features, definitions)
+        self.metrics.registry.register(FeatureStatsCollector(self.feature_store.stats))
+        self.recommender = Recommender(
+            self.dataplane, definitions, self.feature_store, config.recommend
+        )
         self._grpc_server: grpc.aio.Server | None = None
         self._http_servers: list[_EmbeddedUvicorn] = []
         self._http_tasks: list[asyncio.Task[None]] = []
@@ -88,16 +99,19 @@ class StandaloneServer:
         self._grpc_server, self.grpc_port = create_grpc_server(
             servicer, settings.host, settings.grpc_port, settings.max_request_size_bytes
         )
+        add_RecommenderServicer_to_server(
+            RecommendServicer(self.recommender, self.metrics, self.dataplane.model_label),
+            self._grpc_server,
+        )
         http_socket = _bind(settings.host, settings.http_port)
         metrics_socket = _bind(settings.host, settings.metrics_port)
         self.http_port = http_socket.getsockname()[1]
         self.metrics_port = metrics_socket.getsockname()[1]
         await self._grpc_server.start()
+        admin = AdminApi(self.routing, self.config.admin.token)
         for app, sock in (
             (
-                RestApp(
-                    self.dataplane, self.metrics, AdminApi(self.routing, self.config.admin.token)
-                ),
+                RestApp(self.dataplane, self.metrics, admin, self.recommender),
                 http_socket,
             ),
             (make_asgi_app(self.metrics.registry), metrics_socket),
@@ -143,6 +157,7 @@ class StandaloneServer:
         await asyncio.gather(*self._http_tasks, return_exceptions=True)
         await self.routing.close()
         await self.repository.close(drain=True)
+        await self.feature_store.close()
         log.info("switchyard stopped")
 
 

@@ -7,9 +7,10 @@ import logging
 import sys
 from pathlib import Path
 
-from runtimes.errors import ModelLoadError
+from runtimes.errors import InvalidArgument, ModelLoadError
 from server.autoscaling.cli import add_autoscale_subcommand
 from server.config import DEFAULT_CONFIG_PATH, ConfigError, load_config
+from server.features.cli import add_features_subcommand
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -32,7 +33,7 @@ def _serve(args: argparse.Namespace) -> int:
 
     try:
         run_standalone(config, config_path)
-    except (ModelLoadError, OSError) as exc:
+    except (ModelLoadError, InvalidArgument, OSError) as exc:  # InvalidArgument: feature files
         print(f"switchyard: {exc}", file=sys.stderr)
         return 1
     return 0
@@ -49,6 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     serve.set_defaults(handler=_serve)
     add_autoscale_subcommand(commands)
+    add_features_subcommand(commands)
     return parser
 
 

@@ -20,6 +20,7 @@ from router.errors import RoutingConfigError
 from router.table import RoutingTable
 from runtimes.batcher import BatchingOptions
 from runtimes.ort_runtime import OrtOptions
+from server.features.config import FeaturesConfig, resolve_feature_paths
 
 ENV_PREFIX = "SWITCHYARD_"
 DEFAULT_CONFIG_PATH = Path(__file__).resolve().parent.parent / "demo" / "config.yaml"
@@ -174,6 +175,13 @@ class AdminSettings(Strict):
     audit_log_path: Path | None = None
 
 
+class RecommendSettings(Strict):
+    """The Recommend API (features in, ranked items out)."""
+
+    max_candidates: int = Field(default=500, ge=1)  # candidates per request
+    score_output: str = "score"  # the model output that ranks the candidates
+
+
 class SwitchyardConfig(Strict):
     server: ServerSettings = Field(default_factory=ServerSettings)
     models: list[ModelConfig] = Field(min_length=1)
@@ -181,6 +189,8 @@ class SwitchyardConfig(Strict):
     endpoints: list[Any] = Field(default_factory=list)
     routing: RoutingSettings = Field(default_factory=RoutingSettings)
     admin: AdminSettings = Field(default_factory=AdminSettings)
+    features: FeaturesConfig = Field(default_factory=FeaturesConfig)
+    recommend: RecommendSettings = Field(default_factory=RecommendSettings)
 
     @model_validator(mode="after")
     def _check_unique_models(self) -> SwitchyardConfig:
@@ -236,6 +246,7 @@ def _resolve_path(section: Any, key: str, base_dir: Path) -> None:
 def _resolve_paths(raw: dict[str, Any], base_dir: Path) -> None:
     _resolve_path(raw.get("routing"), "disagreement_log_path", base_dir)
     _resolve_path(raw.get("admin"), "audit_log_path", base_dir)
+    resolve_feature_paths(raw.get("features"), base_dir)
     for model in raw.get("models") or []:
         for version in (model.get("versions") if isinstance(model, dict) else None) or []:
             _resolve_path(version, "path", base_dir)

@@ -76,11 +76,11 @@ def grpc_status(error: Exception) -> tuple[grpc.StatusCode, str]:
 Handler = TypeVar("Handler", bound=Callable[..., Awaitable[Any]])
 
 
-def _maps_errors(handler: Handler) -> Handler:
+def maps_errors(handler: Handler) -> Handler:
     """Turn exceptions into gRPC statuses; cancellation (client gone) passes through."""
 
     @functools.wraps(handler)
-    async def wrapper(self: InferenceServicer, request: Any, context: grpc.aio.ServicerContext):
+    async def wrapper(self: Any, request: Any, context: grpc.aio.ServicerContext):
         try:
             return await handler(self, request, context)
         except asyncio.CancelledError:
@@ -176,27 +176,27 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         self._dataplane = dataplane
         self._metrics = metrics
 
-    @_maps_errors
+    @maps_errors
     async def ServerLive(self, request, context) -> pb.ServerLiveResponse:
         return pb.ServerLiveResponse(live=self._dataplane.live())
 
-    @_maps_errors
+    @maps_errors
     async def ServerReady(self, request, context) -> pb.ServerReadyResponse:
         return pb.ServerReadyResponse(ready=self._dataplane.ready())
 
-    @_maps_errors
+    @maps_errors
     async def ModelReady(self, request, context) -> pb.ModelReadyResponse:
         ready = await self._dataplane.model_ready(request.name, request.version)
         return pb.ModelReadyResponse(ready=ready)
 
-    @_maps_errors
+    @maps_errors
     async def ServerMetadata(self, request, context) -> pb.ServerMetadataResponse:
         meta = self._dataplane.server_metadata()
         return pb.ServerMetadataResponse(
             name=meta.name, version=meta.version, extensions=meta.extensions
         )
 
-    @_maps_errors
+    @maps_errors
     async def ModelMetadata(self, request, context) -> pb.ModelMetadataResponse:
         meta = self._dataplane.model_metadata(request.name, request.version)
         tensor = pb.ModelMetadataResponse.TensorMetadata
@@ -208,7 +208,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             outputs=[tensor(name=t.name, datatype=t.datatype, shape=t.shape) for t in meta.outputs],
         )
 
-    @_maps_errors
+    @maps_errors
     async def ModelConfig(self, request, context) -> pb.ModelConfigResponse:
         summary = self._dataplane.model_config(request.name, request.version)
         return pb.ModelConfigResponse(
@@ -220,7 +220,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             )
         )
 
-    @_maps_errors
+    @maps_errors
     async def ModelInfer(self, request, context) -> pb.ModelInferResponse:
         with self._metrics.track(PROTOCOL, self._dataplane.model_label) as labels:
             labels.model = request.model_name

@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import CounterMetricFamily
+from prometheus_client.registry import Collector
 
 from runtimes.batcher import BatchObserver
 from runtimes.errors import SwitchyardError
+from server.features.store import FeatureStats
 
 BATCH_SIZE_BUCKETS_ROWS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
 # From 100 us (an in-process hit) to 10 s (a request stuck behind an overloaded queue).
@@ -231,3 +235,19 @@ class RoutingMetrics:
             ["actor"],
             registry=registry,
         )
+
+
+class FeatureStatsCollector(Collector):
+    """Exports the online store's running counters (server/features/store.FeatureStats)
+    at scrape time, so the store's hot path only adds to plain integers."""
+
+    def __init__(self, stats: FeatureStats) -> None:
+        self._stats = stats
+
+    def collect(self) -> Iterator[CounterMetricFamily]:
+        for item in dataclasses.fields(self._stats):
+            yield CounterMetricFamily(
+                f"switchyard_features_{item.name}",
+                f"Online feature store: {item.name.replace('_', ' ')}.",
+                value=getattr(self._stats, item.name),
+            )

@@ -22,6 +22,8 @@ from server.admin_api import AdminApi
 from server.dataplane import DataPlane
 from server.http_errors import HttpError, http_status
 from server.metrics import ServerMetrics
+from server.recommend import Recommender
+from server.recommend_ingress import REST_PATH, parse_recommend_json, recommend_json
 from server.routing import VARIANT_HEADER, VARIANT_PARAMETER
 from server.tensors import checked_element_count, decode_values, json_values
 from server.types import InferInput, InferRequest, InferResponse
@@ -52,11 +54,16 @@ class Response:
 
 class RestApp:
     def __init__(
-        self, dataplane: DataPlane, metrics: ServerMetrics, admin: AdminApi | None = None
+        self,
+        dataplane: DataPlane,
+        metrics: ServerMetrics,
+        admin: AdminApi | None = None,
+        recommender: Recommender | None = None,
     ) -> None:
         self._dataplane = dataplane
         self._metrics = metrics
         self._admin = admin
+        self._recommender = recommender
         self._max_bytes = dataplane.max_request_size_bytes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -81,6 +88,9 @@ class RestApp:
             self._admin.authorize(headers)  # before reading any body
             body = await self._read_body(headers, receive) if method in ("PUT", "POST") else b""
             return Response.json(200, self._admin.handle(method, parts[2:], headers, body))
+        if scope["path"] == REST_PATH and self._recommender is not None:
+            _require(method, "POST")
+            return await self._recommend(scope, receive)
         if parts[0] != "v2":
             raise NotFound(f"no route for {scope['path']}; the API lives under /v2")
         if parts == ["v2"]:
@@ -125,6 +135,18 @@ class RestApp:
             if variant is not None:
                 encoded.headers.append((VARIANT_HEADER.encode(), str(variant).encode()))
             return encoded
+
+    async def _recommend(self, scope: Scope, receive: Receive) -> Response:
+        assert self._recommender is not None
+        with self._metrics.track(PROTOCOL, self._dataplane.model_label) as labels:
+            headers = dict(scope["headers"])
+            body = await self._read_body(headers, receive)
+            text_headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in headers.items()}
+            request = parse_recommend_json(body, text_headers)
+            labels.model = request.endpoint
+            response = await self._recommender.recommend(request)
+            labels.version = response.model_version
+            return Response.json(200, recommend_json(response))
 
     async def _read_body(self, headers: dict[bytes, bytes], receive: Receive) -> bytes:
         declared = headers.get(b"content-length")

@@ -30,7 +30,14 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
 NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]*$"
@@ -96,15 +103,20 @@ class FieldConfig(Strict):
 
 class EntityConfig(Strict):
     # The Redis key of one entity: `{id}` is replaced by its id; anything else is literal.
-    key: str = Field(min_length=len(ID_PLACEHOLDER) + 1)
+    key: str
     # The column of feature files that holds the entity id.
     id_column: Name
     fields: list[FieldConfig] = Field(min_length=1)
 
+    @field_validator("key")
+    @classmethod
+    def _check_key(cls, key: str) -> str:
+        if key.count(ID_PLACEHOLDER) != 1:
+            raise ValueError(f"'{key}' must contain {ID_PLACEHOLDER} exactly once")
+        return key
+
     @model_validator(mode="after")
-    def _check(self) -> EntityConfig:
-        if self.key.count(ID_PLACEHOLDER) != 1:
-            raise ValueError(f"key '{self.key}' must contain {ID_PLACEHOLDER} exactly once")
+    def _check_fields(self) -> EntityConfig:
         names = [f.name for f in self.fields]
         if len(set(names)) != len(names):
             raise ValueError(f"field names repeat: {names}")

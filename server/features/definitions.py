@@ -21,7 +21,8 @@ from server.features.config import ID_PLACEHOLDER, FeaturesConfig
 _TRUE_TEXTS = frozenset({"1", "true", "yes"})
 _FALSE_TEXTS = frozenset({"0", "false", "no"})
 _INT32_MIN, _INT32_MAX = -(2**31), 2**31 - 1
-_FLOAT32_MAX = float(np.finfo(np.float32).max)
+# The least magnitude that rounds to infinity in float32 (float32 max + half its ulp).
+_FLOAT32_OVERFLOW = 2.0**128 - 2.0**103
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,10 +55,10 @@ class FieldSpec:
                 raise ValueError(f"{raw!r} is out of the int32 range")
             return str(value)
         try:
-            value = float(raw)  # type: ignore[arg-type]  # str, int, float, numpy scalars
+            value = float(raw)  # str, int, float or numpy scalar
         except (TypeError, ValueError):
             raise ValueError(f"{raw!r} is not a number") from None
-        if not math.isfinite(value) or abs(value) > _FLOAT32_MAX:
+        if not math.isfinite(value) or abs(value) >= _FLOAT32_OVERFLOW:
             raise ValueError(f"{raw!r} is not a finite float32")
         # ASCII text is kept; anything else (numbers, exotic digits) is written as Python's repr.
         text = raw.strip() if isinstance(raw, str) else ""
@@ -65,10 +66,13 @@ class FieldSpec:
 
 
 def _exact_int(raw: object) -> int:
+    """An int from a cell that is not text: ints, and floats without a fraction (no bools)."""
     if isinstance(raw, bool):
         raise TypeError
-    value = float(raw) if not isinstance(raw, int) else raw  # type: ignore[arg-type]
-    if isinstance(value, float) and not value.is_integer():
+    if isinstance(raw, int):
+        return raw
+    value = float(raw)
+    if not value.is_integer():
         raise ValueError
     return int(value)
 
@@ -198,7 +202,8 @@ def training_matrix(
         name = part.entity.name
         if len(ids[name]) != n_rows:
             raise ValueError(f"{len(ids[name])} ids of '{name}' for {n_rows} rows")
-        table = tables.get(name) or empty_table(part.entity)
+        table = tables.get(name)
+        table = empty_table(part.entity) if table is None else table
         values[name] = table.lookup(ids[name], part)[0]
     return assemble_rows(layout, values, n_rows)
 

@@ -57,7 +57,8 @@ def read_batches(path: Path, entity: EntitySpec, batch_size_rows: int) -> Iterat
         if not entity_id:
             raise FeatureFileError(f"{path}: {where}, column '{entity.id_column}': empty id")
         texts = []
-        for spec, raw in zip(fields, (c for i, c in enumerate(cells) if i != id_position)):
+        field_cells = [c for i, c in enumerate(cells) if i != id_position]
+        for spec, raw in zip(fields, field_cells, strict=True):
             try:
                 texts.append(spec.to_text(raw))
             except ValueError as exc:

@@ -1,0 +1,156 @@
+"""The Recommend pipeline: ids in, ranked items out, transport-neutral.
+
+One request: check the ids, fetch the user's and the candidates' features in one store
+round trip, run the model through the data plane (routed and sticky on the user when the
+name is an endpoint, batched like any inference), and rank the candidates by score.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from runtimes.errors import InvalidArgument, NotFound
+from server.config import RecommendSettings
+from server.dataplane import DataPlane
+from server.features.definitions import FeatureDefinitions, RowLayout
+from server.features.store import FeatureStore
+from server.routing import VARIANT_PARAMETER
+from server.types import InferInput, InferRequest
+
+USER_ENTITY = "user"
+
+
+@dataclass(slots=True)
+class RecommendRequest:
+    endpoint: str
+    user_id: str
+    candidate_ids: list[str]
+    k: int = 0  # 0: every candidate, ranked
+    context: dict[str, str] = field(default_factory=dict)
+    request_id: str = ""
+    headers: Mapping[str, str] = field(default_factory=dict)
+    deadline_s: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ScoredItem:
+    item_id: str
+    score: float
+
+
+@dataclass(slots=True)
+class RecommendResponse:
+    items: list[ScoredItem]
+    endpoint: str
+    variant: str
+    model_name: str
+    model_version: str
+    features_degraded: bool
+    request_id: str
+
+
+class Recommender:
+    def __init__(
+        self,
+        dataplane: DataPlane,
+        definitions: FeatureDefinitions,
+        store: FeatureStore,
+        settings: RecommendSettings,
+    ) -> None:
+        self._dataplane = dataplane
+        self._definitions = definitions
+        self._store = store
+        self._settings = settings
+
+    def _check(self, request: RecommendRequest) -> None:
+        if not request.endpoint:
+            raise InvalidArgument("endpoint is required: the endpoint or model that ranks")
+        if not request.user_id:
+            raise InvalidArgument("user_id is required")
+        count = len(request.candidate_ids)
+        if count == 0:
+            raise InvalidArgument("candidate_ids is empty: give at least one item to rank")
+        if count > self._settings.max_candidates:
+            raise InvalidArgument(
+                f"{count} candidates is over the maximum of {self._settings.max_candidates} "
+                "per request; split the request"
+            )
+        if len(set(request.candidate_ids)) != count:
+            repeated = [c for c, n in Counter(request.candidate_ids).items() if n > 1]
+            raise InvalidArgument(f"candidate_ids repeat: {sorted(repeated)[:10]}")
+        if any(not item for item in request.candidate_ids):
+            raise InvalidArgument("candidate_ids contains an empty id")
+        if request.k < 0:
+            raise InvalidArgument(f"k must be >= 0 (0 returns every candidate), got {request.k}")
+
+    def _layout(self, name: str) -> RowLayout:
+        """The feature layout of the model or endpoint: its own, or its variants' one."""
+        layouts = self._definitions.layouts
+        if name in layouts:
+            return layouts[name]
+        routing = self._dataplane.routing
+        if routing is None or not routing.is_endpoint(name):
+            raise NotFound(
+                f"'{name}' is no endpoint or model with feature inputs (features.inputs.{name})"
+            )
+        models = {v.model for v in routing.table.endpoint(name).variants.values()}
+        found = {id(layouts[m]): layouts[m] for m in models if m in layouts}
+        if len(found) != 1:
+            raise NotFound(
+                f"endpoint '{name}' needs one feature layout: add features.inputs.{name} "
+                f"(its models {sorted(models)} have {len(found)})"
+            )
+        return next(iter(found.values()))
+
+    async def recommend(self, request: RecommendRequest) -> RecommendResponse:
+        self._check(request)
+        layout = self._layout(request.endpoint)
+        context_ids = {}
+        for part in layout.context:
+            name = part.entity.name
+            entity_id = request.user_id if name == USER_ENTITY else request.context.get(name)
+            if not entity_id:
+                raise InvalidArgument(f"context['{name}'] is required by this model's features")
+            context_ids[name] = entity_id
+        batch = await self._store.fetch(layout, context_ids, request.candidate_ids)
+        parameters: dict[str, str | bool | int | float] = dict(request.context)
+        headers = dict(request.headers)
+        routing = self._dataplane.routing
+        if routing is not None and routing.is_endpoint(request.endpoint):
+            # Sticky by the user: hand the user id to the router as the endpoint's key.
+            key = routing.table.endpoint(request.endpoint).routing_key
+            if key.parameter is not None:
+                parameters[key.parameter] = request.user_id
+            elif key.header is not None:
+                headers[key.header] = request.user_id
+        infer = InferRequest(
+            model_name=request.endpoint,
+            inputs=[InferInput(layout.tensor, "FP32", batch.matrix.shape, batch.matrix)],
+            id=request.request_id,
+            output_names=[self._settings.score_output],
+            parameters=parameters,
+            headers=headers,
+            deadline_s=request.deadline_s,
+        )
+        response = await self._dataplane.infer(infer)
+        scores = np.asarray(response.outputs[0].data, dtype=np.float32).reshape(-1)
+        if scores.size != len(request.candidate_ids):
+            raise InvalidArgument(
+                f"output '{self._settings.score_output}' has {scores.size} values for "
+                f"{len(request.candidate_ids)} candidates; it must hold one score per row"
+            )
+        k = request.k or len(request.candidate_ids)
+        order = np.argsort(-scores, kind="stable")[:k]  # ties keep the caller's order
+        return RecommendResponse(
+            items=[ScoredItem(request.candidate_ids[i], float(scores[i])) for i in order],
+            endpoint=request.endpoint,
+            variant=str(response.parameters.get(VARIANT_PARAMETER, "")),
+            model_name=response.model_name,
+            model_version=response.model_version,
+            features_degraded=batch.degraded,
+            request_id=request.request_id,
+        )

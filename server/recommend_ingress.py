@@ -1,0 +1,108 @@
+"""The Recommend API over gRPC (switchyard.recommend.v1.Recommender) and REST (/v1/recommend)."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import grpc
+import orjson
+
+from protos import recommend_pb2 as pb
+from protos import recommend_pb2_grpc as pb_grpc
+from runtimes.errors import InvalidArgument
+from server.grpc_ingress import maps_errors
+from server.metrics import ServerMetrics
+from server.recommend import Recommender, RecommendRequest, RecommendResponse
+
+REST_PATH = "/v1/recommend"
+
+
+class RecommendServicer(pb_grpc.RecommenderServicer):
+    def __init__(self, recommender: Recommender, metrics: ServerMetrics, model_label) -> None:
+        self._recommender = recommender
+        self._metrics = metrics
+        self._model_label = model_label
+
+    @maps_errors
+    async def Recommend(self, request, context: grpc.aio.ServicerContext):
+        with self._metrics.track("grpc", self._model_label) as labels:
+            labels.model = request.endpoint
+            remaining_s = context.time_remaining()
+            response = await self._recommender.recommend(
+                RecommendRequest(
+                    endpoint=request.endpoint,
+                    user_id=request.user_id,
+                    candidate_ids=list(request.candidate_ids),
+                    k=request.k,
+                    context=dict(request.context),
+                    request_id=request.request_id,
+                    headers={
+                        key.lower(): value
+                        for key, value in context.invocation_metadata() or ()
+                        if isinstance(value, str)
+                    },
+                    deadline_s=None if remaining_s is None else time.monotonic() + remaining_s,
+                )
+            )
+            labels.version = response.model_version
+            return pb.RecommendResponse(
+                items=[pb.ScoredItem(item_id=i.item_id, score=i.score) for i in response.items],
+                endpoint=response.endpoint,
+                variant=response.variant,
+                model_name=response.model_name,
+                model_version=response.model_version,
+                features_degraded=response.features_degraded,
+                request_id=response.request_id,
+            )
+
+
+def _typed(document: dict[str, Any], key: str, kind: type, default: Any) -> Any:
+    value = document.get(key, default)
+    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+        raise InvalidArgument(f"'{key}' must be of type {kind.__name__}")
+    return value
+
+
+def parse_recommend_json(body: bytes, headers: dict[str, str]) -> RecommendRequest:
+    """The REST body: {"endpoint", "user_id", "candidate_ids", "k"?, "context"?,
+    "request_id"?, "timeout_ms"?}."""
+    try:
+        document = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise InvalidArgument(f"request body is not valid JSON: {exc}") from None
+    if not isinstance(document, dict):
+        raise InvalidArgument("request body must be a JSON object")
+    known = {"endpoint", "user_id", "candidate_ids", "k", "context", "request_id", "timeout_ms"}
+    unknown = sorted(set(document) - known)
+    if unknown:
+        raise InvalidArgument(f"unknown fields {unknown}; known: {sorted(known)}")
+    candidates = _typed(document, "candidate_ids", list, [])
+    context = _typed(document, "context", dict, {})
+    if not all(isinstance(c, str) for c in candidates):
+        raise InvalidArgument("'candidate_ids' must be a list of strings")
+    if not all(isinstance(v, str) for v in context.values()):
+        raise InvalidArgument("'context' values must be strings")
+    timeout_ms = _typed(document, "timeout_ms", int | float, 0)
+    return RecommendRequest(
+        endpoint=_typed(document, "endpoint", str, ""),
+        user_id=_typed(document, "user_id", str, ""),
+        candidate_ids=candidates,
+        k=_typed(document, "k", int, 0),
+        context=context,
+        request_id=_typed(document, "request_id", str, ""),
+        headers=headers,
+        deadline_s=time.monotonic() + timeout_ms / 1e3 if timeout_ms > 0 else None,
+    )
+
+
+def recommend_json(response: RecommendResponse) -> dict[str, Any]:
+    return {
+        "items": [{"item_id": i.item_id, "score": i.score} for i in response.items],
+        "endpoint": response.endpoint,
+        "variant": response.variant,
+        "model_name": response.model_name,
+        "model_version": response.model_version,
+        "features_degraded": response.features_degraded,
+        "request_id": response.request_id,
+    }
