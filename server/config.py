@@ -13,13 +13,22 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from router.config import build_routing_table
 from router.errors import RoutingConfigError
 from router.table import RoutingTable
 from runtimes.batcher import BatchingOptions
 from runtimes.ort_runtime import OrtOptions
+from server.autoscaling.latency_policy import LatencyPolicyConfig
 from server.features.config import FeaturesConfig, resolve_feature_paths
 
 ENV_PREFIX = "SWITCHYARD_"
@@ -123,6 +132,41 @@ class ModelVersionConfig(Strict):
     path: Path | None = None  # the model file; required for onnxruntime
 
 
+class RayDeploymentSettings(Strict):
+    """How the Ray host deploys each version of a model; the standalone host ignores it."""
+
+    num_replicas: int = Field(default=1, ge=1)  # fixed replicas, when `autoscaling` is unset
+    num_cpus: float = Field(default=1.0, ge=0)  # CPUs reserved per replica
+    # The window of a replica's latency stats, and Serve's averaging window over its reports.
+    look_back_period_s: float = Field(default=30.0, gt=0)
+    metrics_interval_s: float = Field(default=10.0, gt=0)  # how often replicas report stats
+
+    @model_validator(mode="after")
+    def _check_windows(self) -> RayDeploymentSettings:
+        if self.look_back_period_s <= self.metrics_interval_s:
+            raise ValueError(
+                f"look_back_period_s ({self.look_back_period_s}) must be over "
+                f"metrics_interval_s ({self.metrics_interval_s})"
+            )
+        return self
+
+
+def _keyed_error(message: str, section: str, value: Any) -> ValidationError:
+    """A 'key[, key]: rule' message as errors under those keys (models.N.autoscaling.<key>)."""
+    keys, colon, rule = message.partition(": ")
+    if not colon:
+        keys, rule = "", message
+    details = [
+        InitErrorDetails(
+            type=PydanticCustomError("value_error", "{rule}", {"rule": rule}),
+            loc=(key,) if key else (),
+            input=value,
+        )
+        for key in keys.split(", ")
+    ]
+    return ValidationError.from_exception_data(section, details)
+
+
 class ModelConfig(Strict):
     name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")
     runtime: Literal["onnxruntime", "triton"] = "onnxruntime"
@@ -132,6 +176,20 @@ class ModelConfig(Strict):
     runtime_options: OnnxRuntimeOptions = Field(default_factory=OnnxRuntimeOptions)
     triton: TritonRuntimeOptions | None = None
     batching: BatchingConfig = Field(default_factory=BatchingConfig)
+    # Latency autoscaling of each version on the Ray host: the settings of LatencyPolicyConfig
+    # (server/autoscaling/latency_policy.py). Unset: ray.num_replicas replicas.
+    autoscaling: dict[str, Any] | None = None
+    ray: RayDeploymentSettings = Field(default_factory=RayDeploymentSettings)
+
+    @field_validator("autoscaling")
+    @classmethod
+    def _check_autoscaling(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
+        if value is not None:
+            try:
+                LatencyPolicyConfig.from_mapping(value)
+            except ValueError as exc:
+                raise _keyed_error(str(exc), "autoscaling", value) from None
+        return value
 
     @model_validator(mode="after")
     def _check_versions(self) -> ModelConfig:

@@ -6,8 +6,11 @@ and runs them. Ingress adapters only decode, call this, encode and map errors.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Sequence
+
+import numpy as np
 
 from runtimes.base import ModelSignature, TensorSpec
 from runtimes.errors import InvalidArgument
@@ -112,15 +115,34 @@ class DataPlane:
         """Run the model version the request names, without routing."""
         model = self._repository.get(request.model_name, request.model_version)
         output_names = _check_request(model.signature, request)
-        results = await model.batcher.infer(
-            {tensor.name: tensor.data for tensor in request.inputs}, _deadline_s(request)
-        )
+        inputs = {tensor.name: tensor.data for tensor in request.inputs}
+        results = await _run_in_batches(model, inputs, _deadline_s(request))
         return InferResponse(
             model_name=model.name,
             model_version=model.version,
             id=request.id,
             outputs=[_output(model, name, results[name]) for name in output_names],
         )
+
+
+async def _run_in_batches(
+    model: LoadedModel, inputs: dict[str, np.ndarray], deadline_s: float | None
+) -> dict[str, np.ndarray]:
+    """Run through the model's batcher; a request with more rows than one batch takes (a
+    Recommend over hundreds of candidates) runs as several, concatenated in order."""
+    limit = model.batcher.max_batch_size
+    rows = next(iter(inputs.values())).shape[0] if inputs else 0
+    if limit == 0 or rows <= limit:
+        return await model.batcher.infer(inputs, deadline_s)
+    chunks = await asyncio.gather(
+        *(
+            model.batcher.infer(
+                {n: a[start : start + limit] for n, a in inputs.items()}, deadline_s
+            )
+            for start in range(0, rows, limit)
+        )
+    )
+    return {name: np.concatenate([chunk[name] for chunk in chunks]) for name in chunks[0]}
 
 
 def _deadline_s(request: InferRequest) -> float | None:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import functools
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from runtimes.base import ModelSignature, Runtime
@@ -87,12 +89,52 @@ def max_batch_size(model: ModelConfig, signature: ModelSignature) -> int:
     return configured
 
 
+def load_model_version(
+    model: ModelConfig, version: ModelVersionConfig, metrics: ServerMetrics
+) -> LoadedModel:
+    """Load one version's runtime and put its dynamic batcher (not started) in front of it;
+    ModelLoadError when it cannot be served."""
+    runtime = create_runtime(model, version, metrics)
+    try:
+        signature = runtime.load()
+        options = model.batching.to_options(max_batch_size(model, signature))
+    except ModelLoadError:
+        runtime.close()
+        raise
+    label = f"{model.name}:{version.version}"
+    batcher = DynamicBatcher(
+        runtime,
+        options,
+        [spec.name for spec in signature.outputs],
+        label,
+        observer=metrics.batch_observer(model.name, version.version),
+    )
+    log.info(
+        "loaded %s (%s, max_batch_size %d, max_queue_delay_us %d)",
+        label,
+        signature.platform,
+        options.max_batch_size,
+        options.max_queue_delay_us,
+    )
+    return LoadedModel(model.name, version.version, signature, runtime, batcher)
+
+
+# Loads one configured version: load_model_version in process; the Ray host's ingress
+# loads a stand-in that forwards to the version's own deployment.
+VersionLoader = Callable[[ModelConfig, ModelVersionConfig], LoadedModel]
+
+
 class ModelRepository:
     """Loads every configured model version at start and looks them up by name and version."""
 
-    def __init__(self, models: list[ModelConfig], metrics: ServerMetrics) -> None:
+    def __init__(
+        self,
+        models: list[ModelConfig],
+        metrics: ServerMetrics,
+        loader: VersionLoader | None = None,
+    ) -> None:
         self._configs = {model.name: model for model in models}
-        self._metrics = metrics
+        self._loader = loader or functools.partial(load_model_version, metrics=metrics)
         self._loaded: dict[tuple[str, str], LoadedModel] = {}
 
     def load_all(self) -> None:
@@ -100,32 +142,12 @@ class ModelRepository:
         failures = []
         for model in self._configs.values():
             for version in model.versions:
-                runtime = create_runtime(model, version, self._metrics)
                 try:
-                    signature = runtime.load()
-                    options = model.batching.to_options(max_batch_size(model, signature))
+                    loaded = self._loader(model, version)
                 except ModelLoadError as exc:
-                    runtime.close()
                     failures.append(str(exc))
                     continue
-                label = f"{model.name}:{version.version}"
-                batcher = DynamicBatcher(
-                    runtime,
-                    options,
-                    [spec.name for spec in signature.outputs],
-                    label,
-                    observer=self._metrics.batch_observer(model.name, version.version),
-                )
-                self._loaded[(model.name, version.version)] = LoadedModel(
-                    model.name, version.version, signature, runtime, batcher
-                )
-                log.info(
-                    "loaded %s (%s, max_batch_size %d, max_queue_delay_us %d)",
-                    label,
-                    signature.platform,
-                    options.max_batch_size,
-                    options.max_queue_delay_us,
-                )
+                self._loaded[(model.name, version.version)] = loaded
         if failures:
             for loaded in self._loaded.values():
                 loaded.runtime.close()

@@ -255,3 +255,13 @@ def test_metrics_count_requests_by_outcome(gateway: Gateway, client, features) -
     assert 'model="_unknown",protocol="rest",status="not_found"' in text
     assert "switchyard_request_latency_seconds_bucket" in text
     assert 'switchyard_requests_in_flight{protocol="rest"}' in text
+
+
+def test_requests_larger_than_one_batch_run_as_several(
+    client: triton_http.InferenceServerClient, direct_session: ort.InferenceSession
+) -> None:
+    rows = np.random.default_rng(5).normal(size=(150, 16)).astype(np.float32)  # batches: 64
+    result = client.infer("ranker", [features_input(rows)])
+    np.testing.assert_array_equal(
+        result.as_numpy("score"), direct_session.run(["score"], {"features": rows})[0]
+    )
