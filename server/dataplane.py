@@ -130,7 +130,8 @@ async def _run_in_batches(
 ) -> dict[str, np.ndarray]:
     """Run through the model's batcher; a request with more rows than one batch takes (a
     Recommend over hundreds of candidates) runs as several, concatenated in order."""
-    limit = model.batcher.max_batch_size
+    # The gateway's batch size, or the runtime's own cap where its server does the batching.
+    limit = model.batcher.max_batch_size or model.signature.max_batch_size or 0
     rows = next(iter(inputs.values())).shape[0] if inputs else 0
     if limit == 0 or rows <= limit:
         return await model.batcher.infer(inputs, deadline_s)
