@@ -96,3 +96,18 @@ def demo_model_config(model_path: Path, **server: Any) -> dict[str, Any]:
             }
         ],
     }
+
+
+def scrape_metrics(gateway: Gateway) -> str:
+    """The gateway's Prometheus exposition text."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{gateway.metrics_port}/metrics") as response:
+        return response.read().decode()
+
+
+def metric_sum(text: str, name: str, **labels: str) -> float:
+    """The sum of every sample of `name` whose labels include `labels`."""
+    return sum(
+        float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line.startswith(name + "{") and all(f'{k}="{v}"' in line for k, v in labels.items())
+    )

@@ -14,7 +14,7 @@ import tritonclient.grpc.aio as triton_aio
 from tritonclient.utils import InferenceServerException
 
 from tests.slow_model import build_slow_model
-from tests.support import Gateway, start_gateway
+from tests.support import Gateway, metric_sum, scrape_metrics, start_gateway
 
 
 @pytest.fixture(scope="module")
@@ -66,27 +66,22 @@ async def infer_many(
         await client.close()
 
 
-def metric_value(gateway: Gateway, name: str, **labels: str) -> float:
-    connection = http.client.HTTPConnection("127.0.0.1", gateway.metrics_port, timeout=10)
-    connection.request("GET", "/metrics")
-    text = connection.getresponse().read().decode()
-    total = 0.0
-    for line in text.splitlines():
-        if line.startswith(name + "{") and all(f'{k}="{v}"' in line for k, v in labels.items()):
-            total += float(line.rsplit(" ", 1)[1])
-    return total
-
-
 def test_concurrent_requests_share_batches_and_get_their_own_rows(slow_gateway: Gateway) -> None:
     values = [float(i) for i in range(1, 17)]
     results = asyncio.run(infer_many(slow_gateway, "slow_batched", values))
     for value, result in zip(values, results, strict=True):
         np.testing.assert_array_equal(result, rows(2 * value))
-    batches = metric_value(
-        slow_gateway, "switchyard_batch_requests_count", model="slow_batched", version="1"
+    batches = metric_sum(
+        scrape_metrics(slow_gateway),
+        "switchyard_batch_requests_count",
+        model="slow_batched",
+        version="1",
     )
-    merged = metric_value(
-        slow_gateway, "switchyard_batch_requests_sum", model="slow_batched", version="1"
+    merged = metric_sum(
+        scrape_metrics(slow_gateway),
+        "switchyard_batch_requests_sum",
+        model="slow_batched",
+        version="1",
     )
     assert merged == len(values)
     # 16 requests arriving within one ~20 ms model call cannot have needed 16 calls.
@@ -104,8 +99,11 @@ def test_full_queue_is_refused_at_once(slow_gateway: Gateway) -> None:
         assert "queue is full (max_queue_size 2)" in error.message()
     for result in served:
         np.testing.assert_array_equal(result, rows(2.0))
-    assert metric_value(
-        slow_gateway, "switchyard_refused_requests_total", model="slow_serial", reason="queue_full"
+    assert metric_sum(
+        scrape_metrics(slow_gateway),
+        "switchyard_refused_requests_total",
+        model="slow_serial",
+        reason="queue_full",
     ) >= len(refused)
 
 
@@ -145,8 +143,8 @@ def test_request_past_its_deadline_is_dropped_before_running(slow_gateway: Gatew
     assert isinstance(grpc_results[0], InferenceServerException)
     assert grpc_results[0].status() == "StatusCode.DEADLINE_EXCEEDED"
     assert (
-        metric_value(
-            slow_gateway,
+        metric_sum(
+            scrape_metrics(slow_gateway),
             "switchyard_refused_requests_total",
             model="slow_serial",
             reason="deadline_exceeded",
@@ -165,19 +163,20 @@ def test_grpc_deadline_propagates(slow_gateway: Gateway) -> None:
         return await infer_many(slow_gateway, "slow_serial", [1.0], client_timeout=0.005)
 
     labels = {"model": "slow_serial", "version": "1"}
-    ran_before = metric_value(slow_gateway, "switchyard_batch_requests_sum", **labels)
+    ran_before = metric_sum(scrape_metrics(slow_gateway), "switchyard_batch_requests_sum", **labels)
     (result,) = asyncio.run(busy_then(slow_gateway, probe))
     assert isinstance(result, InferenceServerException)
     assert "DEADLINE_EXCEEDED" in result.status()
     # Only the two busy requests ran; the probe left the queue without reaching the model.
-    assert metric_value(slow_gateway, "switchyard_batch_requests_sum", **labels) == ran_before + 2
+    assert (
+        metric_sum(scrape_metrics(slow_gateway), "switchyard_batch_requests_sum", **labels)
+        == ran_before + 2
+    )
 
 
 def test_batch_metrics_are_exported(slow_gateway: Gateway) -> None:
     asyncio.run(infer_many(slow_gateway, "slow_batched", [1.0, 2.0]))
-    connection = http.client.HTTPConnection("127.0.0.1", slow_gateway.metrics_port, timeout=10)
-    connection.request("GET", "/metrics")
-    text = connection.getresponse().read().decode()
+    text = scrape_metrics(slow_gateway)
     for name in (
         "switchyard_batch_size_rows_bucket",
         "switchyard_queue_time_seconds_bucket",

@@ -21,7 +21,7 @@ from tritonclient.grpc import service_pb2, service_pb2_grpc
 
 from demo.build_model import build
 from tests.slow_model import build_slow_model
-from tests.support import Gateway, start_gateway
+from tests.support import Gateway, metric_sum, scrape_metrics, start_gateway
 
 ADMIN_TOKEN = "test-admin-token-0123456789"
 ROW = [0.5] * 16
@@ -265,20 +265,6 @@ def test_endpoint_names_no_version(routed: Gateway) -> None:
     assert status == 400 and "endpoint" in body["error"]
 
 
-def metrics_text(gateway: Gateway) -> str:
-    connection = http.client.HTTPConnection("127.0.0.1", gateway.metrics_port, timeout=10)
-    connection.request("GET", "/metrics")
-    return connection.getresponse().read().decode()
-
-
-def metric(text: str, name: str, **labels: str) -> float:
-    return sum(
-        float(line.rsplit(" ", 1)[1])
-        for line in text.splitlines()
-        if line.startswith(name + "{") and all(f'{k}="{v}"' in line for k, v in labels.items())
-    )
-
-
 def test_slow_and_failing_shadows_never_touch_the_primary(routed: Gateway) -> None:
     latencies = []
     for _ in range(10):
@@ -291,36 +277,43 @@ def test_slow_and_failing_shadows_never_touch_the_primary(routed: Gateway) -> No
     assert max(latencies) < 1.0, latencies
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:
-        text = metrics_text(routed)
-        done = metric(text, "switchyard_shadow_requests_total", endpoint="mirrored", variant="slow")
+        text = scrape_metrics(routed)
+        done = metric_sum(
+            text, "switchyard_shadow_requests_total", endpoint="mirrored", variant="slow"
+        )
         if done >= 10:
             break
         time.sleep(0.2)
     labels = {"endpoint": "mirrored"}
     assert (
-        metric(
+        metric_sum(
             text, "switchyard_shadow_requests_total", variant="candidate", outcome="ok", **labels
         )
         == 10
     )
     assert (
-        metric(text, "switchyard_shadow_requests_total", variant="slow", outcome="ok", **labels)
+        metric_sum(text, "switchyard_shadow_requests_total", variant="slow", outcome="ok", **labels)
         == 10
     )
     assert (
-        metric(
+        metric_sum(
             text, "switchyard_shadow_requests_total", variant="broken", outcome="error", **labels
         )
         == 10
     )
-    assert metric(text, "switchyard_shadow_max_abs_diff_count", variant="candidate", **labels) == 10
+    assert (
+        metric_sum(text, "switchyard_shadow_max_abs_diff_count", variant="candidate", **labels)
+        == 10
+    )
     # The same model behind a slow queue agrees exactly and is slower.
     assert (
-        metric(text, "switchyard_shadow_max_abs_diff_bucket", variant="slow", le="0.0", **labels)
+        metric_sum(
+            text, "switchyard_shadow_max_abs_diff_bucket", variant="slow", le="0.0", **labels
+        )
         == 10
     )
     assert (
-        metric(
+        metric_sum(
             text,
             "switchyard_shadow_latency_delta_seconds_bucket",
             variant="slow",
@@ -330,7 +323,8 @@ def test_slow_and_failing_shadows_never_touch_the_primary(routed: Gateway) -> No
         == 0
     )
     assert (
-        metric(text, "switchyard_shadow_top_k_overlap_count", variant="candidate", **labels) == 10
+        metric_sum(text, "switchyard_shadow_top_k_overlap_count", variant="candidate", **labels)
+        == 10
     )
 
 
@@ -338,9 +332,9 @@ def test_shadows_over_the_cap_are_dropped_and_counted(routed: Gateway) -> None:
     for _ in range(6):  # each slow shadow holds its slot for 2 s
         status, _, _ = infer(routed, "mirrored_capped")
         assert status == 200
-    text = metrics_text(routed)
+    text = scrape_metrics(routed)
     labels = {"endpoint": "mirrored_capped", "variant": "slow"}
-    dropped = metric(
+    dropped = metric_sum(
         text, "switchyard_shadow_requests_total", outcome="dropped_at_capacity", **labels
     )
     assert dropped == 4
@@ -388,12 +382,14 @@ def test_healthy_canary_rolls_forward_to_completion(routed: Gateway) -> None:
     for _ in range(5):
         _, _, body = infer(routed, "rollout_ok")
         assert body["parameters"]["switchyard_variant"] == "canary"
-    text = metrics_text(routed)
+    text = scrape_metrics(routed)
     assert (
-        metric(text, "switchyard_rollout_events_total", endpoint="rollout_ok", to_state="completed")
+        metric_sum(
+            text, "switchyard_rollout_events_total", endpoint="rollout_ok", to_state="completed"
+        )
         == 1
     )
-    assert metric(text, "switchyard_rollout_canary_percent", endpoint="rollout_ok") == 100
+    assert metric_sum(text, "switchyard_rollout_canary_percent", endpoint="rollout_ok") == 100
 
 
 def test_failing_canary_rolls_back(routed: Gateway) -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import http.client
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -13,7 +12,7 @@ import pytest
 import tritonclient.grpc as triton_grpc
 from tritonclient.utils import InferenceServerException
 
-from tests.support import Gateway, start_gateway
+from tests.support import Gateway, metric_sum, scrape_metrics, start_gateway
 from tests.triton.fixture import TritonProcess, start_triton
 
 
@@ -83,20 +82,6 @@ def features_input(rows: np.ndarray) -> triton_grpc.InferInput:
     return tensor
 
 
-def metrics(gateway: Gateway) -> str:
-    connection = http.client.HTTPConnection("127.0.0.1", gateway.metrics_port, timeout=10)
-    connection.request("GET", "/metrics")
-    return connection.getresponse().read().decode()
-
-
-def metric(text: str, name: str, **labels: str) -> float:
-    return sum(
-        float(line.rsplit(" ", 1)[1])
-        for line in text.splitlines()
-        if line.startswith(name + "{") and all(f'{k}="{v}"' in line for k, v in labels.items())
-    )
-
-
 def test_metadata_and_config_come_from_triton(gateway: Gateway) -> None:
     client = triton_grpc.InferenceServerClient(gateway.grpc_url)
     local = client.get_model_metadata("ranker")
@@ -146,15 +131,15 @@ def test_a_triton_shadow_behind_an_onnx_primary_is_compared(gateway: Gateway) ->
         assert result.get_response().parameters["switchyard_variant"].string_param == "local"
     labels = {"endpoint": "mirrored", "variant": "triton"}
     deadline = time.monotonic() + 10
-    while metric(metrics(gateway), "switchyard_shadow_requests_total", **labels) < 10:
+    while metric_sum(scrape_metrics(gateway), "switchyard_shadow_requests_total", **labels) < 10:
         assert time.monotonic() < deadline
         time.sleep(0.1)
-    text = metrics(gateway)
-    assert metric(text, "switchyard_shadow_requests_total", outcome="ok", **labels) == 10
+    text = scrape_metrics(gateway)
+    assert metric_sum(text, "switchyard_shadow_requests_total", outcome="ok", **labels) == 10
     # Same model on both sides: agreement within float rounding, the same top items.
-    assert metric(text, "switchyard_shadow_max_abs_diff_bucket", le="1e-06", **labels) == 10
-    assert metric(text, "switchyard_shadow_top_k_overlap_bucket", le="0.99", **labels) == 0
-    assert metric(text, "switchyard_shadow_top_k_overlap_count", **labels) == 10
+    assert metric_sum(text, "switchyard_shadow_max_abs_diff_bucket", le="1e-06", **labels) == 10
+    assert metric_sum(text, "switchyard_shadow_top_k_overlap_bucket", le="0.99", **labels) == 0
+    assert metric_sum(text, "switchyard_shadow_top_k_overlap_count", **labels) == 10
 
 
 def test_triton_killed_opens_the_breaker_then_recovers(
@@ -173,7 +158,7 @@ def test_triton_killed_opens_the_breaker_then_recovers(
     assert set(codes) == {"StatusCode.UNAVAILABLE"}
     assert "circuit open" in messages  # later calls fail fast without trying Triton
     labels = {"model": "ranker_triton", "version": "1"}
-    assert metric(metrics(gateway), "switchyard_circuit_state", **labels) == 2
+    assert metric_sum(scrape_metrics(gateway), "switchyard_circuit_state", **labels) == 2
     assert not client.is_model_ready("ranker_triton")
     # The local variant is unaffected.
     assert client.infer("ranker", [features_input(x)]).as_numpy("score").shape == (2, 1)
@@ -188,5 +173,5 @@ def test_triton_killed_opens_the_breaker_then_recovers(
             assert time.monotonic() < deadline, "no recovery within 30 s of Triton's restart"
             time.sleep(0.2)
     assert result.as_numpy("score").shape == (2, 1)
-    assert metric(metrics(gateway), "switchyard_circuit_state", **labels) == 0
+    assert metric_sum(scrape_metrics(gateway), "switchyard_circuit_state", **labels) == 0
     assert client.is_model_ready("ranker_triton")
