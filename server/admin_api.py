@@ -12,11 +12,10 @@ from __future__ import annotations
 import hmac
 from typing import Any
 
-import orjson
-
 from router.config import table_to_config
 from runtimes.errors import InvalidArgument, NotFound
 from server.http_errors import HttpError
+from server.json_body import parse_object
 from server.routing import RoutingService
 
 ACTOR_HEADER = b"x-switchyard-actor"
@@ -51,7 +50,7 @@ class AdminApi:
             }
         if len(parts) == 3 and parts[0] == "endpoints" and parts[2] == "weights":
             _require(method, "PUT")
-            weights = _json_object(body).get("weights")
+            weights = parse_object(body or b"{}").get("weights")
             if not isinstance(weights, dict):
                 raise InvalidArgument('body must be {"weights": {"<variant>": <number>, ...}}')
             changes = self._routing.set_weights(parts[1], weights, actor)
@@ -76,13 +75,3 @@ class AdminApi:
 def _require(method: str, allowed: str) -> None:
     if method != allowed:
         raise HttpError(405, f"method {method} is not allowed here; use {allowed}")
-
-
-def _json_object(body: bytes) -> dict[str, Any]:
-    try:
-        document = orjson.loads(body or b"{}")
-    except orjson.JSONDecodeError as exc:
-        raise InvalidArgument(f"request body is not valid JSON: {exc}") from None
-    if not isinstance(document, dict):
-        raise InvalidArgument("request body must be a JSON object")
-    return document

@@ -6,12 +6,12 @@ import time
 from typing import Any
 
 import grpc
-import orjson
 
 from protos import recommend_pb2 as pb
 from protos import recommend_pb2_grpc as pb_grpc
 from runtimes.errors import InvalidArgument
 from server.grpc_ingress import maps_errors
+from server.json_body import field, parse_object
 from server.metrics import ServerMetrics
 from server.recommend import Recommender, RecommendRequest, RecommendResponse
 
@@ -57,40 +57,28 @@ class RecommendServicer(pb_grpc.RecommenderServicer):
             )
 
 
-def _typed(document: dict[str, Any], key: str, kind: type, default: Any) -> Any:
-    value = document.get(key, default)
-    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
-        raise InvalidArgument(f"'{key}' must be of type {kind.__name__}")
-    return value
-
-
 def parse_recommend_json(body: bytes, headers: dict[str, str]) -> RecommendRequest:
     """The REST body: {"endpoint", "user_id", "candidate_ids", "k"?, "context"?,
     "request_id"?, "timeout_ms"?}."""
-    try:
-        document = orjson.loads(body)
-    except orjson.JSONDecodeError as exc:
-        raise InvalidArgument(f"request body is not valid JSON: {exc}") from None
-    if not isinstance(document, dict):
-        raise InvalidArgument("request body must be a JSON object")
+    document = parse_object(body)
     known = {"endpoint", "user_id", "candidate_ids", "k", "context", "request_id", "timeout_ms"}
     unknown = sorted(set(document) - known)
     if unknown:
         raise InvalidArgument(f"unknown fields {unknown}; known: {sorted(known)}")
-    candidates = _typed(document, "candidate_ids", list, [])
-    context = _typed(document, "context", dict, {})
+    candidates = field(document, "candidate_ids", list, "request", [])
+    context = field(document, "context", dict, "request", {})
     if not all(isinstance(c, str) for c in candidates):
         raise InvalidArgument("'candidate_ids' must be a list of strings")
     if not all(isinstance(v, str) for v in context.values()):
         raise InvalidArgument("'context' values must be strings")
-    timeout_ms = _typed(document, "timeout_ms", int | float, 0)
+    timeout_ms = field(document, "timeout_ms", (int, float), "request", 0)
     return RecommendRequest(
-        endpoint=_typed(document, "endpoint", str, ""),
-        user_id=_typed(document, "user_id", str, ""),
+        endpoint=field(document, "endpoint", str, "request", ""),
+        user_id=field(document, "user_id", str, "request", ""),
         candidate_ids=candidates,
-        k=_typed(document, "k", int, 0),
+        k=field(document, "k", int, "request", 0),
         context=context,
-        request_id=_typed(document, "request_id", str, ""),
+        request_id=field(document, "request_id", str, "request", ""),
         headers=headers,
         deadline_s=time.monotonic() + timeout_ms / 1e3 if timeout_ms > 0 else None,
     )

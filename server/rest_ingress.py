@@ -21,6 +21,7 @@ from runtimes.tensor_codec import decode_raw, encode_raw
 from server.admin_api import AdminApi
 from server.dataplane import DataPlane
 from server.http_errors import HttpError, http_status
+from server.json_body import field, parse_object
 from server.metrics import ServerMetrics
 from server.recommend import Recommender
 from server.recommend_ingress import REST_PATH, parse_recommend_json, recommend_json
@@ -213,19 +214,8 @@ def _decompress(body: bytes, encoding: bytes, max_bytes: int) -> bytes:
     return data
 
 
-def _field(
-    document: dict, key: str, kind: type | tuple[type, ...], where: str, default: Any = ...
-) -> Any:
-    value = document.get(key, default)
-    if value is ...:
-        raise InvalidArgument(f"{where}: '{key}' is required")
-    if not isinstance(value, kind):
-        raise InvalidArgument(f"{where}: '{key}' has the wrong type ({type(value).__name__})")
-    return value
-
-
 def _shape(tensor: dict, where: str) -> tuple[int, ...]:
-    shape = _field(tensor, "shape", list, where)
+    shape = field(tensor, "shape", list, where)
     if not all(isinstance(dim, int) and not isinstance(dim, bool) for dim in shape):
         raise InvalidArgument(f"{where}: 'shape' must be a list of integers, got {shape}")
     return tuple(shape)
@@ -249,24 +239,19 @@ def parse_infer_request(
             )
         split = int(header_length)
         json_part, binary = json_part[:split], json_part[split:]
-    try:
-        document = orjson.loads(json_part)
-    except orjson.JSONDecodeError as exc:
-        raise InvalidArgument(f"request body is not valid JSON: {exc}") from None
-    if not isinstance(document, dict):
-        raise InvalidArgument("request body must be a JSON object")
-    parameters = _field(document, "parameters", dict, "request", {})
+    document = parse_object(json_part)
+    parameters = field(document, "parameters", dict, "request", {})
     inputs, offset = [], 0
-    for index, tensor in enumerate(_field(document, "inputs", list, "request")):
+    for index, tensor in enumerate(field(document, "inputs", list, "request")):
         where = f"inputs[{index}]"
         if not isinstance(tensor, dict):
             raise InvalidArgument(f"{where} must be a JSON object")
-        name = _field(tensor, "name", str, where)
+        name = field(tensor, "name", str, where)
         where = f"tensor '{name}'"
-        datatype = _field(tensor, "datatype", str, where)
+        datatype = field(tensor, "datatype", str, where)
         shape = _shape(tensor, where)
         checked_element_count(name, datatype, shape, max_bytes)
-        size = _field(tensor, "parameters", dict, where, {}).get("binary_data_size")
+        size = field(tensor, "parameters", dict, where, {}).get("binary_data_size")
         if size is not None:
             if not isinstance(size, int) or size < 0 or offset + size > len(binary):
                 raise InvalidArgument(
@@ -276,7 +261,7 @@ def parse_infer_request(
             data = decode_raw(name, datatype, shape, binary[offset : offset + size])
             offset += size
         else:
-            data = decode_values(name, datatype, shape, _field(tensor, "data", list, where))
+            data = decode_values(name, datatype, shape, field(tensor, "data", list, where))
         inputs.append(InferInput(name, datatype, shape, data))
     if offset != len(binary):
         raise InvalidArgument(
@@ -286,15 +271,15 @@ def parse_infer_request(
     binary_by_default = parameters.get("binary_data_output", False) is True
     output_names: list[str] = []
     binary_outputs: set[str] = set()
-    for index, output in enumerate(_field(document, "outputs", list, "request", [])):
+    for index, output in enumerate(field(document, "outputs", list, "request", [])):
         if not isinstance(output, dict):
             raise InvalidArgument(f"outputs[{index}] must be a JSON object")
-        out_name = _field(output, "name", str, f"outputs[{index}]")
+        out_name = field(output, "name", str, f"outputs[{index}]")
         output_names.append(out_name)
-        out_params = _field(output, "parameters", dict, f"output '{out_name}'", {})
+        out_params = field(output, "parameters", dict, f"output '{out_name}'", {})
         if out_params.get("binary_data", binary_by_default) is True:
             binary_outputs.add(out_name)
-    request_id = _field(document, "id", str, "request", "")
+    request_id = field(document, "id", str, "request", "")
     return InferRequest(
         model_name=model_name,
         model_version=model_version,
