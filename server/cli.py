@@ -11,6 +11,7 @@ from runtimes.errors import InvalidArgument, ModelLoadError
 from server.autoscaling.cli import add_autoscale_subcommand
 from server.config import DEFAULT_CONFIG_PATH, ConfigError, load_config
 from server.features.cli import add_features_subcommand
+from server.ray_host.cli import add_render_subcommand, serve_on_ray
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -29,6 +30,8 @@ def _serve(args: argparse.Namespace) -> int:
         level=config.server.log_level.upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    if args.engine == "ray":
+        return serve_on_ray(config, config_path)
     from server.app import run_standalone
 
     try:
@@ -48,9 +51,16 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--config", type=Path, default=None, help="config file (default: the embedded demo)"
     )
+    serve.add_argument(
+        "--engine",
+        choices=("standalone", "ray"),
+        default="standalone",
+        help="standalone: one process (default); ray: Ray Serve deployments on a local Ray",
+    )
     serve.set_defaults(handler=_serve)
     add_autoscale_subcommand(commands)
     add_features_subcommand(commands)
+    add_render_subcommand(commands)
     return parser
 
 

@@ -9,6 +9,5 @@
 - app.py: the Serve application, `switchyard serve --engine ray` and the Serve config YAML of
   `switchyard render ray`.
 
-Only app.py and remote_models.py import ray; variant.py and ingress.py hold plain classes
-that app.py turns into deployments.
+variant.py and ingress.py hold plain classes; app.py turns them into deployments.
 """

@@ -8,6 +8,7 @@ batcher (the variant batches; the ingress only queues and checks deadlines).
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Mapping, Sequence
 
@@ -34,6 +35,9 @@ PASS_THROUGH_OPTIONS = BatchingOptions(
     max_queue_size=PASS_THROUGH_CONCURRENCY,
     instance_count=PASS_THROUGH_CONCURRENCY,
 )
+# A readiness probe waits no longer than this for the variant (a handle call waits for a
+# replica as long as it takes: none may be running).
+READY_TIMEOUT_S = 5.0
 
 
 class HandleRuntime(Runtime):
@@ -76,14 +80,15 @@ class HandleRuntime(Runtime):
 
     async def ready(self) -> bool:
         try:
-            return await self._handle.ready.remote()
-        except Exception:  # a variant that cannot answer is not ready
+            return await asyncio.wait_for(self._handle.ready.remote(), READY_TIMEOUT_S)
+        except Exception:  # a variant that cannot answer (in time) is not ready
             return False
 
 
 class RemoteBatcher(DynamicBatcher):
     """The pass-through batcher of a remote version. It reports the variant's max_batch_size,
-    the rows the model itself takes per batch (what the ModelConfig RPC tells clients)."""
+    the rows the model takes per batch, so that the data plane splits oversized requests and
+    the ModelConfig RPC answers as they do standalone."""
 
     def __init__(self, runtime: HandleRuntime, info: VariantInfo, label: str) -> None:
         outputs = [spec.name for spec in info.signature.outputs]

@@ -1,0 +1,67 @@
+"""The Ray host's commands: `switchyard serve --engine ray` and `switchyard render ray`.
+
+Ray is an optional extra (`pip install 'switchyard[ray]'`): it is imported only when one of
+these runs, and its absence is a clear message with exit code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from server.config import ConfigError, SwitchyardConfig, load_config
+
+RAY_MISSING = "the Ray host needs Ray Serve: pip install 'switchyard[ray]'"
+
+
+def serve_on_ray(config: SwitchyardConfig, config_path: Path) -> int:
+    """`switchyard serve --engine ray`: the exit code."""
+    try:
+        from server.ray_host.app import run_on_local_ray
+    except ImportError as exc:
+        print(f"switchyard: {RAY_MISSING} ({exc})", file=sys.stderr)
+        return 2
+    try:
+        run_on_local_ray(config, config_path)
+    except RuntimeError as exc:  # Serve's way of saying the application failed to deploy
+        print(f"switchyard: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _render_ray(args: argparse.Namespace) -> int:
+    try:
+        config = load_config(args.config)
+    except ConfigError as exc:
+        print(f"switchyard: {exc}", file=sys.stderr)
+        return 2
+    try:
+        from server.ray_host.app import render_serve_config
+    except ImportError as exc:
+        print(f"switchyard: {RAY_MISSING} ({exc})", file=sys.stderr)
+        return 2
+    text = render_serve_config(config, args.config)
+    if args.out is None:
+        sys.stdout.write(text)
+        return 0
+    try:
+        args.out.write_text(text)
+    except OSError as exc:
+        print(f"switchyard: cannot write {args.out}: {exc.strerror}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def add_render_subcommand(subparsers: argparse._SubParsersAction) -> None:
+    render = subparsers.add_parser("render", help="write the deployment config of another host")
+    targets = render.add_subparsers(dest="render_target", required=True)
+    ray = targets.add_parser(
+        "ray",
+        help="the Ray Serve config YAML for `serve deploy`",
+        description="Writes the Serve config that deploys a config file's models on a Ray "
+        "cluster with `serve deploy`: the same application as `serve --engine ray`.",
+    )
+    ray.add_argument("--config", type=Path, required=True, help="the Switchyard config file")
+    ray.add_argument("--out", type=Path, default=None, help="output file (default: stdout)")
+    ray.set_defaults(handler=_render_ray)

@@ -1,0 +1,73 @@
+"""Names and options of the Serve application's deployments, from the config file alone.
+
+app.py builds the application with them and writes them into the Serve config YAML, so that
+`switchyard serve --engine ray` and `serve deploy` of the rendered file deploy the same thing.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from server.autoscaling.latency_policy import LatencyPolicyConfig
+from server.autoscaling.ray_adapter import autoscaling_config
+from server.config import AUTO_MAX_BATCH_SIZE, ModelConfig
+
+APP_NAME = "switchyard"
+INGRESS_NAME = "ingress"
+# The ingress decodes, routes and awaits variants: it holds many requests at once cheaply.
+INGRESS_MAX_ONGOING_REQUESTS = 1024
+# Registered on Serve's gRPC proxy; the proxy calls the ingress method named like each RPC.
+GRPC_SERVICER_FUNCTIONS = (
+    "protos.open_inference_pb2_grpc.add_GRPCInferenceServiceServicer_to_server",
+    "protos.recommend_pb2_grpc.add_RecommenderServicer_to_server",
+)
+SERVE_DEFAULT_MAX_ONGOING_REQUESTS = 5
+
+
+def variant_name(model: str, version: str) -> str:
+    """The deployment of one model version (as the standalone log labels it); neither name may
+    hold ':', so the names are unique."""
+    return f"{model}:{version}"
+
+
+def latency_policy(model: ModelConfig) -> LatencyPolicyConfig | None:
+    if model.autoscaling is None:
+        return None
+    return LatencyPolicyConfig.from_mapping(model.autoscaling)  # validated with the config
+
+
+def variant_max_ongoing_requests(model: ModelConfig) -> int:
+    """Requests one replica takes at once, which bounds how many requests one batch merges.
+    Autoscaled: the policy's max_ongoing_requests, which its utilisation is measured against.
+    Otherwise: at least a batch of one-row requests, so that full batches can form."""
+    policy = latency_policy(model)
+    if policy is not None:
+        return policy.max_ongoing_requests
+    configured = model.batching.max_batch_size
+    batch_rows = AUTO_MAX_BATCH_SIZE if configured is None else configured
+    return max(SERVE_DEFAULT_MAX_ONGOING_REQUESTS, batch_rows)
+
+
+def variant_options(model: ModelConfig) -> dict[str, Any]:
+    """The serve.deployment options of each version of `model` (Serve config YAML keys too)."""
+    options: dict[str, Any] = {
+        "max_ongoing_requests": variant_max_ongoing_requests(model),
+        # Past this many requests waiting in a caller's handle for a replica, the caller is
+        # refused at once (RESOURCE_EXHAUSTED / 503), like a full batcher queue standalone.
+        "max_queued_requests": model.batching.max_queue_size,
+        "ray_actor_options": {"num_cpus": model.ray.num_cpus},
+    }
+    policy = latency_policy(model)
+    if policy is None:
+        options["num_replicas"] = model.ray.num_replicas
+    else:
+        options["autoscaling_config"] = {
+            **autoscaling_config(policy),  # the latency policy as the custom policy
+            "look_back_period_s": model.ray.look_back_period_s,
+            "metrics_interval_s": model.ray.metrics_interval_s,
+        }
+    return options
+
+
+def ingress_options() -> dict[str, Any]:
+    return {"num_replicas": 1, "max_ongoing_requests": INGRESS_MAX_ONGOING_REQUESTS}

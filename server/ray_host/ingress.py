@@ -1,0 +1,187 @@
+"""The ingress deployment: the standalone host's data plane and router behind Serve's proxies.
+
+gRPC: Serve's gRPC proxy, with our generated servicers registered through its gRPC options,
+calls the ingress method named like each RPC with the request message and a
+RayServegRPCContext. Those methods run the standalone servicers themselves (InferenceServicer,
+RecommendServicer) through `_RayCallContext`, which gives them the grpc.aio context they
+expect: their errors become statuses set on Serve's context, and the reply is then the RPC's
+empty message, as Serve wants (raising instead would log each client error as a crash).
+
+REST: Serve's HTTP proxy hands ASGI requests to the app `__serve_build_asgi_app__` returns:
+the standalone RestApp, admin API and Recommend included.
+
+Models: a ModelRepository whose versions forward to their variant deployments
+(remote_models.py), so that DataPlane and RoutingService run unchanged.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable, Sequence
+from pathlib import Path
+from typing import Any, NoReturn
+
+import grpc
+from google.protobuf.message import Message
+from ray.serve.handle import DeploymentHandle
+
+from protos import open_inference_pb2 as pb
+from protos import recommend_pb2 as recommend_pb
+from server.admin_api import AdminApi
+from server.audit_log import AuditLog
+from server.config import SwitchyardConfig, routing_table
+from server.config_reload import ConfigReloader
+from server.dataplane import DataPlane
+from server.features.definitions import FeatureDefinitions
+from server.features.factory import create_store
+from server.grpc_ingress import InferenceServicer
+from server.metrics import ServerMetrics
+from server.ray_host.remote_models import remote_loader
+from server.recommend import Recommender
+from server.recommend_ingress import RecommendServicer
+from server.repository import ModelRepository
+from server.rest_ingress import RestApp
+from server.routing import RoutingService
+
+log = logging.getLogger(__name__)
+
+
+class _Aborted(Exception):
+    def __init__(self, code: grpc.StatusCode, details: str) -> None:
+        super().__init__(details)
+        self.code = code
+        self.details = details
+
+
+class _RayCallContext:
+    """Serve's RayServegRPCContext as the grpc.aio ServicerContext our servicers use."""
+
+    def __init__(self, context: Any) -> None:
+        self._context = context
+
+    def invocation_metadata(self) -> Sequence[tuple[str, str | bytes]]:
+        return self._context.invocation_metadata()
+
+    def set_trailing_metadata(self, metadata: Sequence[tuple[str, str]]) -> None:
+        self._context.set_trailing_metadata(list(metadata))  # Serve's appends to a list
+
+    def time_remaining(self) -> float | None:
+        # Serve's proxy does not pass the client's deadline on; Triton's `timeout` request
+        # parameter and gRPCOptions.request_timeout_s still apply.
+        return None
+
+    async def abort(self, code: grpc.StatusCode, details: str = "") -> NoReturn:
+        raise _Aborted(code, details)  # grpc.aio's abort raises too: nothing runs after it
+
+
+Rpc = Callable[[Any, Any], Awaitable[Message]]
+
+
+class IngressReplica:
+    """The class behind the ingress deployment (app.py wraps it with serve.ingress and
+    serve.deployment). `variants` maps each variant_name to its deployment handle."""
+
+    async def __init__(
+        self,
+        config: SwitchyardConfig,
+        variants: dict[str, DeploymentHandle],
+        config_path: str | None = None,
+    ) -> None:
+        # Each version's signature, asked once: metadata RPCs then need no round trip.
+        infos = await asyncio.gather(*(handle.info.remote() for handle in variants.values()))
+        self._max_request_size_bytes = config.server.max_request_size_bytes
+        self.metrics = ServerMetrics()  # not exported under Ray: Serve has its own metrics
+        loader = remote_loader(variants, dict(zip(variants, infos, strict=True)))
+        self.repository = ModelRepository(config.models, self.metrics, loader)
+        self.dataplane = DataPlane(self.repository, config.server.max_request_size_bytes)
+        self.routing = RoutingService(
+            routing_table(config),
+            self.dataplane.infer_model,
+            config.routing,
+            self.metrics.routing,
+            AuditLog(config.admin.audit_log_path),
+        )
+        self.dataplane.routing = self.routing
+        definitions = FeatureDefinitions.from_config(config.features)
+        self.feature_store = create_store(config.features, definitions)
+        recommender = Recommender(self.dataplane, definitions, self.feature_store, config.recommend)
+        self._oip = InferenceServicer(self.dataplane, self.metrics)
+        self._recommend = RecommendServicer(recommender, self.metrics, self.dataplane.model_label)
+        admin = AdminApi(self.routing, config.admin.token)
+        self._rest = RestApp(self.dataplane, self.metrics, admin, recommender)
+
+        self.repository.load_all()
+        await self.repository.start()
+        await self.routing.start()
+        self._reload_task: asyncio.Task[None] | None = None
+        if config_path is not None and config.routing.config_reload_s > 0:
+            reloader = ConfigReloader(
+                Path(config_path), config, self.routing, config.routing.config_reload_s
+            )
+            self._reload_task = asyncio.create_task(reloader.run_forever(), name="reload")
+        self.dataplane.set_ready(True)
+        log.info("switchyard ingress ready: %d model versions", len(self.repository.models()))
+
+    def __serve_build_asgi_app__(self) -> RestApp:
+        return self._rest
+
+    # gRPC: Serve's proxy calls these by RPC name, passing `grpc_context` by keyword.
+
+    async def ServerLive(self, request: Message, grpc_context: Any) -> Message:
+        return await self._grpc(self._oip.ServerLive, request, grpc_context, pb.ServerLiveResponse)
+
+    async def ServerReady(self, request: Message, grpc_context: Any) -> Message:
+        rpc = self._oip.ServerReady
+        return await self._grpc(rpc, request, grpc_context, pb.ServerReadyResponse)
+
+    async def ModelReady(self, request: Message, grpc_context: Any) -> Message:
+        return await self._grpc(self._oip.ModelReady, request, grpc_context, pb.ModelReadyResponse)
+
+    async def ServerMetadata(self, request: Message, grpc_context: Any) -> Message:
+        rpc = self._oip.ServerMetadata
+        return await self._grpc(rpc, request, grpc_context, pb.ServerMetadataResponse)
+
+    async def ModelMetadata(self, request: Message, grpc_context: Any) -> Message:
+        rpc = self._oip.ModelMetadata
+        return await self._grpc(rpc, request, grpc_context, pb.ModelMetadataResponse)
+
+    async def ModelConfig(self, request: Message, grpc_context: Any) -> Message:
+        rpc = self._oip.ModelConfig
+        return await self._grpc(rpc, request, grpc_context, pb.ModelConfigResponse)
+
+    async def ModelInfer(self, request: Message, grpc_context: Any) -> Message:
+        return await self._grpc(self._oip.ModelInfer, request, grpc_context, pb.ModelInferResponse)
+
+    async def Recommend(self, request: Message, grpc_context: Any) -> Message:
+        rpc = self._recommend.Recommend
+        return await self._grpc(rpc, request, grpc_context, recommend_pb.RecommendResponse)
+
+    async def _grpc(
+        self, rpc: Rpc, request: Message, grpc_context: Any, empty: type[Message]
+    ) -> Message:
+        # Serve's proxy takes messages up to 2 GiB; hold them to our limit as standalone does.
+        size_bytes = request.ByteSize()
+        if size_bytes > self._max_request_size_bytes:
+            grpc_context.set_code(grpc.StatusCode.RESOURCE_EXHAUSTED)
+            grpc_context.set_details(
+                f"request of {size_bytes} bytes is over the maximum of "
+                f"{self._max_request_size_bytes} bytes"
+            )
+            return empty()
+        try:
+            return await rpc(request, _RayCallContext(grpc_context))
+        except _Aborted as aborted:
+            grpc_context.set_code(aborted.code)
+            grpc_context.set_details(aborted.details)
+            return empty()
+
+    async def __del__(self) -> None:
+        """Serve's shutdown hook: stop taking requests, finish those in flight, release."""
+        self.dataplane.set_ready(False)
+        if self._reload_task is not None:
+            self._reload_task.cancel()
+            await asyncio.gather(self._reload_task, return_exceptions=True)
+        await self.routing.close()
+        await self.repository.close(drain=True)
+        await self.feature_store.close()

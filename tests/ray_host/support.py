@@ -1,0 +1,77 @@
+"""The config the Ray host tests serve: the demo (ranker, endpoint, features) and a slow model
+whose latency autoscaling has windows of seconds, so that scaling shows within a test."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any
+
+import onnx
+import yaml
+from onnx import TensorProto, helper
+
+from server.config import DEFAULT_CONFIG_PATH
+
+SLOW_MODEL = "slow"
+PAIR_MODEL = "pair"
+# The slow model takes about 20 ms a call on one core; four closed-loop callers keep a single
+# replica's p95 several times over the target, and without traffic the policy asks for 1.
+SLOW_AUTOSCALING = {
+    "target_latency_s": 0.04,
+    "max_replicas": 3,
+    "max_ongoing_requests": 8,
+    "upscale_stabilization_s": 1.0,
+    "downscale_stabilization_s": 2.0,
+    "scale_up_period_s": 1.0,
+    "scale_down_period_s": 1.0,
+}
+SLOW_RAY = {"look_back_period_s": 2.0, "metrics_interval_s": 0.5, "num_cpus": 0.5}
+
+
+def build_pair_model(path: Path) -> Path:
+    """`z = a + b` on two FP32 [-1, 4] inputs: a request can disagree on their batch sizes,
+    which only the variant's batcher checks."""
+    tensors = [
+        helper.make_tensor_value_info(name, TensorProto.FLOAT, ["batch", 4]) for name in "abz"
+    ]
+    graph = helper.make_graph(
+        [helper.make_node("Add", ["a", "b"], ["z"])], "pair", tensors[:2], tensors[2:]
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 9
+    onnx.save(model, path)
+    return path
+
+
+def app_config(demo_model_path: Path, slow_model_path: Path, workdir: Path) -> dict[str, Any]:
+    pair_model_path = build_pair_model(workdir / "pair.onnx")
+    demo = yaml.safe_load(DEFAULT_CONFIG_PATH.read_text())
+    features = copy.deepcopy(demo["features"])
+    seed_files = features["store"]["seed_files"]
+    for entity, path in seed_files.items():
+        seed_files[entity] = str(DEFAULT_CONFIG_PATH.parent / path)
+    return {
+        "models": [
+            {
+                "name": "ranker",
+                "versions": [{"version": "1", "path": str(demo_model_path)}],
+                "runtime_options": {"intra_op_threads": 1},
+            },
+            {
+                "name": SLOW_MODEL,
+                "versions": [{"version": "1", "path": str(slow_model_path)}],
+                "runtime_options": {"intra_op_threads": 1},
+                "batching": {"max_batch_size": 0},  # one call at a time: latency grows with load
+                "autoscaling": SLOW_AUTOSCALING,
+                "ray": SLOW_RAY,
+            },
+            {
+                "name": PAIR_MODEL,
+                "versions": [{"version": "1", "path": str(pair_model_path)}],
+                "ray": {"num_cpus": 0.25},
+            },
+        ],
+        "endpoints": demo["endpoints"],
+        "features": features,
+    }

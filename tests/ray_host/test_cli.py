@@ -1,0 +1,74 @@
+"""`switchyard serve --engine ray` as a user runs it: serves, and stops cleanly on SIGTERM."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+import tritonclient.grpc as triton_grpc
+import yaml
+
+from tests.support import REPO_ROOT, demo_model_config, free_port
+
+pytest.importorskip("ray.serve")
+
+READY_TIMEOUT_S = 120.0  # a fresh local Ray, Serve and two replicas on a small machine
+
+
+def wait_ready(process: subprocess.Popen, http_port: int, log: Path) -> None:
+    deadline_s = time.monotonic() + READY_TIMEOUT_S
+    while time.monotonic() < deadline_s:
+        assert process.poll() is None, f"exited with {process.returncode}:\n{log.read_text()}"
+        try:
+            url = f"http://127.0.0.1:{http_port}/v2/health/ready"
+            with urllib.request.urlopen(url, timeout=1) as response:
+                if response.status == 200:
+                    return
+        except OSError:
+            pass
+        time.sleep(0.5)
+    raise AssertionError(f"not ready in {READY_TIMEOUT_S} s:\n{log.read_text()}")
+
+
+def test_serve_engine_ray_serves_and_stops_on_sigterm(
+    demo_model_path: Path,
+    direct_session: ort.InferenceSession,
+    features: np.ndarray,
+    tmp_path: Path,
+) -> None:
+    http_port, grpc_port = free_port(), free_port()
+    server = {"host": "127.0.0.1", "http_port": http_port, "grpc_port": grpc_port}
+    config_path = tmp_path / "switchyard.yaml"
+    config_path.write_text(yaml.safe_dump(demo_model_config(demo_model_path, **server)))
+    log = tmp_path / "serve.log"
+    process = subprocess.Popen(
+        [sys.executable, "-m", "server.cli", "serve", "--engine", "ray", "--config", config_path],
+        cwd=REPO_ROOT,
+        stdout=log.open("w"),
+        stderr=subprocess.STDOUT,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    try:
+        wait_ready(process, http_port, log)
+        tensor = triton_grpc.InferInput("features", list(features.shape), "FP32")
+        tensor.set_data_from_numpy(features)
+        result = triton_grpc.InferenceServerClient(f"127.0.0.1:{grpc_port}").infer(
+            "ranker", [tensor]
+        )
+        (score,) = direct_session.run(["score"], {"features": features})
+        np.testing.assert_array_equal(result.as_numpy("score"), score)
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=60) == 0, log.read_text()
+        assert "Traceback" not in log.read_text()
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()

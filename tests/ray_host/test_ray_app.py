@@ -1,0 +1,244 @@
+"""The Ray Serve host on a real local Ray: the same answers as the standalone host over
+Serve's gRPC and HTTP proxies, and a slow variant that autoscales on its latency.
+
+One Ray and one Serve application for the whole module (Ray takes seconds to start), beside
+a standalone gateway serving the same config file.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import grpc
+import numpy as np
+import onnxruntime as ort
+import pytest
+import tritonclient.grpc as triton_grpc
+import tritonclient.http as triton_http
+import yaml
+from tritonclient.grpc import service_pb2, service_pb2_grpc
+from tritonclient.utils import InferenceServerException
+
+from protos import recommend_pb2, recommend_pb2_grpc
+from server.config import load_config
+from tests.ray_host.support import PAIR_MODEL, SLOW_MODEL, app_config
+from tests.slow_model import build_slow_model
+from tests.support import Gateway, free_port, start_gateway
+
+ray = pytest.importorskip("ray")
+serve = pytest.importorskip("ray.serve")
+from server.ray_host.app import start_on_local_ray  # noqa: E402
+from server.ray_host.deployments import APP_NAME  # noqa: E402
+
+# Our config sets metrics_interval_s, which Ray 2.60 still reads but has deprecated.
+pytestmark = pytest.mark.filterwarnings("ignore:The `metrics_interval_s`:DeprecationWarning")
+
+ITEMS = [f"i{n}" for n in range(0, 200, 7)]
+
+
+@dataclass(frozen=True)
+class RayApp:
+    http_port: int
+    grpc_port: int
+
+    @property
+    def http_url(self) -> str:
+        return f"127.0.0.1:{self.http_port}"
+
+    @property
+    def grpc_url(self) -> str:
+        return f"127.0.0.1:{self.grpc_port}"
+
+
+@pytest.fixture(scope="module")
+def config(demo_model_path: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
+    workdir = tmp_path_factory.mktemp("models")
+    return app_config(demo_model_path, build_slow_model(workdir / "slow.onnx"), workdir)
+
+
+@pytest.fixture(scope="module")
+def ray_app(config: dict, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RayApp]:
+    app = RayApp(http_port=free_port(), grpc_port=free_port())
+    server = {"host": "127.0.0.1", "http_port": app.http_port, "grpc_port": app.grpc_port}
+    path = tmp_path_factory.mktemp("ray") / "switchyard.yaml"
+    path.write_text(yaml.safe_dump({**config, "server": server}))
+    # Logical CPUs: replicas reserve CPUs, and this machine may have only 2.
+    ray.init(num_cpus=8, include_dashboard=False, log_to_driver=False)
+    try:
+        start_on_local_ray(load_config(path), path)
+        yield app
+    finally:
+        serve.shutdown()
+        ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def standalone(config: dict, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
+    gateway = start_gateway(config, tmp_path_factory.mktemp("standalone"))
+    yield gateway
+    assert gateway.stop() == 0, gateway.log()
+
+
+def grpc_clients(*urls: str) -> list[triton_grpc.InferenceServerClient]:
+    return [triton_grpc.InferenceServerClient(url) for url in urls]
+
+
+def features_input(data: np.ndarray, client: Any = triton_grpc) -> Any:
+    """The ranker's input for tritonclient's grpc or http module (`client`)."""
+    tensor = client.InferInput("features", list(data.shape), "FP32")
+    tensor.set_data_from_numpy(data)
+    return tensor
+
+
+def test_health_and_metadata_match_standalone(ray_app: RayApp, standalone: Gateway) -> None:
+    ray_client, standalone_client = grpc_clients(ray_app.grpc_url, standalone.grpc_url)
+    assert ray_client.is_server_live() and ray_client.is_server_ready()
+    assert ray_client.is_model_ready("ranker", "1")
+    for call in ("get_server_metadata", "get_model_metadata", "get_model_config"):
+        args = () if call == "get_server_metadata" else ("ranker",)
+        got = getattr(ray_client, call)(*args, as_json=True)
+        assert got == getattr(standalone_client, call)(*args, as_json=True), call
+    rest = triton_http.InferenceServerClient(ray_app.http_url)
+    assert rest.is_server_ready()
+    expected = triton_http.InferenceServerClient(standalone.http_url).get_model_metadata("ranker")
+    assert rest.get_model_metadata("ranker") == expected
+
+
+def test_infer_over_grpc_and_rest_equals_onnxruntime(
+    ray_app: RayApp, direct_session: ort.InferenceSession, features: np.ndarray
+) -> None:
+    logit, score = direct_session.run(["logit", "score"], {"features": features})
+    result = triton_grpc.InferenceServerClient(ray_app.grpc_url).infer(
+        "ranker", [features_input(features)], request_id="r1"
+    )
+    assert result.get_response().id == "r1"
+    np.testing.assert_array_equal(result.as_numpy("logit"), logit)
+    np.testing.assert_array_equal(result.as_numpy("score"), score)
+    rest = triton_http.InferenceServerClient(ray_app.http_url)
+    for binary in (True, False):
+        tensor = triton_http.InferInput("features", list(features.shape), "FP32")
+        tensor.set_data_from_numpy(features, binary_data=binary)
+        outputs = [triton_http.InferRequestedOutput("score", binary_data=binary)]
+        result = rest.infer("ranker", [tensor], outputs=outputs)
+        np.testing.assert_array_equal(result.as_numpy("score"), score)
+
+
+def test_routed_endpoint_answers_as_standalone(
+    ray_app: RayApp, standalone: Gateway, features: np.ndarray
+) -> None:
+    answers = []
+    for url in (ray_app.grpc_url, standalone.grpc_url):
+        with grpc.insecure_channel(url) as channel:
+            stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)
+            message = service_pb2.ModelInferRequest(model_name="recs")
+            tensor = message.inputs.add(name="features", datatype="FP32", shape=features.shape)
+            tensor.contents.fp32_contents.extend(features.ravel().tolist())
+            response, call = stub.ModelInfer.with_call(message, metadata=[("x-user-id", "u7")])
+        assert dict(call.trailing_metadata())["x-switchyard-variant"] == "stable"
+        assert response.parameters["switchyard_endpoint"].string_param == "recs"
+        answers.append(list(response.raw_output_contents))
+    assert answers[0] == answers[1]
+    tensor = features_input(features, triton_http)
+    result = triton_http.InferenceServerClient(ray_app.http_url).infer("recs", [tensor])
+    assert result.get_response()["parameters"]["switchyard_variant"] == "stable"
+
+
+def rest_recommend(http_port: int, body: dict) -> dict:
+    connection = http.client.HTTPConnection("127.0.0.1", http_port, timeout=30)
+    connection.request("POST", "/v1/recommend", body=json.dumps(body))
+    response = connection.getresponse()
+    assert response.status == 200
+    return json.loads(response.read())
+
+
+def test_recommend_answers_as_standalone(ray_app: RayApp, standalone: Gateway) -> None:
+    request = {"endpoint": "recs", "user_id": "u42", "candidate_ids": ITEMS, "k": 5}
+    expected = rest_recommend(standalone.http_port, request)
+    assert rest_recommend(ray_app.http_port, request) == expected
+    with grpc.insecure_channel(ray_app.grpc_url) as channel:
+        response = recommend_pb2_grpc.RecommenderStub(channel).Recommend(
+            recommend_pb2.RecommendRequest(**request), timeout=30
+        )
+    assert [(i.item_id, i.score) for i in response.items] == [
+        (i["item_id"], pytest.approx(i["score"])) for i in expected["items"]
+    ]
+
+
+def grpc_error(client: triton_grpc.InferenceServerClient, *args, **kwargs) -> tuple[str, str]:
+    with pytest.raises(InferenceServerException) as error:
+        client.infer(*args, **kwargs)
+    return str(error.value.status()), error.value.message()
+
+
+def test_bad_input_gets_the_statuses_standalone_gives(ray_app: RayApp, standalone: Gateway) -> None:
+    ray_client, standalone_client = grpc_clients(ray_app.grpc_url, standalone.grpc_url)
+    bad_shape = triton_grpc.InferInput("features", [2, 15], "FP32")
+    bad_shape.set_data_from_numpy(np.zeros((2, 15), np.float32))
+    uneven = []
+    for name, rows in (("a", 2), ("b", 3)):
+        uneven.append(triton_grpc.InferInput(name, [rows, 4], "FP32"))
+        uneven[-1].set_data_from_numpy(np.zeros((rows, 4), np.float32))
+    for args, code, fragment in (
+        (("nope", [bad_shape]), "StatusCode.NOT_FOUND", "model 'nope' not found"),
+        (("ranker", [bad_shape]), "StatusCode.INVALID_ARGUMENT", "tensor 'features': shape"),
+        # Refused by the variant's batcher, in another process: its own message comes back.
+        ((PAIR_MODEL, uneven), "StatusCode.INVALID_ARGUMENT", "disagree on the batch"),
+    ):
+        status, message = grpc_error(ray_client, *args)
+        assert (status, message) == grpc_error(standalone_client, *args)
+        assert status == code and fragment in message and "Traceback" not in message
+
+
+def running_replicas(deployment: str) -> int:
+    status = serve.status().applications[APP_NAME].deployments[deployment]
+    return status.replica_states.get("RUNNING", 0)
+
+
+def wait_for_replicas(deployment: str, done, timeout_s: float) -> tuple[int, float]:
+    started_s = time.monotonic()
+    while (elapsed_s := time.monotonic() - started_s) < timeout_s:
+        count = running_replicas(deployment)
+        if done(count):
+            return count, elapsed_s
+        time.sleep(0.5)
+    count = running_replicas(deployment)
+    raise AssertionError(f"{deployment}: {count} replicas after {timeout_s} s")
+
+
+def test_slow_variant_scales_up_under_load_and_back_down_after(ray_app: RayApp) -> None:
+    deployment = f"{SLOW_MODEL}:1"
+    assert running_replicas(deployment) == 1
+    stop = threading.Event()
+    failures: list[BaseException] = []
+
+    def closed_loop() -> None:  # one caller: the next request as soon as the last answered
+        client = triton_grpc.InferenceServerClient(ray_app.grpc_url)
+        tensor = triton_grpc.InferInput("x", [1, 4], "FP32")
+        tensor.set_data_from_numpy(np.ones((1, 4), np.float32))
+        while not stop.is_set():
+            try:
+                client.infer(SLOW_MODEL, [tensor])
+            except Exception as exc:
+                failures.append(exc)
+                return
+
+    callers = [threading.Thread(target=closed_loop) for _ in range(4)]
+    for caller in callers:
+        caller.start()
+    try:
+        replicas, _ = wait_for_replicas(deployment, lambda n: n >= 2, timeout_s=60)
+    finally:
+        stop.set()
+        for caller in callers:
+            caller.join()
+    assert not failures, failures
+    assert 2 <= replicas <= 3  # the policy's max_replicas
+    # No traffic: the policy asks for min_replicas once the stats window has emptied.
+    wait_for_replicas(deployment, lambda n: n == 1, timeout_s=60)

@@ -1,0 +1,97 @@
+"""`switchyard render ray` and the config sections of the Ray host, without starting Ray."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from server.autoscaling.ray_adapter import POLICY_PATH
+from server.config import ConfigError, load_config
+from tests.ray_host.support import SLOW_AUTOSCALING, SLOW_MODEL, SLOW_RAY, app_config
+from tests.slow_model import build_slow_model
+from tests.support import REPO_ROOT
+
+pytest.importorskip("ray.serve")
+from ray.serve.deployment import Application
+from ray.serve.schema import ServeDeploySchema
+
+from server.ray_host.app import app_builder, render_serve_config
+
+# Our config sets metrics_interval_s, which Ray 2.60 still reads but has deprecated.
+pytestmark = pytest.mark.filterwarnings("ignore:The `metrics_interval_s`:DeprecationWarning")
+
+
+@pytest.fixture(scope="module")
+def config_path(demo_model_path: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    workdir = tmp_path_factory.mktemp("render")
+    config = app_config(demo_model_path, build_slow_model(workdir / "slow.onnx"), workdir)
+    path = workdir / "switchyard.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "server.cli", *args],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def test_rendered_serve_config_deploys_the_app_with_the_latency_policy(config_path: Path) -> None:
+    document = yaml.safe_load(render_serve_config(load_config(config_path), config_path))
+    ServeDeploySchema.model_validate(document)  # what `serve deploy` checks first
+    (app,) = document["applications"]
+    assert app["import_path"] == "server.ray_host.app:app_builder"
+    assert app["args"] == {"config_path": str(config_path.resolve())}
+    assert (
+        "protos.open_inference_pb2_grpc.add_GRPCInferenceServiceServicer_to_server"
+        in (document["grpc_options"]["grpc_servicer_functions"])
+    )
+    deployments = {d["name"]: d for d in app["deployments"]}
+    assert set(deployments) == {"ingress", "ranker:1", f"{SLOW_MODEL}:1", "pair:1"}
+    assert deployments["ranker:1"]["num_replicas"] == 1
+    slow = deployments[f"{SLOW_MODEL}:1"]
+    autoscaling = slow["autoscaling_config"]
+    assert autoscaling["policy"]["policy_function"] == POLICY_PATH
+    kwargs = autoscaling["policy"]["policy_kwargs"]
+    assert {key: kwargs[key] for key in SLOW_AUTOSCALING} == SLOW_AUTOSCALING
+    assert (autoscaling["min_replicas"], autoscaling["max_replicas"]) == (1, 3)
+    # The policy's windows are the only ones: Serve's own delays would stack on top of them.
+    assert autoscaling["upscale_delay_s"] == autoscaling["downscale_delay_s"] == 0
+    assert autoscaling["look_back_period_s"] == SLOW_RAY["look_back_period_s"]
+    # The policy measures utilisation against the replicas' own concurrency limit.
+    assert slow["max_ongoing_requests"] == SLOW_AUTOSCALING["max_ongoing_requests"]
+    assert slow["ray_actor_options"] == {"num_cpus": SLOW_RAY["num_cpus"]}
+
+
+def test_the_import_path_builds_the_app(config_path: Path) -> None:
+    assert isinstance(app_builder({"config_path": str(config_path)}), Application)
+
+
+def test_render_command_writes_the_file(config_path: Path, tmp_path: Path) -> None:
+    out = tmp_path / "serve.yaml"
+    result = run_cli("render", "ray", "--config", str(config_path), "--out", str(out))
+    assert result.returncode == 0, result.stderr
+    assert out.read_text() == render_serve_config(load_config(config_path), config_path)
+
+
+def test_invalid_autoscaling_is_named_by_key(tmp_path: Path) -> None:
+    path = tmp_path / "bad.yaml"
+    model = {"name": "m", "versions": [{"version": "1", "path": "m.onnx"}]}
+    path.write_text(yaml.safe_dump({"models": [{**model, "autoscaling": {"max_replicas": 0}}]}))
+    with pytest.raises(ConfigError) as error:
+        load_config(path)
+    assert "models.0.autoscaling.target_latency_s: required" in str(error.value)
+    autoscaling = {"target_latency_s": 0.1, "max_replica": 3}
+    path.write_text(yaml.safe_dump({"models": [{**model, "autoscaling": autoscaling}]}))
+    result = run_cli("render", "ray", "--config", str(path))
+    assert result.returncode == 2
+    assert "models.0.autoscaling.max_replica: unknown setting" in result.stderr
+    assert "Traceback" not in result.stderr
