@@ -18,6 +18,8 @@ from prometheus_client import make_asgi_app
 from protos.recommend_pb2_grpc import add_RecommenderServicer_to_server
 from server.admin_api import AdminApi
 from server.audit_log import AuditLog
+from server.autoscaling.latency_policy import LatencyPolicyConfig
+from server.autoscaling.metrics import AutoscalingSignals
 from server.config import SwitchyardConfig, routing_table
 from server.config_reload import ConfigReloader
 from server.dataplane import DataPlane
@@ -79,6 +81,8 @@ class StandaloneServer:
             else None
         )
         self._reload_task: asyncio.Task[None] | None = None
+        self._signal_task: asyncio.Task[None] | None = None
+        self._signals = AutoscalingSignals(self.metrics.registry)
         definitions = FeatureDefinitions.from_config(config.features)
         self.feature_store = create_store(config.features, definitions)
         self.metrics.registry.register(FeatureStatsCollector(self.feature_store.stats))
@@ -136,6 +140,7 @@ class StandaloneServer:
             await asyncio.sleep(0.01)
         if self._reloader is not None:
             self._reload_task = asyncio.create_task(self._reloader.run_forever(), name="reload")
+        self._signal_task = asyncio.create_task(self._export_autoscaling_signal_forever())
         self.dataplane.set_ready(True)
         log.info(
             "switchyard ready: REST on %s:%d, gRPC on %s:%d, metrics on %s:%d",
@@ -143,12 +148,28 @@ class StandaloneServer:
             settings.host, self.metrics_port,
         )  # fmt: skip
 
+    async def _export_autoscaling_signal_forever(self) -> None:
+        """This pod's share of the replicas each autoscaled model version needs, for an HPA
+        or KEDA rule (server/autoscaling/metrics.py says how to scale on it)."""
+        policies = {
+            m.name: LatencyPolicyConfig.from_mapping(m.autoscaling)
+            for m in self.config.models
+            if m.autoscaling
+        }
+        while True:
+            await asyncio.sleep(self.config.server.autoscaling_signal_interval_s)
+            for model in self.repository.models():
+                if model.latency_stats is not None:
+                    stats = [model.latency_stats.snapshot()]
+                    self._signals.export(model.name, model.version, policies[model.name], stats)
+
     async def stop(self) -> None:
         """Stop taking requests, let in-flight ones finish within the grace period, release."""
         self.dataplane.set_ready(False)
-        if self._reload_task is not None:
-            self._reload_task.cancel()
-            await asyncio.gather(self._reload_task, return_exceptions=True)
+        for task in (self._reload_task, self._signal_task):
+            if task is not None:
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
         grace_s = self.config.server.shutdown_grace_s
         if self._grpc_server is not None:
             await self._grpc_server.stop(grace_s)

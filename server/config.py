@@ -55,6 +55,8 @@ class ServerSettings(Strict):
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     # How long shutdown waits for in-flight requests before cancelling them.
     shutdown_grace_s: float = Field(default=5.0, ge=0)
+    # How often the autoscaling signal of models with an `autoscaling` policy is exported.
+    autoscaling_signal_interval_s: float = Field(default=5.0, gt=0)
 
 
 class OnnxRuntimeOptions(Strict):

@@ -116,7 +116,16 @@ class DataPlane:
         model = self._repository.get(request.model_name, request.model_version)
         output_names = _check_request(model.signature, request)
         inputs = {tensor.name: tensor.data for tensor in request.inputs}
-        results = await _run_in_batches(model, inputs, _deadline_s(request))
+        stats = model.latency_stats
+        if stats is None:
+            results = await _run_in_batches(model, inputs, _deadline_s(request))
+        else:
+            stats.request_started()
+            started_s = time.perf_counter()
+            try:
+                results = await _run_in_batches(model, inputs, _deadline_s(request))
+            finally:
+                stats.request_finished(time.perf_counter() - started_s)
         return InferResponse(
             model_name=model.name,
             model_version=model.version,

@@ -12,6 +12,7 @@ from runtimes.batcher import DynamicBatcher
 from runtimes.errors import ModelLoadError, NotFound
 from runtimes.ort_runtime import OnnxRuntimeModel
 from runtimes.triton_runtime import TritonModel, TritonOptions
+from server.autoscaling.replica_stats import ReplicaStatsRecorder
 from server.config import AUTO_MAX_BATCH_SIZE, ModelConfig, ModelVersionConfig
 from server.metrics import ServerMetrics
 
@@ -25,6 +26,9 @@ class LoadedModel:
     signature: ModelSignature
     runtime: Runtime
     batcher: DynamicBatcher
+    # Latency and load as this process sees them, kept for versions with an autoscaling
+    # policy: the signal a Kubernetes HPA or KEDA scales the pods on.
+    latency_stats: ReplicaStatsRecorder | None = None
 
     @property
     def label(self) -> str:
@@ -116,7 +120,8 @@ def load_model_version(
         options.max_batch_size,
         options.max_queue_delay_us,
     )
-    return LoadedModel(model.name, version.version, signature, runtime, batcher)
+    stats = ReplicaStatsRecorder(model.ray.look_back_period_s) if model.autoscaling else None
+    return LoadedModel(model.name, version.version, signature, runtime, batcher, stats)
 
 
 # Loads one configured version: load_model_version in process; the Ray host's ingress
