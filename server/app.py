@@ -16,22 +16,13 @@ import uvloop
 from prometheus_client import make_asgi_app
 
 from protos.recommend_pb2_grpc import add_RecommenderServicer_to_server
-from server.admin_api import AdminApi
-from server.audit_log import AuditLog
 from server.autoscaling.latency_policy import LatencyPolicyConfig
 from server.autoscaling.metrics import AutoscalingSignals
-from server.config import SwitchyardConfig, routing_table
-from server.config_reload import ConfigReloader
-from server.dataplane import DataPlane
-from server.features.definitions import FeatureDefinitions
-from server.features.factory import create_store
-from server.grpc_ingress import InferenceServicer, create_grpc_server
+from server.config import SwitchyardConfig
+from server.gateway_core import GatewayCore
+from server.grpc_ingress import create_grpc_server
 from server.metrics import FeatureStatsCollector, ServerMetrics
-from server.recommend import Recommender
-from server.recommend_ingress import RecommendServicer
 from server.repository import ModelRepository
-from server.rest_ingress import RestApp
-from server.routing import RoutingService
 
 log = logging.getLogger(__name__)
 
@@ -65,30 +56,12 @@ class StandaloneServer:
     def __init__(self, config: SwitchyardConfig, config_path: Path | None = None) -> None:
         self.config = config
         self.metrics = ServerMetrics()
-        self.repository = ModelRepository(config.models, self.metrics)
-        self.dataplane = DataPlane(self.repository, config.server.max_request_size_bytes)
-        self.routing = RoutingService(
-            routing_table(config),
-            self.dataplane.infer_model,
-            config.routing,
-            self.metrics.routing,
-            AuditLog(config.admin.audit_log_path),
+        self.core = GatewayCore(
+            config, config_path, self.metrics, ModelRepository(config.models, self.metrics)
         )
-        self.dataplane.routing = self.routing
-        self._reloader = (
-            ConfigReloader(config_path, config, self.routing, config.routing.config_reload_s)
-            if config_path is not None and config.routing.config_reload_s > 0
-            else None
-        )
-        self._reload_task: asyncio.Task[None] | None = None
-        self._signal_task: asyncio.Task[None] | None = None
+        self.metrics.registry.register(FeatureStatsCollector(self.core.feature_store.stats))
         self._signals = AutoscalingSignals(self.metrics.registry)
-        definitions = FeatureDefinitions.from_config(config.features)
-        self.feature_store = create_store(config.features, definitions)
-        self.metrics.registry.register(FeatureStatsCollector(self.feature_store.stats))
-        self.recommender = Recommender(
-            self.dataplane, definitions, self.feature_store, config.recommend
-        )
+        self._signal_task: asyncio.Task[None] | None = None
         self._grpc_server: grpc.aio.Server | None = None
         self._http_servers: list[_EmbeddedUvicorn] = []
         self._http_tasks: list[asyncio.Task[None]] = []
@@ -96,28 +69,21 @@ class StandaloneServer:
 
     async def start(self) -> None:
         settings = self.config.server
-        self.repository.load_all()
-        await self.repository.start()
-        await self.routing.start()
-        servicer = InferenceServicer(self.dataplane, self.metrics)
+        await self.core.start()
         self._grpc_server, self.grpc_port = create_grpc_server(
-            servicer, settings.host, settings.grpc_port, settings.max_request_size_bytes
+            self.core.oip_servicer(),
+            settings.host,
+            settings.grpc_port,
+            settings.max_request_size_bytes,
         )
-        add_RecommenderServicer_to_server(
-            RecommendServicer(self.recommender, self.metrics, self.dataplane.model_label),
-            self._grpc_server,
-        )
+        add_RecommenderServicer_to_server(self.core.recommend_servicer(), self._grpc_server)
         http_socket = _bind(settings.host, settings.http_port)
         metrics_socket = _bind(settings.host, settings.metrics_port)
         self.http_port = http_socket.getsockname()[1]
         self.metrics_port = metrics_socket.getsockname()[1]
         await self._grpc_server.start()
-        admin = AdminApi(self.routing, self.config.admin.token)
         for app, sock in (
-            (
-                RestApp(self.dataplane, self.metrics, admin, self.recommender),
-                http_socket,
-            ),
+            (self.core.rest_app(), http_socket),
             (make_asgi_app(self.metrics.registry), metrics_socket),
         ):
             server = _EmbeddedUvicorn(
@@ -138,10 +104,7 @@ class StandaloneServer:
                 await asyncio.gather(*self._http_tasks)  # surfaces the start-up error
                 raise RuntimeError("an HTTP server stopped during start-up")
             await asyncio.sleep(0.01)
-        if self._reloader is not None:
-            self._reload_task = asyncio.create_task(self._reloader.run_forever(), name="reload")
         self._signal_task = asyncio.create_task(self._export_autoscaling_signal_forever())
-        self.dataplane.set_ready(True)
         log.info(
             "switchyard ready: REST on %s:%d, gRPC on %s:%d, metrics on %s:%d",
             settings.host, self.http_port, settings.host, self.grpc_port,
@@ -158,27 +121,26 @@ class StandaloneServer:
         }
         while True:
             await asyncio.sleep(self.config.server.autoscaling_signal_interval_s)
-            for model in self.repository.models():
-                if model.latency_stats is not None:
-                    stats = [model.latency_stats.snapshot()]
-                    self._signals.export(model.name, model.version, policies[model.name], stats)
+            try:
+                for model in self.core.repository.models():
+                    if model.latency_stats is not None:
+                        stats = [model.latency_stats.snapshot()]
+                        self._signals.export(model.name, model.version, policies[model.name], stats)
+            except Exception:  # a broken export must not end the loop (the next one may work)
+                log.exception("exporting the autoscaling signal failed")
 
     async def stop(self) -> None:
         """Stop taking requests, let in-flight ones finish within the grace period, release."""
-        self.dataplane.set_ready(False)
-        for task in (self._reload_task, self._signal_task):
-            if task is not None:
-                task.cancel()
-                await asyncio.gather(task, return_exceptions=True)
-        grace_s = self.config.server.shutdown_grace_s
+        self.core.dataplane.set_ready(False)
+        if self._signal_task is not None:
+            self._signal_task.cancel()
+            await asyncio.gather(self._signal_task, return_exceptions=True)
         if self._grpc_server is not None:
-            await self._grpc_server.stop(grace_s)
+            await self._grpc_server.stop(self.config.server.shutdown_grace_s)
         for server in self._http_servers:
             server.should_exit = True
         await asyncio.gather(*self._http_tasks, return_exceptions=True)
-        await self.routing.close()
-        await self.repository.close(drain=True)
-        await self.feature_store.close()
+        await self.core.stop()
         log.info("switchyard stopped")
 
 

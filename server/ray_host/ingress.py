@@ -28,21 +28,12 @@ from ray.serve.handle import DeploymentHandle
 
 from protos import open_inference_pb2 as pb
 from protos import recommend_pb2 as recommend_pb
-from server.admin_api import AdminApi
-from server.audit_log import AuditLog
-from server.config import SwitchyardConfig, routing_table
-from server.config_reload import ConfigReloader
-from server.dataplane import DataPlane
-from server.features.definitions import FeatureDefinitions
-from server.features.factory import create_store
-from server.grpc_ingress import InferenceServicer
+from server.config import SwitchyardConfig
+from server.gateway_core import GatewayCore
 from server.metrics import ServerMetrics
 from server.ray_host.remote_models import remote_loader
-from server.recommend import Recommender
-from server.recommend_ingress import RecommendServicer
 from server.repository import ModelRepository
 from server.rest_ingress import RestApp
-from server.routing import RoutingService
 
 log = logging.getLogger(__name__)
 
@@ -91,37 +82,19 @@ class IngressReplica:
         # Each version's signature, asked once: metadata RPCs then need no round trip.
         infos = await asyncio.gather(*(handle.info.remote() for handle in variants.values()))
         self._max_request_size_bytes = config.server.max_request_size_bytes
-        self.metrics = ServerMetrics()  # not exported under Ray: Serve has its own metrics
+        metrics = ServerMetrics()  # not exported under Ray: Serve has its own metrics
         loader = remote_loader(variants, dict(zip(variants, infos, strict=True)))
-        self.repository = ModelRepository(config.models, self.metrics, loader)
-        self.dataplane = DataPlane(self.repository, config.server.max_request_size_bytes)
-        self.routing = RoutingService(
-            routing_table(config),
-            self.dataplane.infer_model,
-            config.routing,
-            self.metrics.routing,
-            AuditLog(config.admin.audit_log_path),
+        self.core = GatewayCore(
+            config,
+            Path(config_path) if config_path is not None else None,
+            metrics,
+            ModelRepository(config.models, metrics, loader),
         )
-        self.dataplane.routing = self.routing
-        definitions = FeatureDefinitions.from_config(config.features)
-        self.feature_store = create_store(config.features, definitions)
-        recommender = Recommender(self.dataplane, definitions, self.feature_store, config.recommend)
-        self._oip = InferenceServicer(self.dataplane, self.metrics)
-        self._recommend = RecommendServicer(recommender, self.metrics, self.dataplane.model_label)
-        admin = AdminApi(self.routing, config.admin.token)
-        self._rest = RestApp(self.dataplane, self.metrics, admin, recommender)
-
-        self.repository.load_all()
-        await self.repository.start()
-        await self.routing.start()
-        self._reload_task: asyncio.Task[None] | None = None
-        if config_path is not None and config.routing.config_reload_s > 0:
-            reloader = ConfigReloader(
-                Path(config_path), config, self.routing, config.routing.config_reload_s
-            )
-            self._reload_task = asyncio.create_task(reloader.run_forever(), name="reload")
-        self.dataplane.set_ready(True)
-        log.info("switchyard ingress ready: %d model versions", len(self.repository.models()))
+        self._oip = self.core.oip_servicer()
+        self._recommend = self.core.recommend_servicer()
+        self._rest = self.core.rest_app()
+        await self.core.start()
+        log.info("switchyard ingress ready: %d model versions", len(self.core.repository.models()))
 
     def __serve_build_asgi_app__(self) -> RestApp:
         return self._rest
@@ -178,10 +151,4 @@ class IngressReplica:
 
     async def __del__(self) -> None:
         """Serve's shutdown hook: stop taking requests, finish those in flight, release."""
-        self.dataplane.set_ready(False)
-        if self._reload_task is not None:
-            self._reload_task.cancel()
-            await asyncio.gather(self._reload_task, return_exceptions=True)
-        await self.routing.close()
-        await self.repository.close(drain=True)
-        await self.feature_store.close()
+        await self.core.stop()

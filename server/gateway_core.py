@@ -1,0 +1,88 @@
+"""Everything behind the ingresses, the same on every host (standalone and Ray Serve):
+models, data plane, router, features and Recommend, admin API and config reloads. A host
+adds its transports around it and starts and stops it."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from pathlib import Path
+
+from server.admin_api import AdminApi
+from server.audit_log import AuditLog
+from server.config import SwitchyardConfig, routing_table
+from server.config_reload import ConfigReloader
+from server.dataplane import DataPlane
+from server.features.definitions import FeatureDefinitions
+from server.features.factory import create_store
+from server.grpc_ingress import InferenceServicer
+from server.metrics import ServerMetrics
+from server.recommend import Recommender
+from server.recommend_ingress import RecommendServicer
+from server.repository import ModelRepository
+from server.rest_ingress import RestApp
+from server.routing import RoutingService
+
+log = logging.getLogger(__name__)
+
+
+class GatewayCore:
+    def __init__(
+        self,
+        config: SwitchyardConfig,
+        config_path: Path | None,
+        metrics: ServerMetrics,
+        repository: ModelRepository,
+    ) -> None:
+        self.config = config
+        self.metrics = metrics
+        self.repository = repository
+        self.dataplane = DataPlane(repository, config.server.max_request_size_bytes)
+        self.routing = RoutingService(
+            routing_table(config),
+            self.dataplane.infer_model,
+            config.routing,
+            metrics.routing,
+            AuditLog(config.admin.audit_log_path),
+        )
+        self.dataplane.routing = self.routing
+        definitions = FeatureDefinitions.from_config(config.features)
+        self.feature_store = create_store(config.features, definitions)
+        self.recommender = Recommender(
+            self.dataplane, definitions, self.feature_store, config.recommend
+        )
+        self._reloader = (
+            ConfigReloader(config_path, config, self.routing, config.routing.config_reload_s)
+            if config_path is not None and config.routing.config_reload_s > 0
+            else None
+        )
+        self._reload_task: asyncio.Task[None] | None = None
+
+    def rest_app(self) -> RestApp:
+        admin = AdminApi(self.routing, self.config.admin.token)
+        return RestApp(self.dataplane, self.metrics, admin, self.recommender)
+
+    def oip_servicer(self) -> InferenceServicer:
+        return InferenceServicer(self.dataplane, self.metrics)
+
+    def recommend_servicer(self) -> RecommendServicer:
+        return RecommendServicer(self.recommender, self.metrics, self.dataplane.model_label)
+
+    async def start(self) -> None:
+        """Load every model version and start the background work; then ready."""
+        self.repository.load_all()
+        await self.repository.start()
+        await self.routing.start()
+        if self._reloader is not None:
+            self._reload_task = asyncio.create_task(self._reloader.run_forever(), name="reload")
+        self.dataplane.set_ready(True)
+
+    async def stop(self) -> None:
+        """Not ready any more; finish what the batchers hold, then release everything."""
+        self.dataplane.set_ready(False)
+        if self._reload_task is not None:
+            self._reload_task.cancel()
+            await asyncio.gather(self._reload_task, return_exceptions=True)
+        await self.routing.close()
+        await self.repository.close(drain=True)
+        await self.feature_store.close()
