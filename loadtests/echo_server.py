@@ -1,7 +1,8 @@
-"""A bare grpc.aio OIP server that answers ModelInfer with its input as the output.
+"""A bare grpc.aio OIP server that answers ModelInfer with slices of its input as the output.
 
 The ceiling for a Python gRPC front end on this machine: no validation, no model, no
-batching; the response has the same payload size as the gateway's for the demo ranker.
+batching; the response has the payload size of the gateway's for the demo ranker (the
+requested outputs, else `logit` and `score`, one FP32 per row each).
 Run: `.venv/bin/python -m loadtests.echo_server --port 9001`
 """
 
@@ -15,6 +16,9 @@ import uvloop
 from protos import open_inference_pb2 as pb
 from protos import open_inference_pb2_grpc as pb_grpc
 
+DEMO_OUTPUTS = ("logit", "score")
+FP32_BYTES = 4
+
 
 class EchoServicer(pb_grpc.GRPCInferenceServiceServicer):
     async def ServerLive(self, request, context) -> pb.ServerLiveResponse:
@@ -23,26 +27,30 @@ class EchoServicer(pb_grpc.GRPCInferenceServiceServicer):
     async def ServerReady(self, request, context) -> pb.ServerReadyResponse:
         return pb.ServerReadyResponse(ready=True)
 
+    async def ModelReady(self, request, context) -> pb.ModelReadyResponse:
+        return pb.ModelReadyResponse(ready=True)
+
     async def ModelInfer(self, request, context) -> pb.ModelInferResponse:
-        tensor = request.inputs[0]
-        rows = tensor.shape[0]
-        output = pb.ModelInferResponse.InferOutputTensor(
-            name="score", datatype="FP32", shape=[rows, 1]
-        )
-        # One FP32 per row, as the demo ranker's `score` output.
+        rows = request.inputs[0].shape[0]
+        names = [output.name for output in request.outputs] or DEMO_OUTPUTS
+        # One FP32 per row and output, as the demo ranker answers.
+        data = request.raw_input_contents[0][: FP32_BYTES * rows]
         return pb.ModelInferResponse(
             model_name=request.model_name,
             model_version="1",
             id=request.id,
-            outputs=[output],
-            raw_output_contents=[request.raw_input_contents[0][: 4 * rows]],
+            outputs=[
+                pb.ModelInferResponse.InferOutputTensor(name=name, datatype="FP32", shape=[rows, 1])
+                for name in names
+            ],
+            raw_output_contents=[data] * len(names),
         )
 
 
-async def serve(port: int) -> None:
+async def serve(port: int, host: str = "127.0.0.1") -> None:
     server = grpc.aio.server()
     pb_grpc.add_GRPCInferenceServiceServicer_to_server(EchoServicer(), server)
-    server.add_insecure_port(f"127.0.0.1:{port}")
+    server.add_insecure_port(f"{host}:{port}")
     await server.start()
     await server.wait_for_termination()
 

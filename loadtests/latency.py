@@ -1,0 +1,48 @@
+"""Latency histograms: HdrHistogram in microseconds, mergeable across client processes."""
+
+from __future__ import annotations
+
+from hdrh.histogram import HdrHistogram
+
+LOWEST_US = 1
+HIGHEST_US = 120_000_000  # two minutes: anything slower is clamped, never dropped
+SIGNIFICANT_DIGITS = 3
+PERCENTILES = {"p50_ms": 50.0, "p90_ms": 90.0, "p99_ms": 99.0, "p999_ms": 99.9}
+
+
+class LatencyHistogram:
+    """Records seconds, reports milliseconds; `encode()` travels between processes."""
+
+    def __init__(self) -> None:
+        self._hist = HdrHistogram(LOWEST_US, HIGHEST_US, SIGNIFICANT_DIGITS)
+
+    def record_s(self, seconds: float) -> None:
+        self._hist.record_value(min(HIGHEST_US, max(LOWEST_US, round(seconds * 1e6))))
+
+    @property
+    def count(self) -> int:
+        return self._hist.get_total_count()
+
+    def percentile_ms(self, percent: float) -> float:
+        """NaN when nothing was recorded, so an empty run never reads as fast."""
+        if not self.count:
+            return float("nan")
+        return self._hist.get_value_at_percentile(percent) / 1e3
+
+    def encode(self) -> bytes:
+        return self._hist.encode()
+
+    def add_encoded(self, encoded: bytes) -> None:
+        self._hist.decode_and_add(encoded)
+
+    def summary(self) -> dict[str, float]:
+        """count, p50/p90/p99/p99.9, mean and max, in milliseconds."""
+        if not self.count:
+            nan = float("nan")
+            return {"count": 0, **dict.fromkeys(PERCENTILES, nan), "mean_ms": nan, "max_ms": nan}
+        return {
+            "count": self.count,
+            **{name: self.percentile_ms(q) for name, q in PERCENTILES.items()},
+            "mean_ms": self._hist.get_mean_value() / 1e3,
+            "max_ms": self._hist.get_max_value() / 1e3,
+        }

@@ -1,0 +1,225 @@
+"""The servers of the comparison, each started on free loopback ports and stopped after.
+
+Every server runs in its own process group (its own session), so that stopping it reaches
+what it started (Ray's raylet and workers, tritonserver's stubs); its CPU is read over that
+process tree. A server counts as ready once a ModelInfer through the benchmark's own client
+is answered correctly, the same test for every target.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import uvloop
+import yaml
+
+from loadtests.clients import RequestSpec, check_once
+from loadtests.procstat import tree_cpu_s
+from server.config import DEFAULT_CONFIG_PATH
+from tests.support import REPO_ROOT, demo_model_config, free_port, start_gateway
+
+READY_TIMEOUT_S = 60.0
+RAY_READY_TIMEOUT_S = 180.0  # a local Ray, Serve's controller, proxies and replicas
+STOP_TIMEOUT_S = 30.0
+LOG_TAIL_CHARS = 3000
+
+
+class TargetUnavailable(RuntimeError):
+    """The target could not be started here; the comparison reports it and goes on."""
+
+
+@dataclass
+class Server:
+    grpc_url: str
+    http_url: str | None
+    pid: int
+    startup_s: float
+    check: str  # the answer to the readiness request
+    stop: Callable[[], Any]
+    serves_recommend: bool = False
+
+    def cpu_s(self) -> float:
+        return tree_cpu_s(self.pid)
+
+
+def demo_serving_config(model_path: Path) -> dict[str, Any]:
+    """The demo ranker as in tests.support, plus the demo's `recs` endpoint and its in-memory
+    feature store (seed files by absolute path), so one process serves ModelInfer and
+    Recommend."""
+    demo = yaml.safe_load(DEFAULT_CONFIG_PATH.read_text())
+    features = copy.deepcopy(demo["features"])
+    seed_files = features["store"]["seed_files"]
+    for entity, path in seed_files.items():
+        seed_files[entity] = str((DEFAULT_CONFIG_PATH.parent / path).resolve())
+    return {**demo_model_config(model_path), "endpoints": demo["endpoints"], "features": features}
+
+
+def _log_tail(path: Path) -> str:
+    text = path.read_text(errors="replace") if path.exists() else ""
+    return text[-LOG_TAIL_CHARS:]
+
+
+def _wait_ready(
+    process: subprocess.Popen[bytes], grpc_url: str, timeout_s: float, log_path: Path
+) -> str:
+    request = RequestSpec(url=grpc_url, timeout_s=2.0)
+    deadline_s = time.monotonic() + timeout_s
+    last_error: Exception | None = None
+    while time.monotonic() < deadline_s:
+        if process.poll() is not None:
+            raise TargetUnavailable(
+                f"exited with {process.returncode} while starting; log tail:\n{_log_tail(log_path)}"
+            )
+        try:
+            return uvloop.run(check_once(request))
+        except Exception as exc:  # not listening yet, or not ready: try again
+            last_error = exc
+            time.sleep(0.5)
+    raise TargetUnavailable(
+        f"not ready in {timeout_s:.0f} s (last: {last_error!r}); log tail:\n{_log_tail(log_path)}"
+    )
+
+
+def _stop_group(process: subprocess.Popen[bytes]) -> int | None:
+    """SIGTERM, so the server drains and shuts its children down; then SIGKILL whatever of
+    its process group is left (the group is the one this module created for it)."""
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            process.wait(STOP_TIMEOUT_S)
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(process.pid, signal.SIGKILL)
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        process.wait(5)
+    return process.returncode
+
+
+def _spawn(
+    name: str,
+    command: list[str],
+    workdir: Path,
+    grpc_port: int,
+    http_port: int | None,
+    ready_timeout_s: float = READY_TIMEOUT_S,
+    serves_recommend: bool = False,
+) -> Server:
+    log_path = workdir / f"{name}.log"
+    started_s = time.monotonic()
+    with log_path.open("w") as log_file:
+        process = subprocess.Popen(
+            command,
+            cwd=REPO_ROOT,
+            stdin=subprocess.DEVNULL,
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            start_new_session=True,
+        )
+    try:
+        grpc_url = f"127.0.0.1:{grpc_port}"
+        check = _wait_ready(process, grpc_url, ready_timeout_s, log_path)
+    except BaseException:
+        _stop_group(process)
+        raise
+    return Server(
+        grpc_url=grpc_url,
+        http_url=None if http_port is None else f"127.0.0.1:{http_port}",
+        pid=process.pid,
+        startup_s=time.monotonic() - started_s,
+        check=check,
+        stop=lambda: _stop_group(process),
+        serves_recommend=serves_recommend,
+    )
+
+
+def start_echo(model_path: Path, workdir: Path) -> Server:
+    port = free_port()
+    command = [sys.executable, "-m", "loadtests.echo_server", "--port", str(port)]
+    return _spawn("echo", command, workdir, port, None)
+
+
+def start_standalone(model_path: Path, workdir: Path) -> Server:
+    started_s = time.monotonic()
+    try:
+        gateway = start_gateway(demo_serving_config(model_path), workdir)
+    except RuntimeError as exc:
+        raise TargetUnavailable(str(exc)[-LOG_TAIL_CHARS:]) from exc
+    try:
+        check = _wait_ready(
+            gateway.process, f"127.0.0.1:{gateway.grpc_port}", 10.0, gateway.log_path
+        )
+    except BaseException:
+        gateway.stop()
+        raise
+    return Server(
+        grpc_url=f"127.0.0.1:{gateway.grpc_port}",
+        http_url=f"127.0.0.1:{gateway.http_port}",
+        pid=gateway.process.pid,
+        startup_s=time.monotonic() - started_s,
+        check=check,
+        stop=gateway.stop,
+        serves_recommend=True,
+    )
+
+
+def start_switchyard_ray(model_path: Path, workdir: Path) -> Server:
+    """`switchyard serve --engine ray` on the same config as the standalone target."""
+    ports = {"http_port": free_port(), "grpc_port": free_port(), "metrics_port": free_port()}
+    config = demo_serving_config(model_path)
+    config["server"] = {**config.get("server", {}), "host": "127.0.0.1", **ports}
+    config_path = workdir / "switchyard-ray.yaml"
+    config_path.write_text(yaml.safe_dump(config))
+    command = [sys.executable, "-m", "server.cli", "serve", "--engine", "ray"]
+    command += ["--config", str(config_path)]
+    return _spawn(
+        "switchyard-ray",
+        command,
+        workdir,
+        ports["grpc_port"],
+        ports["http_port"],
+        RAY_READY_TIMEOUT_S,
+        serves_recommend=True,
+    )
+
+
+def start_plain_ray(model_path: Path, workdir: Path, batch_wait_timeout_s: float) -> Server:
+    grpc_port, http_port = free_port(), free_port()
+    command = [sys.executable, "-m", "loadtests.plain_ray_serve", "--model-path", str(model_path)]
+    command += ["--grpc-port", str(grpc_port), "--http-port", str(http_port)]
+    command += ["--batch-wait-timeout-s", str(batch_wait_timeout_s)]
+    return _spawn("plain-ray", command, workdir, grpc_port, http_port, RAY_READY_TIMEOUT_S)
+
+
+def start_triton_server(model_path: Path, workdir: Path) -> Server:
+    """PyTriton's Triton (tests/triton/fixture.py), same batcher limits: 64 rows, no delay."""
+    from tests.triton.fixture import TritonSetupError, start_triton
+
+    started_s = time.monotonic()
+    try:
+        triton = start_triton(model_path, workdir)
+    except TritonSetupError as exc:
+        raise TargetUnavailable(str(exc)[-LOG_TAIL_CHARS:]) from exc
+    assert triton.process is not None
+    try:
+        check = _wait_ready(triton.process, triton.grpc_url, 10.0, triton.log_path)
+    except BaseException:
+        triton.stop()
+        raise
+    return Server(
+        grpc_url=triton.grpc_url,
+        http_url=triton.http_url,
+        pid=triton.process.pid,
+        startup_s=time.monotonic() - started_s,
+        check=check,
+        stop=triton.stop,
+    )
