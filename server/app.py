@@ -75,6 +75,7 @@ class StandaloneServer:
             settings.host,
             settings.grpc_port,
             settings.max_request_size_bytes,
+            settings.max_concurrent_rpcs,
         )
         add_RecommenderServicer_to_server(self.core.recommend_servicer(), self._grpc_server)
         http_socket = _bind(settings.host, settings.http_port)

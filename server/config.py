@@ -50,6 +50,9 @@ class ServerSettings(Strict):
     http_port: Port = 8000
     grpc_port: Port = 8001
     metrics_port: Port = 8002
+    # gRPC calls handled at once; beyond it, RESOURCE_EXHAUSTED at once instead of a queue
+    # inside gRPC that an overloaded event loop cannot drain.
+    max_concurrent_rpcs: int = Field(default=1024, ge=1)
     # Largest request accepted on either protocol; also bounds a tensor's declared size.
     max_request_size_bytes: int = Field(default=64 * 1024 * 1024, gt=0)
     log_level: Literal["debug", "info", "warning", "error"] = "info"

@@ -242,16 +242,21 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
 
 
 def create_grpc_server(
-    servicer: InferenceServicer, host: str, port: int, max_message_bytes: int
+    servicer: InferenceServicer,
+    host: str,
+    port: int,
+    max_message_bytes: int,
+    max_concurrent_rpcs: int,
 ) -> tuple[grpc.aio.Server, int]:
     """A grpc.aio server bound to host:port; returns it and the port actually bound."""
     server = grpc.aio.server(
+        maximum_concurrent_rpcs=max_concurrent_rpcs,
         options=[
             ("grpc.max_receive_message_length", max_message_bytes),
             ("grpc.max_send_message_length", max_message_bytes),
             # Fail loudly when the port is taken instead of sharing it with another process.
             ("grpc.so_reuseport", 0),
-        ]
+        ],
     )
     pb_grpc.add_GRPCInferenceServiceServicer_to_server(servicer, server)
     try:

@@ -184,3 +184,28 @@ def test_batch_metrics_are_exported(slow_gateway: Gateway) -> None:
         "switchyard_queue_depth",
     ):
         assert re.search(rf'^{name}{{.*model="slow_batched"', text, re.M), name
+
+
+def test_grpc_calls_over_the_concurrency_cap_are_refused_at_once(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    workdir = tmp_path_factory.mktemp("capped")
+    path = str(build_slow_model(workdir / "slow.onnx"))
+    config = {
+        "server": {"max_concurrent_rpcs": 2},
+        "models": [
+            {
+                "name": "slow_serial",
+                "versions": [{"version": "1", "path": path}],
+                "batching": {"max_batch_size": 0},
+            }
+        ],
+    }
+    gateway = start_gateway(config, workdir)
+    try:
+        results = asyncio.run(infer_many(gateway, "slow_serial", [1.0] * 8))
+    finally:
+        gateway.stop()
+    refused = [r for r in results if isinstance(r, InferenceServerException)]
+    assert refused and all(r.status() == "StatusCode.RESOURCE_EXHAUSTED" for r in refused)
+    assert sum(isinstance(r, np.ndarray) for r in results) >= 2
