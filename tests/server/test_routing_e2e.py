@@ -39,6 +39,16 @@ def model_paths(demo_model_path: Path, tmp_path_factory: pytest.TempPathFactory)
     }
 
 
+def rollout_endpoint(name: str, canary: dict[str, str], **checks: float) -> dict[str, Any]:
+    """An endpoint whose canary starts at 0% under a two-step rollout plan."""
+    return {
+        "name": name,
+        "variants": {"stable": {"model": "ranker", "version": "1"}, "canary": canary},
+        "weights": {"stable": 1},
+        "rollout": {"stable": "stable", "canary": "canary", "steps_percent": [50, 100], **checks},
+    }
+
+
 def base_config(paths: dict[str, str], workdir: Path, **routing: Any) -> dict[str, Any]:
     versions = [{"version": "1", "path": paths["v1"]}, {"version": "2", "path": paths["v2"]}]
     return {
@@ -106,54 +116,27 @@ def base_config(paths: dict[str, str], workdir: Path, **routing: Any) -> dict[st
                 "weights": {"live": 1},
                 "shadow": {"variants": ["slow"], "fraction": 1.0, "max_concurrency": 2},
             },
-            {
-                "name": "rollout_ok",
-                "variants": {
-                    "stable": {"model": "ranker", "version": "1"},
-                    "canary": {"model": "ranker", "version": "2"},
-                },
-                "weights": {"stable": 1},
-                "rollout": {
-                    "stable": "stable",
-                    "canary": "canary",
-                    "steps_percent": [50, 100],
-                    "step_interval_s": 0.3,
-                    "min_requests": 5,
-                    "max_error_rate": 0.05,
-                },
-            },
-            {
-                "name": "rollout_failing",
-                "variants": {
-                    "stable": {"model": "ranker", "version": "1"},
-                    "canary": {"model": "ranker_expiring"},
-                },
-                "weights": {"stable": 1},
-                "rollout": {
-                    "stable": "stable",
-                    "canary": "canary",
-                    "steps_percent": [50, 100],
-                    "step_interval_s": 0.3,
-                    "min_requests": 5,
-                    "max_error_rate": 0.05,
-                },
-            },
-            {
-                "name": "rollout_slow",
-                "variants": {
-                    "stable": {"model": "ranker", "version": "1"},
-                    "canary": {"model": "ranker_slow"},
-                },
-                "weights": {"stable": 1},
-                "rollout": {
-                    "stable": "stable",
-                    "canary": "canary",
-                    "steps_percent": [50, 100],
-                    "step_interval_s": 30,
-                    "min_requests": 3,
-                    "max_p95_latency_s": 0.5,
-                },
-            },
+            rollout_endpoint(
+                "rollout_ok",
+                {"model": "ranker", "version": "2"},
+                step_interval_s=0.3,
+                min_requests=5,
+                max_error_rate=0.05,
+            ),
+            rollout_endpoint(
+                "rollout_failing",
+                {"model": "ranker_expiring"},
+                step_interval_s=0.3,
+                min_requests=5,
+                max_error_rate=0.05,
+            ),
+            rollout_endpoint(
+                "rollout_slow",
+                {"model": "ranker_slow"},
+                step_interval_s=30,
+                min_requests=3,
+                max_p95_latency_s=0.5,
+            ),
         ],
     }
 
