@@ -168,12 +168,6 @@ class OnnxRuntimeModel(Runtime):
         results = await loop.run_in_executor(self._executor, self._run, inputs, output_names)
         return dict(zip(output_names, results, strict=True))
 
-    def run_sync(
-        self, inputs: Mapping[str, np.ndarray], output_names: Sequence[str]
-    ) -> dict[str, np.ndarray]:
-        """Run on the calling thread; for benchmarks that compare against a direct call."""
-        return dict(zip(output_names, self._run(inputs, output_names), strict=True))
-
     def close(self) -> None:
         self._executor.shutdown(wait=True, cancel_futures=True)
         self._session = None
