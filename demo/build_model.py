@@ -1,18 +1,20 @@
 """Build the demo ranking model: deterministic from a seed, no downloads, no torch.
 
 Generates users and items with hidden tastes, samples click interactions from them,
-trains a small MLP on (user features ++ item features) with numpy, and writes:
+trains a small MLP on (user features ++ item features) with numpy, and writes into the
+demo folder (see artifacts_dir: $SWITCHYARD_DEMO_DIR, else ~/.cache/switchyard/demo; never
+into the installed package):
 
-  artifacts/ranker.onnx   input `features` FP32 [-1, 16]; outputs `logit`, `score` FP32 [-1, 1]
-  artifacts/users.csv     user_id + the 8 user feature columns
-  artifacts/items.csv     item_id + the 8 item feature columns
+  ranker.onnx   input `features` FP32 [-1, 16]; outputs `logit`, `score` FP32 [-1, 1]
+  users.csv     user_id + the 8 user feature columns
+  items.csv     item_id + the 8 item feature columns
 
 The CSVs are the demo's feature files (the online store serves them), and the model is
 trained on rows built from them by the serving code's own function, under the feature
 definitions of the served config (`features:` of demo/config.yaml), so training and
 serving cannot transform features differently.
 
-Run: `python -m demo.build_model [--out DIR] [--seed N]`.
+Run: `python -m switchyard.demo.build_model [--out DIR] [--seed N]`.
 """
 
 from __future__ import annotations
@@ -30,15 +32,14 @@ import onnx
 import yaml
 from onnx import TensorProto, helper, numpy_helper
 
-from server.features.config import parse_features
-from server.features.definitions import EntityTable, FeatureDefinitions
-from server.features.definitions import training_matrix as rows_to_training_matrix
-from server.features.files import read_table
+from switchyard.demo.paths import DEMO_CONFIG_PATH, artifacts_dir
+from switchyard.server.features.config import parse_features
+from switchyard.server.features.definitions import EntityTable, FeatureDefinitions
+from switchyard.server.features.definitions import training_matrix as rows_to_training_matrix
+from switchyard.server.features.files import read_table
 
 log = logging.getLogger(__name__)
 
-ARTIFACTS_DIR = Path(__file__).resolve().parent / "artifacts"
-DEMO_CONFIG_PATH = Path(__file__).resolve().parent / "config.yaml"
 MODEL_NAME = "ranker"
 MODEL_FILE_NAME = "ranker.onnx"
 USER_FEATURES = ("activity", "tenure", "pref_0", "pref_1", "pref_2", "pref_3", "pref_4", "pref_5")
@@ -90,7 +91,7 @@ def generate_data(
 def feature_definitions() -> FeatureDefinitions:
     """The demo's feature definitions: those of the served config."""
     raw = yaml.safe_load(DEMO_CONFIG_PATH.read_text())["features"]
-    config = parse_features(raw, DEMO_CONFIG_PATH.parent, str(DEMO_CONFIG_PATH))
+    config = parse_features(raw, artifacts_dir(), str(DEMO_CONFIG_PATH))
     return FeatureDefinitions.from_config(config)
 
 
@@ -243,8 +244,10 @@ def write_feature_table(
     tmp_path.replace(path)
 
 
-def build(out_dir: Path = ARTIFACTS_DIR, seed: int = 7) -> Path:
-    """Generate, train and export; returns the path of the ONNX model."""
+def build(out_dir: Path | None = None, seed: int = 7) -> Path:
+    """Generate, train and export into out_dir (default: artifacts_dir()); returns the path of
+    the ONNX model."""
+    out_dir = artifacts_dir() if out_dir is None else out_dir
     rng = np.random.default_rng(seed)
     data = generate_data(rng)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -275,15 +278,18 @@ def build(out_dir: Path = ARTIFACTS_DIR, seed: int = 7) -> Path:
     return model_path
 
 
-def ensure_built(out_dir: Path = ARTIFACTS_DIR) -> Path:
+def ensure_built(out_dir: Path | None = None) -> Path:
     """The demo model's path, building it first when it is missing."""
+    out_dir = artifacts_dir() if out_dir is None else out_dir
     model_path = out_dir / MODEL_FILE_NAME
     return model_path if model_path.is_file() else build(out_dir)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description="Build the Switchyard demo ranking model.")
-    parser.add_argument("--out", type=Path, default=ARTIFACTS_DIR, help="output folder")
+    parser.add_argument(
+        "--out", type=Path, default=None, help=f"output folder (default: {artifacts_dir()})"
+    )
     parser.add_argument("--seed", type=int, default=7, help="random seed")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")

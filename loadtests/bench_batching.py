@@ -14,9 +14,9 @@ import argparse
 import tempfile
 from pathlib import Path
 
-from demo.build_model import ensure_built
+from loadtests.gateway_process import demo_model_config, start_gateway
 from loadtests.grpc_load import LoadResult, run_closed_loop
-from tests.support import demo_model_config, start_gateway
+from switchyard.demo.build_model import ensure_built
 
 
 def measure(batching: dict, args: argparse.Namespace) -> LoadResult:

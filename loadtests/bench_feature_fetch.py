@@ -22,7 +22,6 @@ import statistics
 import time
 import uuid
 from collections.abc import Awaitable, Callable
-from pathlib import Path
 
 import numpy as np
 import redis
@@ -30,12 +29,16 @@ import redis.asyncio
 import uvloop
 import yaml
 
-from server.features.config import FeaturesConfig, RedisStoreConfig
-from server.features.definitions import EntityTable, FeatureDefinitions, RowLayout, assemble_rows
-from server.features.memory_store import MemoryFeatureStore
-from server.features.redis_store import RedisFeatureStore, decode_hmget_replies
-
-DEMO_FEATURES_PATH = Path(__file__).resolve().parent.parent / "demo" / "config.yaml"
+from switchyard.demo.paths import DEMO_CONFIG_PATH as DEMO_FEATURES_PATH
+from switchyard.server.features.config import FeaturesConfig, RedisStoreConfig
+from switchyard.server.features.definitions import (
+    EntityTable,
+    FeatureDefinitions,
+    RowLayout,
+    assemble_rows,
+)
+from switchyard.server.features.memory_store import MemoryFeatureStore
+from switchyard.server.features.redis_store import RedisFeatureStore, decode_hmget_replies
 
 
 def percentiles_us(samples_s: list[float]) -> dict[str, float]:

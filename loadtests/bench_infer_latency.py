@@ -21,8 +21,8 @@ import onnxruntime as ort
 import tritonclient.grpc as triton_grpc
 import tritonclient.http as triton_http
 
-from demo.build_model import ensure_built
-from tests.support import demo_model_config, start_gateway
+from loadtests.gateway_process import demo_model_config, start_gateway
+from switchyard.demo.build_model import ensure_built
 
 
 def percentiles_us(samples_s: list[float]) -> dict[str, float]:

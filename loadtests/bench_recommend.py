@@ -20,17 +20,17 @@ import redis
 import uvloop
 import yaml
 
-from demo.build_model import ensure_built
+from loadtests.gateway_process import start_gateway
 from loadtests.open_loop import OpenLoopResult, run_open_loop
-from protos import recommend_pb2 as pb
-from protos import recommend_pb2_grpc as pb_grpc
-from tests.server.test_recommend_e2e import (
+from loadtests.recommend_setup import (
     SHARED_REDIS_URL,
     demo_features,
     gateway_config,
     load_features,
 )
-from tests.support import start_gateway
+from switchyard.demo.build_model import ensure_built
+from switchyard.protos import recommend_pb2 as pb
+from switchyard.protos import recommend_pb2_grpc as pb_grpc
 
 
 async def drive(url: str, rate: float, duration_s: float, candidates: int) -> OpenLoopResult:

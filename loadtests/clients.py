@@ -18,10 +18,10 @@ import aiohttp
 import grpc
 import numpy as np
 
-from protos import open_inference_pb2 as oip_pb
-from protos import open_inference_pb2_grpc as oip_grpc
-from protos import recommend_pb2 as rec_pb
-from protos import recommend_pb2_grpc as rec_grpc
+from switchyard.protos import open_inference_pb2 as oip_pb
+from switchyard.protos import open_inference_pb2_grpc as oip_grpc
+from switchyard.protos import recommend_pb2 as rec_pb
+from switchyard.protos import recommend_pb2_grpc as rec_grpc
 
 KINDS = ("grpc", "recommend-grpc", "recommend-rest")
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024

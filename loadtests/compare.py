@@ -38,13 +38,13 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-from demo.build_model import ensure_built
 from loadtests import targets
 from loadtests.clients import RequestSpec
 from loadtests.compare_report import machine_info, write_outputs
 from loadtests.direct_ort import DirectOrt
 from loadtests.loadgen import LoadGenerator, LoadResult, LoadSpec
 from loadtests.procstat import machine_busy_cpu_s
+from switchyard.demo.build_model import ensure_built
 
 TARGETS = {
     "echo": "(1) grpc.aio echo server",

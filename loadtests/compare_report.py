@@ -9,6 +9,7 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
+from loadtests.gateway_process import REPO_ROOT
 from loadtests.report import (
     RUN_HEADERS,
     markdown_table,
@@ -17,7 +18,6 @@ from loadtests.report import (
     run_cells,
     write_json,
 )
-from tests.support import REPO_ROOT
 
 PACKAGES = ("grpcio", "protobuf", "numpy", "onnxruntime", "ray", "tritonclient", "uvloop")
 STANDALONE_VS_ECHO_GOAL = 0.6

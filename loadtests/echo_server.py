@@ -13,8 +13,8 @@ import argparse
 import grpc
 import uvloop
 
-from protos import open_inference_pb2 as pb
-from protos import open_inference_pb2_grpc as pb_grpc
+from switchyard.protos import open_inference_pb2 as pb
+from switchyard.protos import open_inference_pb2_grpc as pb_grpc
 
 DEMO_OUTPUTS = ("logit", "score")
 FP32_BYTES = 4

@@ -8,7 +8,7 @@ every output (or the requested ones) in raw_output_contents.
 Runs on a local Ray it starts (2 CPUs) and serves until SIGINT or SIGTERM, then shuts Serve
 and Ray down:
 
-  .venv/bin/python -m loadtests.plain_ray_serve --model-path demo/artifacts/ranker.onnx \
+  .venv/bin/python -m loadtests.plain_ray_serve --model-path ~/.cache/switchyard/demo/ranker.onnx \
       --grpc-port 9101 --http-port 9100 [--batch-wait-timeout-s 0.005]
 """
 
@@ -24,10 +24,10 @@ import numpy as np
 import onnxruntime as ort
 from ray import serve
 
-from protos import open_inference_pb2 as pb
+from switchyard.protos import open_inference_pb2 as pb
 
 GRPC_SERVICER_FUNCTIONS = [
-    "protos.open_inference_pb2_grpc.add_GRPCInferenceServiceServicer_to_server"
+    "switchyard.protos.open_inference_pb2_grpc.add_GRPCInferenceServiceServicer_to_server"
 ]
 APP_NAME = "plain"
 MAX_BATCH_ROWS = 64  # as Switchyard's and Triton's batchers in the comparison

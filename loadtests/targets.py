@@ -24,9 +24,9 @@ import uvloop
 import yaml
 
 from loadtests.clients import RequestSpec, check_once
+from loadtests.gateway_process import REPO_ROOT, demo_model_config, free_port, start_gateway
 from loadtests.procstat import tree_cpu_s
-from server.config import DEFAULT_CONFIG_PATH
-from tests.support import REPO_ROOT, demo_model_config, free_port, start_gateway
+from switchyard.demo.paths import DEMO_CONFIG_PATH, artifacts_dir
 
 READY_TIMEOUT_S = 60.0
 RAY_READY_TIMEOUT_S = 180.0  # a local Ray, Serve's controller, proxies and replicas
@@ -56,11 +56,11 @@ def demo_serving_config(model_path: Path) -> dict[str, Any]:
     """The demo ranker as in tests.support, plus the demo's `recs` endpoint and its in-memory
     feature store (seed files by absolute path), so one process serves ModelInfer and
     Recommend."""
-    demo = yaml.safe_load(DEFAULT_CONFIG_PATH.read_text())
+    demo = yaml.safe_load(DEMO_CONFIG_PATH.read_text())
     features = copy.deepcopy(demo["features"])
     seed_files = features["store"]["seed_files"]
     for entity, path in seed_files.items():
-        seed_files[entity] = str((DEFAULT_CONFIG_PATH.parent / path).resolve())
+        seed_files[entity] = str(artifacts_dir() / path)
     return {**demo_model_config(model_path), "endpoints": demo["endpoints"], "features": features}
 
 
@@ -179,7 +179,7 @@ def start_switchyard_ray(model_path: Path, workdir: Path) -> Server:
     config["server"] = {**config.get("server", {}), "host": "127.0.0.1", **ports}
     config_path = workdir / "switchyard-ray.yaml"
     config_path.write_text(yaml.safe_dump(config))
-    command = [sys.executable, "-m", "server.cli", "serve", "--engine", "ray"]
+    command = [sys.executable, "-m", "switchyard.server.cli", "serve", "--engine", "ray"]
     command += ["--config", str(config_path)]
     return _spawn(
         "switchyard-ray",
@@ -201,8 +201,8 @@ def start_plain_ray(model_path: Path, workdir: Path, batch_wait_timeout_s: float
 
 
 def start_triton_server(model_path: Path, workdir: Path) -> Server:
-    """PyTriton's Triton (tests/triton/fixture.py), same batcher limits: 64 rows, no delay."""
-    from tests.triton.fixture import TritonSetupError, start_triton
+    """PyTriton's Triton (loadtests/triton_process.py), same batcher limits: 64 rows, no delay."""
+    from loadtests.triton_process import TritonSetupError, start_triton
 
     started_s = time.monotonic()
     try:

@@ -3,7 +3,7 @@
 import grpc
 import warnings
 
-from protos import recommend_pb2 as protos_dot_recommend__pb2
+from switchyard.protos import recommend_pb2 as switchyard_dot_protos_dot_recommend__pb2
 
 GRPC_GENERATED_VERSION = '1.81.1'
 GRPC_VERSION = grpc.__version__
@@ -18,7 +18,7 @@ except ImportError:
 if _version_not_supported:
     raise RuntimeError(
         f'The grpc package installed is at version {GRPC_VERSION},'
-        + ' but the generated code in protos/recommend_pb2_grpc.py depends on'
+        + ' but the generated code in switchyard/protos/recommend_pb2_grpc.py depends on'
         + f' grpcio>={GRPC_GENERATED_VERSION}.'
         + f' Please upgrade your grpc module to grpcio>={GRPC_GENERATED_VERSION}'
         + f' or downgrade your generated code using grpcio-tools<={GRPC_VERSION}.'
@@ -36,8 +36,8 @@ class RecommenderStub:
         """
         self.Recommend = channel.unary_unary(
                 '/switchyard.recommend.v1.Recommender/Recommend',
-                request_serializer=protos_dot_recommend__pb2.RecommendRequest.SerializeToString,
-                response_deserializer=protos_dot_recommend__pb2.RecommendResponse.FromString,
+                request_serializer=switchyard_dot_protos_dot_recommend__pb2.RecommendRequest.SerializeToString,
+                response_deserializer=switchyard_dot_protos_dot_recommend__pb2.RecommendResponse.FromString,
                 _registered_method=True)
 
 
@@ -55,8 +55,8 @@ def add_RecommenderServicer_to_server(servicer, server):
     rpc_method_handlers = {
             'Recommend': grpc.unary_unary_rpc_method_handler(
                     servicer.Recommend,
-                    request_deserializer=protos_dot_recommend__pb2.RecommendRequest.FromString,
-                    response_serializer=protos_dot_recommend__pb2.RecommendResponse.SerializeToString,
+                    request_deserializer=switchyard_dot_protos_dot_recommend__pb2.RecommendRequest.FromString,
+                    response_serializer=switchyard_dot_protos_dot_recommend__pb2.RecommendResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -84,8 +84,8 @@ class Recommender:
             request,
             target,
             '/switchyard.recommend.v1.Recommender/Recommend',
-            protos_dot_recommend__pb2.RecommendRequest.SerializeToString,
-            protos_dot_recommend__pb2.RecommendResponse.FromString,
+            switchyard_dot_protos_dot_recommend__pb2.RecommendRequest.SerializeToString,
+            switchyard_dot_protos_dot_recommend__pb2.RecommendResponse.FromString,
             options,
             channel_credentials,
             insecure,

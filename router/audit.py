@@ -5,8 +5,8 @@ from __future__ import annotations
 from collections.abc import Iterator, Mapping
 from typing import Any
 
-from router.config import endpoint_to_config
-from router.table import RoutingTable
+from switchyard.router.config import endpoint_to_config
+from switchyard.router.table import RoutingTable
 
 
 def describe_changes(old: RoutingTable, new: RoutingTable) -> list[str]:

@@ -44,7 +44,7 @@ import re
 from collections.abc import Collection, Mapping
 from typing import Any
 
-from router.endpoint import (
+from switchyard.router.endpoint import (
     DEFAULT_SHADOW_MAX_CONCURRENCY,
     EndpointSpec,
     OverrideSpec,
@@ -52,9 +52,9 @@ from router.endpoint import (
     ShadowSpec,
     VariantTarget,
 )
-from router.errors import RoutingConfigError
-from router.rollout_plan import RolloutPlan
-from router.table import RoutingTable
+from switchyard.router.errors import RoutingConfigError
+from switchyard.router.rollout_plan import RolloutPlan
+from switchyard.router.table import RoutingTable
 
 # The same names the models section allows; header names fit gRPC metadata keys too.
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9_.-]+$")

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Protocol
 
-from router.endpoint import EndpointSpec, VariantTarget
+from switchyard.router.endpoint import EndpointSpec, VariantTarget
 
 
 class RouteReason(StrEnum):

@@ -21,8 +21,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-from router.comparison import Comparison
-from router.endpoint import VariantTarget
+from switchyard.router.comparison import Comparison
+from switchyard.router.endpoint import VariantTarget
 
 log = logging.getLogger(__name__)
 

@@ -12,9 +12,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 
-from router.errors import RoutingConfigError
-from router.rollout_plan import RolloutPlan
-from router.weights import normalise, validate_weights
+from switchyard.router.errors import RoutingConfigError
+from switchyard.router.rollout_plan import RolloutPlan
+from switchyard.router.weights import normalise, validate_weights
 
 DEFAULT_ROUTING_KEY_PARAMETER = "routing_key"
 DEFAULT_ROUTING_KEY_HEADER = "x-switchyard-routing-key"

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from runtimes.errors import InvalidArgument
+from switchyard.runtimes.errors import InvalidArgument
 
 
 class RoutingConfigError(InvalidArgument):

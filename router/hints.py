@@ -9,9 +9,9 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from router.decision import RouteRequest
-from router.endpoint import EndpointSpec
-from runtimes.errors import InvalidArgument
+from switchyard.router.decision import RouteRequest
+from switchyard.router.endpoint import EndpointSpec
+from switchyard.runtimes.errors import InvalidArgument
 
 
 def read_route_request(

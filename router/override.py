@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from router.decision import Choice, RouteReason, RouteRequest
-from router.endpoint import EndpointSpec
-from runtimes.errors import InvalidArgument
+from switchyard.router.decision import Choice, RouteReason, RouteRequest
+from switchyard.router.endpoint import EndpointSpec
+from switchyard.runtimes.errors import InvalidArgument
 
 
 class OverridePolicy:

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import random
 
-from router.decision import Choice, RouteReason, RouteRequest
-from router.endpoint import EndpointSpec
-from router.weights import cumulative_pick
+from switchyard.router.decision import Choice, RouteReason, RouteRequest
+from switchyard.router.endpoint import EndpointSpec
+from switchyard.router.weights import cumulative_pick
 
 
 class RandomPolicy:

@@ -21,10 +21,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
 
-from router.latency_window import LatencyWindow
-from router.rollout_checks import Outcome, judge
-from router.rollout_plan import RolloutPlan
-from runtimes.errors import InvalidArgument
+from switchyard.router.latency_window import LatencyWindow
+from switchyard.router.rollout_checks import Outcome, judge
+from switchyard.router.rollout_plan import RolloutPlan
+from switchyard.runtimes.errors import InvalidArgument
 
 log = logging.getLogger(__name__)
 

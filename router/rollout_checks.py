@@ -6,8 +6,8 @@ import math
 from dataclasses import dataclass
 from enum import StrEnum
 
-from router.latency_window import LatencyWindow
-from router.rollout_plan import RolloutPlan
+from switchyard.router.latency_window import LatencyWindow
+from switchyard.router.rollout_plan import RolloutPlan
 
 
 class Outcome(StrEnum):

@@ -6,7 +6,7 @@ import itertools
 import math
 from dataclasses import dataclass
 
-from router.errors import RoutingConfigError
+from switchyard.router.errors import RoutingConfigError
 
 
 @dataclass(frozen=True, slots=True)

@@ -5,14 +5,14 @@ from __future__ import annotations
 import random
 from collections.abc import Mapping, Sequence
 
-from router.decision import PrimaryPolicy, RouteRequest, RoutingDecision
-from router.hints import read_route_request
-from router.override import OverridePolicy
-from router.random_split import RandomPolicy
-from router.shadow import ShadowPolicy
-from router.shadow_gate import ShadowGate
-from router.sticky import StickyPolicy
-from router.table import RoutingTable
+from switchyard.router.decision import PrimaryPolicy, RouteRequest, RoutingDecision
+from switchyard.router.hints import read_route_request
+from switchyard.router.override import OverridePolicy
+from switchyard.router.random_split import RandomPolicy
+from switchyard.router.shadow import ShadowPolicy
+from switchyard.router.shadow_gate import ShadowGate
+from switchyard.router.sticky import StickyPolicy
+from switchyard.router.table import RoutingTable
 
 
 class Router:

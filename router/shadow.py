@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import random
 
-from router.decision import RouteRequest
-from router.endpoint import EndpointSpec, VariantTarget
-from router.hashing import key_point
+from switchyard.router.decision import RouteRequest
+from switchyard.router.endpoint import EndpointSpec, VariantTarget
+from switchyard.router.hashing import key_point
 
 # Salt for the shadow decision, so it is independent of which variant the key lands on.
 _SHADOW_SALT = "\x00shadow"

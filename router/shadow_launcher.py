@@ -12,7 +12,7 @@ import logging
 from collections.abc import Coroutine
 from typing import Any
 
-from router.shadow_gate import Admission, ShadowGate
+from switchyard.router.shadow_gate import Admission, ShadowGate
 
 log = logging.getLogger(__name__)
 

@@ -19,9 +19,9 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 
-from router.decision import Choice, RouteReason, RouteRequest
-from router.endpoint import EndpointSpec
-from router.hashing import key_points
+from switchyard.router.decision import Choice, RouteReason, RouteRequest
+from switchyard.router.endpoint import EndpointSpec
+from switchyard.router.hashing import key_points
 
 
 def sticky_variant(endpoint: str, key: str, shares: Mapping[str, float]) -> str:

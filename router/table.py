@@ -11,9 +11,9 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
 
-from router.endpoint import EndpointSpec
-from router.errors import RoutingConfigError
-from runtimes.errors import NotFound
+from switchyard.router.endpoint import EndpointSpec
+from switchyard.router.errors import RoutingConfigError
+from switchyard.runtimes.errors import NotFound
 
 
 @dataclass(frozen=True, slots=True)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from collections.abc import Collection, Mapping
 
-from router.errors import RoutingConfigError
+from switchyard.router.errors import RoutingConfigError
 
 
 def validate_weights(raw: Mapping[str, object], variants: Collection[str]) -> dict[str, float]:

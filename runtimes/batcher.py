@@ -29,8 +29,8 @@ from typing import Protocol
 
 import numpy as np
 
-from runtimes.base import Runtime
-from runtimes.errors import (
+from switchyard.runtimes.base import Runtime
+from switchyard.runtimes.errors import (
     DeadlineExceeded,
     InvalidArgument,
     ResourceExhausted,

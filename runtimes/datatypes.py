@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from runtimes.errors import InvalidArgument
+from switchyard.runtimes.errors import InvalidArgument
 
 # BYTES tensors are numpy object arrays of `bytes`; BF16 has no numpy dtype and is refused.
 OIP_TO_NUMPY: dict[str, np.dtype] = {

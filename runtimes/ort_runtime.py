@@ -12,9 +12,9 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from runtimes.base import ModelSignature, Runtime, TensorSpec
-from runtimes.datatypes import OIP_TO_NUMPY
-from runtimes.errors import ModelLoadError
+from switchyard.runtimes.base import ModelSignature, Runtime, TensorSpec
+from switchyard.runtimes.datatypes import OIP_TO_NUMPY
+from switchyard.runtimes.errors import ModelLoadError
 
 log = logging.getLogger(__name__)
 

@@ -13,8 +13,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from runtimes.datatypes import numpy_dtype
-from runtimes.errors import InvalidArgument
+from switchyard.runtimes.datatypes import numpy_dtype
+from switchyard.runtimes.errors import InvalidArgument
 
 BYTES_LENGTH_PREFIX = struct.Struct("<I")  # each BYTES element: uint32 length, then its bytes
 

@@ -19,12 +19,12 @@ from dataclasses import dataclass
 import grpc
 import numpy as np
 
-from protos import open_inference_pb2 as pb
-from protos import open_inference_pb2_grpc as pb_grpc
-from runtimes.base import ModelSignature, Runtime, TensorSpec
-from runtimes.circuit_breaker import CircuitBreaker, CircuitState
-from runtimes.datatypes import numpy_dtype, oip_datatype
-from runtimes.errors import (
+from switchyard.protos import open_inference_pb2 as pb
+from switchyard.protos import open_inference_pb2_grpc as pb_grpc
+from switchyard.runtimes.base import ModelSignature, Runtime, TensorSpec
+from switchyard.runtimes.circuit_breaker import CircuitBreaker, CircuitState
+from switchyard.runtimes.datatypes import numpy_dtype, oip_datatype
+from switchyard.runtimes.errors import (
     DeadlineExceeded,
     InvalidArgument,
     ModelLoadError,
@@ -32,7 +32,7 @@ from runtimes.errors import (
     SwitchyardError,
     Unavailable,
 )
-from runtimes.tensor_codec import decode_raw, encode_raw
+from switchyard.runtimes.tensor_codec import decode_raw, encode_raw
 
 log = logging.getLogger(__name__)
 

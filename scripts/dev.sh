@@ -16,7 +16,7 @@ setup() {
     fi
     "$VENV/bin/python" -m pip install --quiet --upgrade pip
     "$VENV/bin/python" -m pip install --quiet -e ".[dev,ray]"
-    "$VENV/bin/python" -m demo.build_model
+    "$VENV/bin/python" -m switchyard.demo.build_model  # into ~/.cache/switchyard/demo
 }
 
 redis_answers() {
@@ -51,7 +51,7 @@ case "${1:-}" in
         setup
         ensure_redis
         shift
-        "$VENV/bin/python" -m protos.generate --check
+        "$VENV/bin/python" -m switchyard.protos.generate --check
         "$VENV/bin/ruff" check .
         "$VENV/bin/ruff" format --check .
         exec "$VENV/bin/python" -m pytest "$@"

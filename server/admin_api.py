@@ -12,11 +12,11 @@ from __future__ import annotations
 import hmac
 from typing import Any
 
-from router.config import table_to_config
-from runtimes.errors import InvalidArgument, NotFound
-from server.http_errors import HttpError
-from server.json_body import parse_object
-from server.routing import RoutingService
+from switchyard.router.config import table_to_config
+from switchyard.runtimes.errors import InvalidArgument, NotFound
+from switchyard.server.http_errors import HttpError
+from switchyard.server.json_body import parse_object
+from switchyard.server.routing import RoutingService
 
 ACTOR_HEADER = b"x-switchyard-actor"
 ROLLOUT_ACTIONS = ("start", "abort", "promote")

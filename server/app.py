@@ -15,14 +15,14 @@ import uvicorn
 import uvloop
 from prometheus_client import make_asgi_app
 
-from protos.recommend_pb2_grpc import add_RecommenderServicer_to_server
-from server.autoscaling.latency_policy import LatencyPolicyConfig
-from server.autoscaling.metrics import AutoscalingSignals
-from server.config import SwitchyardConfig
-from server.gateway_core import GatewayCore
-from server.grpc_ingress import create_grpc_server
-from server.metrics import FeatureStatsCollector, ServerMetrics
-from server.repository import ModelRepository
+from switchyard.protos.recommend_pb2_grpc import add_RecommenderServicer_to_server
+from switchyard.server.autoscaling.latency_policy import LatencyPolicyConfig
+from switchyard.server.autoscaling.metrics import AutoscalingSignals
+from switchyard.server.config import SwitchyardConfig
+from switchyard.server.gateway_core import GatewayCore
+from switchyard.server.grpc_ingress import create_grpc_server
+from switchyard.server.metrics import FeatureStatsCollector, ServerMetrics
+from switchyard.server.repository import ModelRepository
 
 log = logging.getLogger(__name__)
 

@@ -7,17 +7,17 @@ import logging
 import sys
 from pathlib import Path
 
-from runtimes.errors import InvalidArgument, ModelLoadError
-from server.autoscaling.cli import add_autoscale_subcommand
-from server.config import DEFAULT_CONFIG_PATH, ConfigError, load_config
-from server.features.cli import add_features_subcommand
-from server.ray_host.cli import add_render_subcommand, serve_on_ray
+from switchyard.runtimes.errors import InvalidArgument, ModelLoadError
+from switchyard.server.autoscaling.cli import add_autoscale_subcommand
+from switchyard.server.config import DEFAULT_CONFIG_PATH, ConfigError, load_config
+from switchyard.server.features.cli import add_features_subcommand
+from switchyard.server.ray_host.cli import add_render_subcommand, serve_on_ray
 
 
 def _serve(args: argparse.Namespace) -> int:
     if args.config is None:
         # The embedded default serves the demo ranker, built on first use (about a second).
-        from demo.build_model import ensure_built
+        from switchyard.demo.build_model import ensure_built
 
         ensure_built()
     config_path = args.config or DEFAULT_CONFIG_PATH
@@ -32,7 +32,7 @@ def _serve(args: argparse.Namespace) -> int:
     )
     if args.engine == "ray":
         return serve_on_ray(config, config_path)
-    from server.app import run_standalone
+    from switchyard.server.app import run_standalone
 
     try:
         run_standalone(config, config_path)

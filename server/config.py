@@ -23,16 +23,18 @@ from pydantic import (
 )
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
-from router.config import build_routing_table
-from router.errors import RoutingConfigError
-from router.table import RoutingTable
-from runtimes.batcher import BatchingOptions
-from runtimes.ort_runtime import OrtOptions
-from server.autoscaling.latency_policy import LatencyPolicyConfig
-from server.features.config import FeaturesConfig, resolve_feature_paths
+from switchyard.demo.paths import DEMO_CONFIG_PATH, config_base_dir
+from switchyard.router.config import build_routing_table
+from switchyard.router.errors import RoutingConfigError
+from switchyard.router.table import RoutingTable
+from switchyard.runtimes.batcher import BatchingOptions
+from switchyard.runtimes.ort_runtime import OrtOptions
+from switchyard.server.autoscaling.latency_policy import LatencyPolicyConfig
+from switchyard.server.features.config import FeaturesConfig, resolve_feature_paths
 
 ENV_PREFIX = "SWITCHYARD_"
-DEFAULT_CONFIG_PATH = Path(__file__).resolve().parent.parent / "demo" / "config.yaml"
+# The embedded default: the demo, whose relative paths name files in the demo build's folder.
+DEFAULT_CONFIG_PATH = DEMO_CONFIG_PATH
 
 Port = Annotated[int, Field(ge=0, le=65535)]
 
@@ -341,4 +343,4 @@ def load_config(path: Path, env: Mapping[str, str] | None = None) -> SwitchyardC
         raw = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         raise ConfigError(f"configuration {path} is not valid YAML: {exc}") from None
-    return parse_config(raw, path.resolve().parent, str(path), env)
+    return parse_config(raw, config_base_dir(path), str(path), env)

@@ -6,8 +6,8 @@ import asyncio
 import logging
 from pathlib import Path
 
-from server.config import ConfigError, SwitchyardConfig, load_config, routing_table
-from server.routing import RoutingService
+from switchyard.server.config import ConfigError, SwitchyardConfig, load_config, routing_table
+from switchyard.server.routing import RoutingService
 
 log = logging.getLogger(__name__)
 

@@ -12,11 +12,11 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from runtimes.base import ModelSignature, TensorSpec
-from runtimes.errors import InvalidArgument
-from server.repository import LoadedModel, ModelRepository
-from server.routing import RoutingService
-from server.types import (
+from switchyard.runtimes.base import ModelSignature, TensorSpec
+from switchyard.runtimes.errors import InvalidArgument
+from switchyard.server.repository import LoadedModel, ModelRepository
+from switchyard.server.routing import RoutingService
+from switchyard.server.types import (
     InferInput,
     InferOutput,
     InferRequest,

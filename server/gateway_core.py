@@ -8,20 +8,20 @@ import asyncio
 import logging
 from pathlib import Path
 
-from server.admin_api import AdminApi
-from server.audit_log import AuditLog
-from server.config import SwitchyardConfig, routing_table
-from server.config_reload import ConfigReloader
-from server.dataplane import DataPlane
-from server.features.definitions import FeatureDefinitions
-from server.features.factory import create_store
-from server.grpc_ingress import InferenceServicer
-from server.metrics import ServerMetrics
-from server.recommend import Recommender
-from server.recommend_ingress import RecommendServicer
-from server.repository import ModelRepository
-from server.rest_ingress import RestApp
-from server.routing import RoutingService
+from switchyard.server.admin_api import AdminApi
+from switchyard.server.audit_log import AuditLog
+from switchyard.server.config import SwitchyardConfig, routing_table
+from switchyard.server.config_reload import ConfigReloader
+from switchyard.server.dataplane import DataPlane
+from switchyard.server.features.definitions import FeatureDefinitions
+from switchyard.server.features.factory import create_store
+from switchyard.server.grpc_ingress import InferenceServicer
+from switchyard.server.metrics import ServerMetrics
+from switchyard.server.recommend import Recommender
+from switchyard.server.recommend_ingress import RecommendServicer
+from switchyard.server.repository import ModelRepository
+from switchyard.server.rest_ingress import RestApp
+from switchyard.server.routing import RoutingService
 
 log = logging.getLogger(__name__)
 

@@ -15,9 +15,9 @@ from typing import Any, TypeVar
 
 import grpc
 
-from protos import open_inference_pb2 as pb
-from protos import open_inference_pb2_grpc as pb_grpc
-from runtimes.errors import (
+from switchyard.protos import open_inference_pb2 as pb
+from switchyard.protos import open_inference_pb2_grpc as pb_grpc
+from switchyard.runtimes.errors import (
     DeadlineExceeded,
     InvalidArgument,
     NotFound,
@@ -26,12 +26,12 @@ from runtimes.errors import (
     SwitchyardError,
     Unavailable,
 )
-from runtimes.tensor_codec import decode_raw, encode_raw
-from server.dataplane import DataPlane
-from server.metrics import ServerMetrics
-from server.routing import VARIANT_HEADER, VARIANT_PARAMETER
-from server.tensors import checked_element_count, decode_values
-from server.types import InferInput, InferRequest, InferResponse, ParameterValue
+from switchyard.runtimes.tensor_codec import decode_raw, encode_raw
+from switchyard.server.dataplane import DataPlane
+from switchyard.server.metrics import ServerMetrics
+from switchyard.server.routing import VARIANT_HEADER, VARIANT_PARAMETER
+from switchyard.server.tensors import checked_element_count, decode_values
+from switchyard.server.types import InferInput, InferRequest, InferResponse, ParameterValue
 
 log = logging.getLogger(__name__)
 PROTOCOL = "grpc"

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from runtimes.errors import (
+from switchyard.runtimes.errors import (
     DeadlineExceeded,
     InvalidArgument,
     NotFound,

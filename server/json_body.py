@@ -6,7 +6,7 @@ from typing import Any
 
 import orjson
 
-from runtimes.errors import InvalidArgument
+from switchyard.runtimes.errors import InvalidArgument
 
 REQUIRED = ...
 

@@ -13,9 +13,9 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import CounterMetricFamily
 from prometheus_client.registry import Collector
 
-from runtimes.batcher import BatchObserver
-from runtimes.errors import SwitchyardError
-from server.features.store import FeatureStats
+from switchyard.runtimes.batcher import BatchObserver
+from switchyard.runtimes.errors import SwitchyardError
+from switchyard.server.features.store import FeatureStats
 
 BATCH_SIZE_BUCKETS_ROWS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
 # From 100 us (an in-process hit) to 10 s (a request stuck behind an overloaded queue).

@@ -13,13 +13,13 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from runtimes.errors import InvalidArgument, NotFound
-from server.config import RecommendSettings
-from server.dataplane import DataPlane
-from server.features.definitions import FeatureDefinitions, RowLayout
-from server.features.store import FeatureStore
-from server.routing import VARIANT_PARAMETER
-from server.types import InferInput, InferRequest
+from switchyard.runtimes.errors import InvalidArgument, NotFound
+from switchyard.server.config import RecommendSettings
+from switchyard.server.dataplane import DataPlane
+from switchyard.server.features.definitions import FeatureDefinitions, RowLayout
+from switchyard.server.features.store import FeatureStore
+from switchyard.server.routing import VARIANT_PARAMETER
+from switchyard.server.types import InferInput, InferRequest
 
 USER_ENTITY = "user"
 

@@ -7,13 +7,13 @@ from typing import Any
 
 import grpc
 
-from protos import recommend_pb2 as pb
-from protos import recommend_pb2_grpc as pb_grpc
-from runtimes.errors import InvalidArgument
-from server.grpc_ingress import maps_errors
-from server.json_body import field, parse_object
-from server.metrics import ServerMetrics
-from server.recommend import Recommender, RecommendRequest, RecommendResponse
+from switchyard.protos import recommend_pb2 as pb
+from switchyard.protos import recommend_pb2_grpc as pb_grpc
+from switchyard.runtimes.errors import InvalidArgument
+from switchyard.server.grpc_ingress import maps_errors
+from switchyard.server.json_body import field, parse_object
+from switchyard.server.metrics import ServerMetrics
+from switchyard.server.recommend import Recommender, RecommendRequest, RecommendResponse
 
 REST_PATH = "/v1/recommend"
 

@@ -7,14 +7,14 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from runtimes.base import ModelSignature, Runtime
-from runtimes.batcher import DynamicBatcher
-from runtimes.errors import ModelLoadError, NotFound
-from runtimes.ort_runtime import OnnxRuntimeModel
-from runtimes.triton_runtime import TritonModel, TritonOptions
-from server.autoscaling.replica_stats import ReplicaStatsRecorder
-from server.config import AUTO_MAX_BATCH_SIZE, ModelConfig, ModelVersionConfig
-from server.metrics import ServerMetrics
+from switchyard.runtimes.base import ModelSignature, Runtime
+from switchyard.runtimes.batcher import DynamicBatcher
+from switchyard.runtimes.errors import ModelLoadError, NotFound
+from switchyard.runtimes.ort_runtime import OnnxRuntimeModel
+from switchyard.runtimes.triton_runtime import TritonModel, TritonOptions
+from switchyard.server.autoscaling.replica_stats import ReplicaStatsRecorder
+from switchyard.server.config import AUTO_MAX_BATCH_SIZE, ModelConfig, ModelVersionConfig
+from switchyard.server.metrics import ServerMetrics
 
 log = logging.getLogger(__name__)
 

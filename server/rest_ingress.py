@@ -16,18 +16,18 @@ from typing import Any
 
 import orjson
 
-from runtimes.errors import InvalidArgument, NotFound, PayloadTooLarge
-from runtimes.tensor_codec import decode_raw, encode_raw
-from server.admin_api import AdminApi
-from server.dataplane import DataPlane
-from server.http_errors import HttpError, http_status
-from server.json_body import field, parse_object
-from server.metrics import ServerMetrics
-from server.recommend import Recommender
-from server.recommend_ingress import REST_PATH, parse_recommend_json, recommend_json
-from server.routing import VARIANT_HEADER, VARIANT_PARAMETER
-from server.tensors import checked_element_count, decode_values, json_values
-from server.types import InferInput, InferRequest, InferResponse
+from switchyard.runtimes.errors import InvalidArgument, NotFound, PayloadTooLarge
+from switchyard.runtimes.tensor_codec import decode_raw, encode_raw
+from switchyard.server.admin_api import AdminApi
+from switchyard.server.dataplane import DataPlane
+from switchyard.server.http_errors import HttpError, http_status
+from switchyard.server.json_body import field, parse_object
+from switchyard.server.metrics import ServerMetrics
+from switchyard.server.recommend import Recommender
+from switchyard.server.recommend_ingress import REST_PATH, parse_recommend_json, recommend_json
+from switchyard.server.routing import VARIANT_HEADER, VARIANT_PARAMETER
+from switchyard.server.tensors import checked_element_count, decode_values, json_values
+from switchyard.server.types import InferInput, InferRequest, InferResponse
 
 log = logging.getLogger(__name__)
 PROTOCOL = "rest"

@@ -15,20 +15,20 @@ from collections.abc import Awaitable, Callable, Mapping
 
 import numpy as np
 
-from router.audit import describe_changes
-from router.comparison import Comparison, compare_outputs
-from router.decision import RoutingDecision
-from router.disagreement_log import Disagreement, DisagreementLog
-from router.endpoint import VariantTarget
-from router.rollout import RolloutController, RolloutEvent, RolloutState
-from router.router import Router
-from router.shadow_launcher import ShadowLauncher
-from router.table import RoutingTable
-from runtimes.errors import InvalidArgument, NotFound, SwitchyardError
-from server.audit_log import AuditLog
-from server.config import RoutingSettings
-from server.metrics import RoutingMetrics
-from server.types import InferRequest, InferResponse
+from switchyard.router.audit import describe_changes
+from switchyard.router.comparison import Comparison, compare_outputs
+from switchyard.router.decision import RoutingDecision
+from switchyard.router.disagreement_log import Disagreement, DisagreementLog
+from switchyard.router.endpoint import VariantTarget
+from switchyard.router.rollout import RolloutController, RolloutEvent, RolloutState
+from switchyard.router.router import Router
+from switchyard.router.shadow_launcher import ShadowLauncher
+from switchyard.router.table import RoutingTable
+from switchyard.runtimes.errors import InvalidArgument, NotFound, SwitchyardError
+from switchyard.server.audit_log import AuditLog
+from switchyard.server.config import RoutingSettings
+from switchyard.server.metrics import RoutingMetrics
+from switchyard.server.types import InferRequest, InferResponse
 
 log = logging.getLogger(__name__)
 

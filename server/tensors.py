@@ -13,9 +13,9 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from runtimes.datatypes import element_size_bytes, numpy_dtype
-from runtimes.errors import InvalidArgument
-from runtimes.tensor_codec import BYTES_LENGTH_PREFIX
+from switchyard.runtimes.datatypes import element_size_bytes, numpy_dtype
+from switchyard.runtimes.errors import InvalidArgument
+from switchyard.runtimes.tensor_codec import BYTES_LENGTH_PREFIX
 
 
 def checked_element_count(

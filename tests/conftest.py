@@ -7,8 +7,8 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
-from demo.build_model import ensure_built
-from tests.support import Gateway, demo_model_config, start_gateway
+from loadtests.gateway_process import Gateway, demo_model_config, start_gateway
+from switchyard.demo.build_model import ensure_built
 
 # Small on purpose, so the size limits can be tested with small payloads.
 TEST_MAX_REQUEST_SIZE_BYTES = 256 * 1024

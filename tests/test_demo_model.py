@@ -5,7 +5,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from demo.build_model import auc, build, generate_data, training_matrix
+from switchyard.demo.build_model import auc, build, generate_data, training_matrix
 
 
 def test_build_is_deterministic_and_learns(tmp_path: Path) -> None:

@@ -10,15 +10,19 @@ import argparse
 import sys
 from pathlib import Path
 
-from server.autoscaling.sim_inputs import load_policy_configs, load_trace, parse_service_time
-from server.autoscaling.sim_report import (
+from switchyard.server.autoscaling.sim_inputs import (
+    load_policy_configs,
+    load_trace,
+    parse_service_time,
+)
+from switchyard.server.autoscaling.sim_report import (
     PlotUnavailable,
     SimulationRun,
     plot_timelines,
     summarize,
     write_timeline_csv,
 )
-from server.autoscaling.simulator import SimulationSettings, simulate
+from switchyard.server.autoscaling.simulator import SimulationSettings, simulate
 
 PROG = "switchyard autoscale simulate"
 

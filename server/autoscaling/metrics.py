@@ -28,7 +28,7 @@ from contextlib import suppress
 
 from prometheus_client import CollectorRegistry, Gauge
 
-from server.autoscaling.latency_policy import (
+from switchyard.server.autoscaling.latency_policy import (
     LatencyEstimate,
     LatencyPolicyConfig,
     ReplicaStats,

@@ -31,7 +31,11 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from server.autoscaling.latency_policy import LatencyPolicy, LatencyPolicyConfig, ReplicaStats
+from switchyard.server.autoscaling.latency_policy import (
+    LatencyPolicy,
+    LatencyPolicyConfig,
+    ReplicaStats,
+)
 
 P95_LATENCY_S = "switchyard_p95_latency_s"
 P99_LATENCY_S = "switchyard_p99_latency_s"

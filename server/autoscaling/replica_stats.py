@@ -15,7 +15,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from server.autoscaling.latency_policy import ReplicaStats
+from switchyard.server.autoscaling.latency_policy import ReplicaStats
 
 # Bounds the memory of a very busy replica: past this, the oldest completions drop out first and
 # the rate reads low (at a 30 s window, from 6,000 requests per second on).

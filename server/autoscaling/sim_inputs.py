@@ -28,7 +28,7 @@ from typing import Protocol
 import numpy as np
 import yaml
 
-from server.autoscaling.latency_policy import LatencyPolicyConfig
+from switchyard.server.autoscaling.latency_policy import LatencyPolicyConfig
 
 # z of the standard normal's 95th percentile: ln(p95 / p50) / Z_95 is a lognormal's sigma.
 Z_95 = 1.6448536269514722

@@ -13,8 +13,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from server.autoscaling.latency_policy import LatencyPolicyConfig
-from server.autoscaling.simulator import TimelineRow, direction_changes
+from switchyard.server.autoscaling.latency_policy import LatencyPolicyConfig
+from switchyard.server.autoscaling.simulator import TimelineRow, direction_changes
 
 TIMELINE_COLUMNS = (
     "policy", "time_s", "requests_per_s", "replicas", "ready_replicas", "p95_s", "p99_s",

@@ -27,8 +27,12 @@ from itertools import chain, pairwise
 
 import numpy as np
 
-from server.autoscaling.latency_policy import LatencyPolicy, LatencyPolicyConfig, ReplicaStats
-from server.autoscaling.sim_inputs import LoadTrace, ServiceTimeModel
+from switchyard.server.autoscaling.latency_policy import (
+    LatencyPolicy,
+    LatencyPolicyConfig,
+    ReplicaStats,
+)
+from switchyard.server.autoscaling.sim_inputs import LoadTrace, ServiceTimeModel
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -10,17 +10,17 @@ import argparse
 import sys
 from pathlib import Path
 
-from runtimes.errors import SwitchyardError
-from server.config import DEFAULT_CONFIG_PATH
-from server.features.config import (
+from switchyard.runtimes.errors import SwitchyardError
+from switchyard.server.config import DEFAULT_CONFIG_PATH
+from switchyard.server.features.config import (
     DEFAULT_REDIS_URL,
     FeatureConfigError,
     FeaturesConfig,
     RedisStoreConfig,
     load_features_section,
 )
-from server.features.definitions import FeatureDefinitions
-from server.features.loader import load_file
+from switchyard.server.features.definitions import FeatureDefinitions
+from switchyard.server.features.loader import load_file
 
 
 def add_features_subcommand(commands: argparse._SubParsersAction) -> None:

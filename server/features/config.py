@@ -40,6 +40,8 @@ from pydantic import (
 )
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
+from switchyard.demo.paths import config_base_dir
+
 NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]*$"
 ID_PLACEHOLDER = "{id}"
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
@@ -222,4 +224,4 @@ def load_features_section(path: Path) -> FeaturesConfig | None:
         raise FeatureConfigError(f"configuration {path} is not valid YAML: {exc}") from None
     if not isinstance(raw, dict) or raw.get("features") is None:
         return None
-    return parse_features(raw["features"], path.resolve().parent, str(path))
+    return parse_features(raw["features"], config_base_dir(path), str(path))

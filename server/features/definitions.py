@@ -15,8 +15,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from runtimes.errors import NotFound
-from server.features.config import ID_PLACEHOLDER, FeaturesConfig
+from switchyard.runtimes.errors import NotFound
+from switchyard.server.features.config import ID_PLACEHOLDER, FeaturesConfig
 
 _TRUE_TEXTS = frozenset({"1", "true", "yes"})
 _FALSE_TEXTS = frozenset({"0", "false", "no"})

@@ -6,11 +6,11 @@ import logging
 import time
 from collections.abc import Callable
 
-from server.features.config import FeaturesConfig, RedisStoreConfig
-from server.features.definitions import FeatureDefinitions
-from server.features.memory_store import MemoryFeatureStore
-from server.features.redis_store import RedisFeatureStore
-from server.features.store import FeatureStore
+from switchyard.server.features.config import FeaturesConfig, RedisStoreConfig
+from switchyard.server.features.definitions import FeatureDefinitions
+from switchyard.server.features.memory_store import MemoryFeatureStore
+from switchyard.server.features.redis_store import RedisFeatureStore
+from switchyard.server.features.store import FeatureStore
 
 log = logging.getLogger(__name__)
 

@@ -15,8 +15,8 @@ from typing import Any
 
 import numpy as np
 
-from runtimes.errors import InvalidArgument
-from server.features.definitions import EntitySpec, EntityTable, texts_to_values
+from switchyard.runtimes.errors import InvalidArgument
+from switchyard.server.features.definitions import EntitySpec, EntityTable, texts_to_values
 
 CSV_SUFFIXES = (".csv",)
 PARQUET_SUFFIXES = (".parquet", ".pq")

@@ -18,10 +18,10 @@ from typing import TextIO
 import redis
 from redis.exceptions import RedisError
 
-from runtimes.errors import InvalidArgument, Unavailable
-from server.features.definitions import EntitySpec
-from server.features.files import FeatureFileError, count_rows, read_batches
-from server.features.redis_store import redacted_url
+from switchyard.runtimes.errors import InvalidArgument, Unavailable
+from switchyard.server.features.definitions import EntitySpec
+from switchyard.server.features.files import FeatureFileError, count_rows, read_batches
+from switchyard.server.features.redis_store import redacted_url
 
 PROGRESS_INTERVAL_S = 0.2
 

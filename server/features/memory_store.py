@@ -10,9 +10,14 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from server.features.definitions import EntityTable, FeatureDefinitions, RowLayout, empty_table
-from server.features.files import read_table
-from server.features.store import FeatureBatch, FeatureStats, finish_batch, ids_per_part
+from switchyard.server.features.definitions import (
+    EntityTable,
+    FeatureDefinitions,
+    RowLayout,
+    empty_table,
+)
+from switchyard.server.features.files import read_table
+from switchyard.server.features.store import FeatureBatch, FeatureStats, finish_batch, ids_per_part
 
 
 class MemoryFeatureStore:

@@ -34,12 +34,12 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from runtimes.errors import Unavailable
-from server.features.breaker import Breaker
-from server.features.cache import TtlCache
-from server.features.config import ID_PLACEHOLDER, RedisStoreConfig
-from server.features.definitions import EntityColumns, RowLayout
-from server.features.store import FeatureBatch, FeatureStats, finish_batch, ids_per_part
+from switchyard.runtimes.errors import Unavailable
+from switchyard.server.features.breaker import Breaker
+from switchyard.server.features.cache import TtlCache
+from switchyard.server.features.config import ID_PLACEHOLDER, RedisStoreConfig
+from switchyard.server.features.definitions import EntityColumns, RowLayout
+from switchyard.server.features.store import FeatureBatch, FeatureStats, finish_batch, ids_per_part
 
 log = logging.getLogger(__name__)
 

@@ -15,8 +15,8 @@ from typing import Protocol
 
 import numpy as np
 
-from runtimes.errors import InvalidArgument
-from server.features.definitions import RowLayout, assemble_rows
+from switchyard.runtimes.errors import InvalidArgument
+from switchyard.server.features.definitions import RowLayout, assemble_rows
 
 
 @dataclass(frozen=True, slots=True)

@@ -23,8 +23,8 @@ import yaml
 from ray import serve
 from ray.serve.deployment import Application
 
-from server.config import ServerSettings, SwitchyardConfig, load_config
-from server.ray_host.deployments import (
+from switchyard.server.config import ServerSettings, SwitchyardConfig, load_config
+from switchyard.server.ray_host.deployments import (
     APP_NAME,
     GRPC_SERVICER_FUNCTIONS,
     INGRESS_NAME,
@@ -32,8 +32,8 @@ from server.ray_host.deployments import (
     variant_name,
     variant_options,
 )
-from server.ray_host.ingress import IngressReplica
-from server.ray_host.variant import VariantReplica
+from switchyard.server.ray_host.ingress import IngressReplica
+from switchyard.server.ray_host.variant import VariantReplica
 
 log = logging.getLogger(__name__)
 

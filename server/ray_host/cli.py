@@ -10,7 +10,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from server.config import ConfigError, SwitchyardConfig, load_config
+from switchyard.server.config import ConfigError, SwitchyardConfig, load_config
 
 RAY_MISSING = "the Ray host needs Ray Serve: pip install 'switchyard[ray]'"
 
@@ -18,7 +18,7 @@ RAY_MISSING = "the Ray host needs Ray Serve: pip install 'switchyard[ray]'"
 def serve_on_ray(config: SwitchyardConfig, config_path: Path) -> int:
     """`switchyard serve --engine ray`: the exit code."""
     try:
-        from server.ray_host.app import run_on_local_ray
+        from switchyard.server.ray_host.app import run_on_local_ray
     except ImportError as exc:
         print(f"switchyard: {RAY_MISSING} ({exc})", file=sys.stderr)
         return 2
@@ -37,7 +37,7 @@ def _render_ray(args: argparse.Namespace) -> int:
         print(f"switchyard: {exc}", file=sys.stderr)
         return 2
     try:
-        from server.ray_host.app import render_serve_config
+        from switchyard.server.ray_host.app import render_serve_config
     except ImportError as exc:
         print(f"switchyard: {RAY_MISSING} ({exc})", file=sys.stderr)
         return 2

@@ -8,9 +8,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from server.autoscaling.latency_policy import LatencyPolicyConfig
-from server.autoscaling.ray_adapter import autoscaling_config
-from server.config import AUTO_MAX_BATCH_SIZE, ModelConfig
+from switchyard.server.autoscaling.latency_policy import LatencyPolicyConfig
+from switchyard.server.autoscaling.ray_adapter import autoscaling_config
+from switchyard.server.config import AUTO_MAX_BATCH_SIZE, ModelConfig
 
 APP_NAME = "switchyard"
 INGRESS_NAME = "ingress"
@@ -18,8 +18,8 @@ INGRESS_NAME = "ingress"
 INGRESS_MAX_ONGOING_REQUESTS = 1024
 # Registered on Serve's gRPC proxy; the proxy calls the ingress method named like each RPC.
 GRPC_SERVICER_FUNCTIONS = (
-    "protos.open_inference_pb2_grpc.add_GRPCInferenceServiceServicer_to_server",
-    "protos.recommend_pb2_grpc.add_RecommenderServicer_to_server",
+    "switchyard.protos.open_inference_pb2_grpc.add_GRPCInferenceServiceServicer_to_server",
+    "switchyard.protos.recommend_pb2_grpc.add_RecommenderServicer_to_server",
 )
 SERVE_DEFAULT_MAX_ONGOING_REQUESTS = 5
 

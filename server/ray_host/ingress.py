@@ -26,14 +26,14 @@ import grpc
 from google.protobuf.message import Message
 from ray.serve.handle import DeploymentHandle
 
-from protos import open_inference_pb2 as pb
-from protos import recommend_pb2 as recommend_pb
-from server.config import SwitchyardConfig
-from server.gateway_core import GatewayCore
-from server.metrics import ServerMetrics
-from server.ray_host.remote_models import remote_loader
-from server.repository import ModelRepository
-from server.rest_ingress import RestApp
+from switchyard.protos import open_inference_pb2 as pb
+from switchyard.protos import recommend_pb2 as recommend_pb
+from switchyard.server.config import SwitchyardConfig
+from switchyard.server.gateway_core import GatewayCore
+from switchyard.server.metrics import ServerMetrics
+from switchyard.server.ray_host.remote_models import remote_loader
+from switchyard.server.repository import ModelRepository
+from switchyard.server.rest_ingress import RestApp
 
 log = logging.getLogger(__name__)
 

@@ -17,13 +17,18 @@ from ray.exceptions import RayActorError, RayTaskError
 from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError
 from ray.serve.handle import DeploymentHandle
 
-from runtimes.base import ModelSignature, Runtime
-from runtimes.batcher import BatchingOptions, DynamicBatcher
-from runtimes.errors import DeadlineExceeded, ResourceExhausted, SwitchyardError, Unavailable
-from server.config import ModelConfig, ModelVersionConfig
-from server.ray_host.deployments import variant_name
-from server.ray_host.variant import VariantInfo
-from server.repository import LoadedModel, VersionLoader
+from switchyard.runtimes.base import ModelSignature, Runtime
+from switchyard.runtimes.batcher import BatchingOptions, DynamicBatcher
+from switchyard.runtimes.errors import (
+    DeadlineExceeded,
+    ResourceExhausted,
+    SwitchyardError,
+    Unavailable,
+)
+from switchyard.server.config import ModelConfig, ModelVersionConfig
+from switchyard.server.ray_host.deployments import variant_name
+from switchyard.server.ray_host.variant import VariantInfo
+from switchyard.server.repository import LoadedModel, VersionLoader
 
 # Requests the ingress forwards to one version at once, and waiting ones beyond that. Far
 # above what one ingress replica takes (INGRESS_MAX_ONGOING_REQUESTS): Serve's limits on the

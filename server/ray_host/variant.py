@@ -16,12 +16,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from runtimes.base import ModelSignature
-from server.autoscaling.ray_adapter import to_autoscaling_metrics
-from server.autoscaling.replica_stats import ReplicaStatsRecorder
-from server.config import ModelConfig
-from server.metrics import ServerMetrics
-from server.repository import load_model_version
+from switchyard.runtimes.base import ModelSignature
+from switchyard.server.autoscaling.ray_adapter import to_autoscaling_metrics
+from switchyard.server.autoscaling.replica_stats import ReplicaStatsRecorder
+from switchyard.server.config import ModelConfig
+from switchyard.server.metrics import ServerMetrics
+from switchyard.server.repository import load_model_version
 
 
 @dataclass(frozen=True, slots=True)

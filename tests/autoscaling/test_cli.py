@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from server.autoscaling.cli import main
+from switchyard.server.autoscaling.cli import main
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "server" / "autoscaling" / "examples"
 SERVICE_TIME = "lognormal:p50_s=0.05,p95_s=0.12"
@@ -60,7 +60,7 @@ def test_simulate_writes_the_timeline_and_the_plot(
 
 
 def test_the_shipped_examples_parse(tmp_path: Path) -> None:
-    from server.autoscaling.sim_inputs import load_policy_configs, load_trace
+    from switchyard.server.autoscaling.sim_inputs import load_policy_configs, load_trace
 
     assert load_trace(EXAMPLES / "step_trace.csv").end_s == 900
     assert [name for name, _ in load_policy_configs(EXAMPLES / "policies.yaml")] == [

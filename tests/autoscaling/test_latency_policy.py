@@ -9,13 +9,13 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from server.autoscaling.latency_policy import (
+from switchyard.server.autoscaling.latency_policy import (
     LatencyPolicy,
     LatencyPolicyConfig,
     ReplicaStats,
     estimate_replicas,
 )
-from server.autoscaling.simulator import direction_changes
+from switchyard.server.autoscaling.simulator import direction_changes
 
 TARGET_S = 0.1
 CONFIG = LatencyPolicyConfig(

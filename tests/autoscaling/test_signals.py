@@ -10,9 +10,13 @@ from types import SimpleNamespace
 import pytest
 from prometheus_client import CollectorRegistry
 
-from server.autoscaling.latency_policy import LatencyPolicy, LatencyPolicyConfig, ReplicaStats
-from server.autoscaling.metrics import AutoscalingSignals
-from server.autoscaling.ray_adapter import (
+from switchyard.server.autoscaling.latency_policy import (
+    LatencyPolicy,
+    LatencyPolicyConfig,
+    ReplicaStats,
+)
+from switchyard.server.autoscaling.metrics import AutoscalingSignals
+from switchyard.server.autoscaling.ray_adapter import (
     IN_FLIGHT,
     P95_LATENCY_S,
     RayLatencyPolicy,
@@ -20,7 +24,7 @@ from server.autoscaling.ray_adapter import (
     stats_from_aggregated,
     to_autoscaling_metrics,
 )
-from server.autoscaling.replica_stats import ReplicaStatsRecorder
+from switchyard.server.autoscaling.replica_stats import ReplicaStatsRecorder
 
 CONFIG = LatencyPolicyConfig(
     target_latency_s=0.1, max_ongoing_requests=2, upscale_stabilization_s=0, max_replicas=8
@@ -142,6 +146,9 @@ def test_ray_policy_rejects_unknown_settings() -> None:
 def test_autoscaling_config_installs_the_policy() -> None:
     config = autoscaling_config(CONFIG)
     assert config["upscale_delay_s"] == config["downscale_delay_s"] == 0
-    assert config["policy"]["policy_function"] == "server.autoscaling.ray_adapter:RayLatencyPolicy"
+    assert (
+        config["policy"]["policy_function"]
+        == "switchyard.server.autoscaling.ray_adapter:RayLatencyPolicy"
+    )
     assert LatencyPolicyConfig.from_mapping(config["policy"]["policy_kwargs"]) == CONFIG
     assert IN_FLIGHT == "switchyard_in_flight"

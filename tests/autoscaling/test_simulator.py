@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from server.autoscaling.latency_policy import LatencyPolicyConfig
-from server.autoscaling.sim_inputs import (
+from switchyard.server.autoscaling.latency_policy import LatencyPolicyConfig
+from switchyard.server.autoscaling.sim_inputs import (
     EmpiricalServiceTime,
     LoadTrace,
     LognormalServiceTime,
@@ -17,7 +17,7 @@ from server.autoscaling.sim_inputs import (
     load_trace,
     parse_service_time,
 )
-from server.autoscaling.simulator import SimulationSettings, direction_changes, simulate
+from switchyard.server.autoscaling.simulator import SimulationSettings, direction_changes, simulate
 
 STEP = LoadTrace(np.array([0.0, 60.0]), np.array([10.0, 40.0]), 720.0)
 SERVICE = LognormalServiceTime(p50_s=0.05, p95_s=0.12)

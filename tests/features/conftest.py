@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 import redis
 
-from server.features.config import FeaturesConfig
-from server.features.definitions import FeatureDefinitions
+from switchyard.server.features.config import FeaturesConfig
+from switchyard.server.features.definitions import FeatureDefinitions
 from tests.features.support import SHARED_REDIS_URL, RedisServer, features_section
 
 

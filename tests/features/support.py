@@ -13,7 +13,7 @@ from typing import Any
 import hiredis
 import redis
 
-from tests.support import free_port
+from loadtests.gateway_process import free_port
 
 SHARED_REDIS_URL = "redis://127.0.0.1:6379/0"
 

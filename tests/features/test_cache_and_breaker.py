@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from server.features.breaker import Breaker
-from server.features.cache import TtlCache
+from switchyard.server.features.breaker import Breaker
+from switchyard.server.features.cache import TtlCache
 
 
 class FakeClock:

@@ -8,8 +8,9 @@ from typing import Any
 import pytest
 import yaml
 
-from server.config import DEFAULT_CONFIG_PATH as DEMO_FEATURES_PATH
-from server.features.config import (
+from switchyard.demo.paths import DEMO_CONFIG_PATH as DEMO_FEATURES_PATH
+from switchyard.demo.paths import artifacts_dir
+from switchyard.server.features.config import (
     FeatureConfigError,
     FeaturesConfig,
     MemoryStoreConfig,
@@ -57,7 +58,7 @@ def test_demo_features_are_valid_and_form_the_16_column_ranker_row() -> None:
     assert config is not None
     assert config.inputs["ranker"].tensor == "features"
     assert len(config.inputs["ranker"].row) == 16
-    assert config.store.seed_files["user"] == DEMO_FEATURES_PATH.parent / "artifacts/users.csv"
+    assert config.store.seed_files["user"] == artifacts_dir() / "users.csv"
 
 
 @pytest.mark.parametrize(

@@ -11,9 +11,9 @@ import redis
 from hypothesis import given
 from hypothesis import strategies as st
 
-from runtimes.errors import NotFound
-from server.features.config import FeaturesConfig
-from server.features.definitions import (
+from switchyard.runtimes.errors import NotFound
+from switchyard.server.features.config import FeaturesConfig
+from switchyard.server.features.definitions import (
     EntityColumns,
     EntityTable,
     FeatureDefinitions,
@@ -22,8 +22,8 @@ from server.features.definitions import (
     texts_to_values,
     training_matrix,
 )
-from server.features.memory_store import MemoryFeatureStore
-from server.features.redis_store import RedisFeatureStore, decode_hmget_replies
+from switchyard.server.features.memory_store import MemoryFeatureStore
+from switchyard.server.features.redis_store import RedisFeatureStore, decode_hmget_replies
 from tests.features.test_redis_store import random_rows, redis_config, write_rows
 
 

@@ -10,18 +10,18 @@ import numpy as np
 import pytest
 import yaml
 
-from demo.build_model import (
+from switchyard.demo.build_model import (
     build,
     feature_definitions,
     generate_data,
     training_matrix,
 )
-from server.config import DEFAULT_CONFIG_PATH as DEMO_FEATURES_PATH
-from server.features.config import FeaturesConfig, parse_features
-from server.features.definitions import FeatureDefinitions
-from server.features.factory import create_store
-from server.features.files import read_table
-from server.features.memory_store import MemoryFeatureStore
+from switchyard.server.config import DEFAULT_CONFIG_PATH as DEMO_FEATURES_PATH
+from switchyard.server.features.config import FeaturesConfig, parse_features
+from switchyard.server.features.definitions import FeatureDefinitions
+from switchyard.server.features.factory import create_store
+from switchyard.server.features.files import read_table
+from switchyard.server.features.memory_store import MemoryFeatureStore
 
 
 def test_training_rows_are_the_user_then_the_item_features() -> None:
@@ -60,7 +60,7 @@ def test_the_log_says_which_store_is_in_use(
     redis = FeaturesConfig.model_validate(
         {**raw, "store": {"kind": "redis", "url": "redis://me:secret@127.0.0.1:6379/0"}}
     )
-    with caplog.at_level(logging.INFO, logger="server.features.factory"):
+    with caplog.at_level(logging.INFO, logger="switchyard.server.features.factory"):
         create_store(memory, definitions)
         asyncio.run(create_store(redis, definitions).close())
     assert "in-memory store (user: 2 rows), seeded from " in caplog.text

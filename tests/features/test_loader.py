@@ -11,16 +11,16 @@ import pytest
 import redis
 import yaml
 
-from runtimes.errors import InvalidArgument, Unavailable
-from server.features.cli import main as features_cli
-from server.features.definitions import FeatureDefinitions
-from server.features.files import FeatureFileError
-from server.features.loader import load_file
-from server.features.memory_store import MemoryFeatureStore
-from server.features.redis_store import RedisFeatureStore
+from loadtests.gateway_process import free_port
+from switchyard.runtimes.errors import InvalidArgument, Unavailable
+from switchyard.server.features.cli import main as features_cli
+from switchyard.server.features.definitions import FeatureDefinitions
+from switchyard.server.features.files import FeatureFileError
+from switchyard.server.features.loader import load_file
+from switchyard.server.features.memory_store import MemoryFeatureStore
+from switchyard.server.features.redis_store import RedisFeatureStore
 from tests.features.support import SHARED_REDIS_URL, features_section
 from tests.features.test_redis_store import redis_config
-from tests.support import free_port
 
 USERS_CSV = """user_id,activity,tenure,premium
 u1,0.1,3,true

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 import redis
 
-from runtimes.errors import Unavailable
-from server.features.definitions import FeatureDefinitions
-from server.features.redis_store import RedisFeatureStore
+from switchyard.runtimes.errors import Unavailable
+from switchyard.server.features.definitions import FeatureDefinitions
+from switchyard.server.features.redis_store import RedisFeatureStore
 from tests.features.support import CountingProxy, RedisServer
 from tests.features.test_redis_store import expected_matrix, random_rows, redis_config, write_rows
 

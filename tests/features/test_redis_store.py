@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 import redis
 
-from runtimes.errors import InvalidArgument, Unavailable
-from server.features.config import RedisStoreConfig
-from server.features.definitions import FeatureDefinitions
-from server.features.redis_store import RedisFeatureStore, redacted_url
+from switchyard.runtimes.errors import InvalidArgument, Unavailable
+from switchyard.server.features.config import RedisStoreConfig
+from switchyard.server.features.definitions import FeatureDefinitions
+from switchyard.server.features.redis_store import RedisFeatureStore, redacted_url
 from tests.features.support import SHARED_REDIS_URL, CountingProxy
 
 

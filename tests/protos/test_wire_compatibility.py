@@ -13,7 +13,7 @@ from google.protobuf.descriptor import Descriptor
 from tritonclient.grpc import model_config_pb2  # noqa: F401 - registers inference.ModelConfig
 from tritonclient.grpc import service_pb2 as triton_pb
 
-from protos import open_inference_pb2 as our_pb
+from switchyard.protos import open_inference_pb2 as our_pb
 
 
 def fields(descriptor: Descriptor) -> dict[str, tuple[int, int, bool]]:

@@ -11,7 +11,7 @@ import onnx
 import yaml
 from onnx import TensorProto, helper
 
-from server.config import DEFAULT_CONFIG_PATH
+from switchyard.demo.paths import DEMO_CONFIG_PATH, artifacts_dir
 
 SLOW_MODEL = "slow"
 PAIR_MODEL = "pair"
@@ -46,11 +46,11 @@ def build_pair_model(path: Path) -> Path:
 
 def app_config(demo_model_path: Path, slow_model_path: Path, workdir: Path) -> dict[str, Any]:
     pair_model_path = build_pair_model(workdir / "pair.onnx")
-    demo = yaml.safe_load(DEFAULT_CONFIG_PATH.read_text())
+    demo = yaml.safe_load(DEMO_CONFIG_PATH.read_text())
     features = copy.deepcopy(demo["features"])
     seed_files = features["store"]["seed_files"]
     for entity, path in seed_files.items():
-        seed_files[entity] = str(DEFAULT_CONFIG_PATH.parent / path)
+        seed_files[entity] = str(artifacts_dir() / path)
     return {
         "models": [
             {

@@ -16,7 +16,7 @@ import pytest
 import tritonclient.grpc as triton_grpc
 import yaml
 
-from tests.support import REPO_ROOT, demo_model_config, free_port
+from loadtests.gateway_process import REPO_ROOT, demo_model_config, free_port
 
 pytest.importorskip("ray.serve")
 
@@ -50,7 +50,16 @@ def test_serve_engine_ray_serves_and_stops_on_sigterm(
     config_path.write_text(yaml.safe_dump(demo_model_config(demo_model_path, **server)))
     log = tmp_path / "serve.log"
     process = subprocess.Popen(
-        [sys.executable, "-m", "server.cli", "serve", "--engine", "ray", "--config", config_path],
+        [
+            sys.executable,
+            "-m",
+            "switchyard.server.cli",
+            "serve",
+            "--engine",
+            "ray",
+            "--config",
+            config_path,
+        ],
         cwd=REPO_ROOT,
         stdout=log.open("w"),
         stderr=subprocess.STDOUT,

@@ -26,16 +26,16 @@ import yaml
 from tritonclient.grpc import service_pb2, service_pb2_grpc
 from tritonclient.utils import InferenceServerException
 
-from protos import recommend_pb2, recommend_pb2_grpc
-from server.config import load_config
+from loadtests.gateway_process import Gateway, free_port, start_gateway
+from switchyard.protos import recommend_pb2, recommend_pb2_grpc
+from switchyard.server.config import load_config
 from tests.ray_host.support import PAIR_MODEL, SLOW_MODEL, app_config
 from tests.slow_model import build_slow_model
-from tests.support import Gateway, free_port, start_gateway
 
 ray = pytest.importorskip("ray")
 serve = pytest.importorskip("ray.serve")
-from server.ray_host.app import start_on_local_ray  # noqa: E402
-from server.ray_host.deployments import APP_NAME  # noqa: E402
+from switchyard.server.ray_host.app import start_on_local_ray  # noqa: E402
+from switchyard.server.ray_host.deployments import APP_NAME  # noqa: E402
 
 # Our config sets metrics_interval_s, which Ray 2.60 still reads but has deprecated.
 pytestmark = pytest.mark.filterwarnings("ignore:The `metrics_interval_s`:DeprecationWarning")

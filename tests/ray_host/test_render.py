@@ -9,17 +9,17 @@ from pathlib import Path
 import pytest
 import yaml
 
-from server.autoscaling.ray_adapter import POLICY_PATH
-from server.config import ConfigError, load_config
+from loadtests.gateway_process import REPO_ROOT
+from switchyard.server.autoscaling.ray_adapter import POLICY_PATH
+from switchyard.server.config import ConfigError, load_config
 from tests.ray_host.support import SLOW_AUTOSCALING, SLOW_MODEL, SLOW_RAY, app_config
 from tests.slow_model import build_slow_model
-from tests.support import REPO_ROOT
 
 pytest.importorskip("ray.serve")
 from ray.serve.deployment import Application
 from ray.serve.schema import ServeDeploySchema
 
-from server.ray_host.app import app_builder, render_serve_config
+from switchyard.server.ray_host.app import app_builder, render_serve_config
 
 # Our config sets metrics_interval_s, which Ray 2.60 still reads but has deprecated.
 pytestmark = pytest.mark.filterwarnings("ignore:The `metrics_interval_s`:DeprecationWarning")
@@ -36,7 +36,7 @@ def config_path(demo_model_path: Path, tmp_path_factory: pytest.TempPathFactory)
 
 def run_cli(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "server.cli", *args],
+        [sys.executable, "-m", "switchyard.server.cli", *args],
         cwd=REPO_ROOT,
         capture_output=True,
         text=True,
@@ -48,10 +48,10 @@ def test_rendered_serve_config_deploys_the_app_with_the_latency_policy(config_pa
     document = yaml.safe_load(render_serve_config(load_config(config_path), config_path))
     ServeDeploySchema.model_validate(document)  # what `serve deploy` checks first
     (app,) = document["applications"]
-    assert app["import_path"] == "server.ray_host.app:app_builder"
+    assert app["import_path"] == "switchyard.server.ray_host.app:app_builder"
     assert app["args"] == {"config_path": str(config_path.resolve())}
     assert (
-        "protos.open_inference_pb2_grpc.add_GRPCInferenceServiceServicer_to_server"
+        "switchyard.protos.open_inference_pb2_grpc.add_GRPCInferenceServiceServicer_to_server"
         in (document["grpc_options"]["grpc_servicer_functions"])
     )
     deployments = {d["name"]: d for d in app["deployments"]}

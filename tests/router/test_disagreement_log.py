@@ -7,9 +7,9 @@ from pathlib import Path
 
 import numpy as np
 
-from router.comparison import compare_outputs
-from router.disagreement_log import Disagreement, DisagreementLog
-from router.endpoint import VariantTarget
+from switchyard.router.comparison import compare_outputs
+from switchyard.router.disagreement_log import Disagreement, DisagreementLog
+from switchyard.router.endpoint import VariantTarget
 
 
 class FakeClock:

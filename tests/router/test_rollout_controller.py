@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from router.latency_window import LatencyWindow
-from router.rollout import RolloutController, RolloutEvent, RolloutState
-from router.rollout_plan import RolloutPlan
-from runtimes.errors import InvalidArgument
+from switchyard.router.latency_window import LatencyWindow
+from switchyard.router.rollout import RolloutController, RolloutEvent, RolloutState
+from switchyard.router.rollout_plan import RolloutPlan
+from switchyard.runtimes.errors import InvalidArgument
 
 
 class FakeClock:

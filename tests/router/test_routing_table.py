@@ -7,14 +7,14 @@ from typing import Any
 
 import pytest
 
-from router.audit import describe_changes
-from router.config import build_routing_table, table_to_config
-from router.decision import Choice, RouteReason, RouteRequest
-from router.endpoint import EndpointSpec
-from router.errors import RoutingConfigError
-from router.router import Router
-from router.table import RoutingTable
-from runtimes.errors import InvalidArgument, NotFound
+from switchyard.router.audit import describe_changes
+from switchyard.router.config import build_routing_table, table_to_config
+from switchyard.router.decision import Choice, RouteReason, RouteRequest
+from switchyard.router.endpoint import EndpointSpec
+from switchyard.router.errors import RoutingConfigError
+from switchyard.router.router import Router
+from switchyard.router.table import RoutingTable
+from switchyard.runtimes.errors import InvalidArgument, NotFound
 
 FULL: list[dict[str, Any]] = [
     {

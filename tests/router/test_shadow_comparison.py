@@ -7,7 +7,12 @@ import math
 import numpy as np
 import pytest
 
-from router.comparison import argmax_agreement, compare_outputs, max_abs_diff, top_k_overlap
+from switchyard.router.comparison import (
+    argmax_agreement,
+    compare_outputs,
+    max_abs_diff,
+    top_k_overlap,
+)
 
 
 def test_max_abs_diff() -> None:

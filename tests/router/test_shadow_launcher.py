@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import asyncio
 
-from router.shadow_gate import Admission, ShadowGate
-from router.shadow_launcher import ShadowLauncher
+from switchyard.router.shadow_gate import Admission, ShadowGate
+from switchyard.router.shadow_launcher import ShadowLauncher
 
 
 async def failing() -> None:

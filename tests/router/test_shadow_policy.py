@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import random
 
-from router.config import build_routing_table
-from router.decision import RouteRequest
-from router.router import Router
-from router.shadow_gate import Admission, ShadowGate
+from switchyard.router.config import build_routing_table
+from switchyard.router.decision import RouteRequest
+from switchyard.router.router import Router
+from switchyard.router.shadow_gate import Admission, ShadowGate
 
 KEYS = [f"user-{i}" for i in range(100_000)]
 

@@ -14,14 +14,14 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from runtimes.base import ModelSignature, Runtime
-from runtimes.batcher import (
+from switchyard.runtimes.base import ModelSignature, Runtime
+from switchyard.runtimes.batcher import (
     BatchExecutionError,
     BatchingOptions,
     BatchObserver,
     DynamicBatcher,
 )
-from runtimes.errors import (
+from switchyard.runtimes.errors import (
     DeadlineExceeded,
     InvalidArgument,
     ResourceExhausted,
@@ -535,7 +535,7 @@ def test_the_scheduler_is_restarted_after_a_crash(caplog: pytest.LogCaptureFixtu
         await batcher.close()
         assert_no_other_tasks()
 
-    with caplog.at_level(logging.ERROR, logger="runtimes.batcher"):
+    with caplog.at_level(logging.ERROR, logger="switchyard.runtimes.batcher"):
         run(scenario)
     assert "batch scheduler crashed; restarting it" in caplog.text
 

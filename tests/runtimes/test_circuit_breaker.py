@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from runtimes.circuit_breaker import CircuitBreaker, CircuitState
+from switchyard.runtimes.circuit_breaker import CircuitBreaker, CircuitState
 
 
 class Clock:

@@ -7,9 +7,9 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
-from runtimes.base import TensorSpec
-from runtimes.errors import ModelLoadError
-from runtimes.ort_runtime import OnnxRuntimeModel, OrtOptions, resolve_providers
+from switchyard.runtimes.base import TensorSpec
+from switchyard.runtimes.errors import ModelLoadError
+from switchyard.runtimes.ort_runtime import OnnxRuntimeModel, OrtOptions, resolve_providers
 
 
 def test_signature_of_the_demo_model(demo_model_path: Path) -> None:

@@ -10,11 +10,11 @@ import grpc
 import numpy as np
 import pytest
 
-from protos import open_inference_pb2 as pb
-from protos import open_inference_pb2_grpc as pb_grpc
-from runtimes.circuit_breaker import CircuitState
-from runtimes.errors import DeadlineExceeded, InvalidArgument, Unavailable
-from runtimes.triton_runtime import TritonModel, TritonOptions
+from switchyard.protos import open_inference_pb2 as pb
+from switchyard.protos import open_inference_pb2_grpc as pb_grpc
+from switchyard.runtimes.circuit_breaker import CircuitState
+from switchyard.runtimes.errors import DeadlineExceeded, InvalidArgument, Unavailable
+from switchyard.runtimes.triton_runtime import TritonModel, TritonOptions
 
 
 class ScriptedTriton(pb_grpc.GRPCInferenceServiceServicer):

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import tritonclient.http as triton_http
 
-from tests.support import demo_model_config, metric_sum, scrape_metrics, start_gateway
+from loadtests.gateway_process import demo_model_config, metric_sum, scrape_metrics, start_gateway
 
 
 def test_autoscaled_models_export_replicas_needed(demo_model_path: Path, tmp_path: Path) -> None:

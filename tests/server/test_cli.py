@@ -12,12 +12,12 @@ from pathlib import Path
 
 import yaml
 
-from tests.support import REPO_ROOT, demo_model_config, free_port, start_gateway
+from loadtests.gateway_process import REPO_ROOT, demo_model_config, free_port, start_gateway
 
 
 def run_cli(*args: str, timeout_s: float = 60) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "server.cli", *args],
+        [sys.executable, "-m", "switchyard.server.cli", *args],
         cwd=REPO_ROOT,
         capture_output=True,
         text=True,
@@ -72,7 +72,7 @@ def test_serve_with_no_arguments_answers_ready(tmp_path: Path) -> None:
     ports = {name: str(free_port()) for name in ("HTTP_PORT", "GRPC_PORT", "METRICS_PORT")}
     env = {f"SWITCHYARD_{name}": value for name, value in ports.items()}
     process = subprocess.Popen(
-        [sys.executable, "-m", "server.cli", "serve"],
+        [sys.executable, "-m", "switchyard.server.cli", "serve"],
         cwd=REPO_ROOT,
         env={**__import__("os").environ, **env},
         stdout=subprocess.DEVNULL,

@@ -4,7 +4,8 @@ from pathlib import Path
 
 import pytest
 
-from server.config import DEFAULT_CONFIG_PATH, ConfigError, load_config, parse_config
+from switchyard.demo.paths import artifacts_dir
+from switchyard.server.config import DEFAULT_CONFIG_PATH, ConfigError, load_config, parse_config
 
 
 def minimal(**overrides) -> dict:
@@ -22,7 +23,7 @@ def test_embedded_default_config_is_valid() -> None:
         8001,
         8002,
     )
-    assert config.models[0].versions[0].path == DEFAULT_CONFIG_PATH.parent / "artifacts/ranker.onnx"
+    assert config.models[0].versions[0].path == artifacts_dir() / "ranker.onnx"
 
 
 def test_relative_paths_resolve_against_the_config_folder(tmp_path: Path) -> None:

@@ -10,8 +10,8 @@ import tritonclient.grpc as triton_grpc
 from tritonclient.grpc import service_pb2, service_pb2_grpc
 from tritonclient.utils import InferenceServerException
 
+from loadtests.gateway_process import Gateway
 from tests.conftest import TEST_MAX_REQUEST_SIZE_BYTES
-from tests.support import Gateway
 
 
 @pytest.fixture

@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-import copy
 import http.client
 import json
-import subprocess
-import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -20,56 +17,12 @@ import pytest
 import redis
 import yaml
 
-from protos import recommend_pb2 as pb
-from protos import recommend_pb2_grpc as pb_grpc
-from server.config import DEFAULT_CONFIG_PATH
+from loadtests.gateway_process import Gateway, start_gateway
+from loadtests.recommend_setup import SHARED_REDIS_URL, demo_features, gateway_config, load_features
+from switchyard.demo.paths import DEMO_CONFIG_PATH
+from switchyard.protos import recommend_pb2 as pb
+from switchyard.protos import recommend_pb2_grpc as pb_grpc
 from tests.features.support import RedisServer
-from tests.support import REPO_ROOT, Gateway, start_gateway
-
-SHARED_REDIS_URL = "redis://127.0.0.1:6379/0"
-ARTIFACTS = DEFAULT_CONFIG_PATH.parent / "artifacts"
-
-
-def demo_features(prefix: str, store: dict[str, Any]) -> dict[str, Any]:
-    """The demo's feature definitions, under key names of this test's own, in Redis."""
-    features = copy.deepcopy(yaml.safe_load(DEFAULT_CONFIG_PATH.read_text())["features"])
-    for entity in features["entities"].values():
-        entity["key"] = prefix + entity["key"]
-    features["store"] = store
-    return features
-
-
-def gateway_config(model_path: Path, features: dict[str, Any]) -> dict[str, Any]:
-    demo = yaml.safe_load(DEFAULT_CONFIG_PATH.read_text())
-    return {
-        "models": [{"name": "ranker", "versions": [{"version": "1", "path": str(model_path)}]}],
-        "endpoints": demo["endpoints"],
-        "features": features,
-        "recommend": {"max_candidates": 50},
-    }
-
-
-def load_features(config_path: Path) -> None:
-    for entity, file in (("user", "users.csv"), ("item", "items.csv")):
-        result = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "server.cli",
-                "features",
-                "load",
-                str(ARTIFACTS / file),
-                "--entity",
-                entity,
-                "--config",
-                str(config_path),
-            ],
-            cwd=REPO_ROOT,
-            capture_output=True,
-            text=True,
-            timeout=120,
-        )
-        assert result.returncode == 0, result.stderr
 
 
 @pytest.fixture(scope="module")
@@ -99,7 +52,7 @@ def expected_scores(
     redis_url: str = SHARED_REDIS_URL,
 ) -> np.ndarray:
     """ONNX Runtime run directly on the features read back from Redis (defaults if absent)."""
-    features = yaml.safe_load(DEFAULT_CONFIG_PATH.read_text())["features"]
+    features = yaml.safe_load(DEMO_CONFIG_PATH.read_text())["features"]
     client = redis.Redis.from_url(redis_url, decode_responses=True)
 
     def values(entity: str, entity_id: str) -> list[float]:

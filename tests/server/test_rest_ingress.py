@@ -12,8 +12,8 @@ import pytest
 import tritonclient.http as triton_http
 from tritonclient.utils import InferenceServerException
 
+from loadtests.gateway_process import Gateway
 from tests.conftest import TEST_MAX_REQUEST_SIZE_BYTES
-from tests.support import Gateway
 
 
 @pytest.fixture

@@ -19,9 +19,9 @@ import tritonclient.grpc as triton_grpc
 import yaml
 from tritonclient.grpc import service_pb2, service_pb2_grpc
 
-from demo.build_model import build
+from loadtests.gateway_process import Gateway, metric_sum, scrape_metrics, start_gateway
+from switchyard.demo.build_model import build
 from tests.slow_model import build_slow_model
-from tests.support import Gateway, metric_sum, scrape_metrics, start_gateway
 
 ADMIN_TOKEN = "test-admin-token-0123456789"
 ROW = [0.5] * 16

@@ -6,10 +6,10 @@ from hypothesis import given
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from runtimes.datatypes import OIP_TO_NUMPY, oip_datatype
-from runtimes.errors import InvalidArgument
-from runtimes.tensor_codec import decode_raw, encode_raw
-from server.tensors import checked_element_count, decode_values
+from switchyard.runtimes.datatypes import OIP_TO_NUMPY, oip_datatype
+from switchyard.runtimes.errors import InvalidArgument
+from switchyard.runtimes.tensor_codec import decode_raw, encode_raw
+from switchyard.server.tensors import checked_element_count, decode_values
 
 FIXED_SIZE = [name for name in OIP_TO_NUMPY if name != "BYTES"]
 

@@ -15,7 +15,7 @@ import pytest
 import tritonclient.grpc as triton_grpc
 import tritonclient.http as triton_http
 
-from tests.triton.fixture import TritonProcess, start_triton
+from loadtests.triton_process import TritonProcess, start_triton
 
 MODEL = "ranker"
 

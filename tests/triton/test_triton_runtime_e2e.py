@@ -12,8 +12,8 @@ import pytest
 import tritonclient.grpc as triton_grpc
 from tritonclient.utils import InferenceServerException
 
-from tests.support import Gateway, metric_sum, scrape_metrics, start_gateway
-from tests.triton.fixture import TritonProcess, start_triton
+from loadtests.gateway_process import Gateway, metric_sum, scrape_metrics, start_gateway
+from loadtests.triton_process import TritonProcess, start_triton
 
 
 @pytest.fixture(scope="module")

@@ -1,4 +1,4 @@
-"""Helpers for tests that run the real gateway in a subprocess on free ports."""
+"""Run the real gateway in a subprocess on free ports (for tests and benchmarks)."""
 
 from __future__ import annotations
 
@@ -61,7 +61,7 @@ def start_gateway(config: dict[str, Any], workdir: Path, ready_timeout_s: float 
     config_path.write_text(yaml.safe_dump(config))
     log_path = workdir / "gateway.log"
     process = subprocess.Popen(
-        [sys.executable, "-m", "server.cli", "serve", "--config", str(config_path)],
+        [sys.executable, "-m", "switchyard.server.cli", "serve", "--config", str(config_path)],
         cwd=REPO_ROOT,
         stdout=log_path.open("w"),
         stderr=subprocess.STDOUT,

@@ -24,7 +24,7 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tests.support import REPO_ROOT, free_port
+from loadtests.gateway_process import REPO_ROOT, free_port
 
 ENV_SCRIPT = REPO_ROOT / "scripts" / "triton_env.sh"
 SERVER_SCRIPT = Path(__file__).resolve().parent / "pytriton_server.py"

@@ -2,7 +2,8 @@
 
 Runs in .venv-triton (see scripts/triton_env.sh), never in the main venv: PyTriton needs numpy<2.
 
-  .venv-triton/bin/python tests/triton/pytriton_server.py --model-path demo/artifacts/ranker.onnx \
+  .venv-triton/bin/python loadtests/pytriton_server.py \
+      --model-path ~/.cache/switchyard/demo/ranker.onnx \
       --http-port 8000 --grpc-port 8001 --metrics-port 8002 [--model-name ranker]
 
 PyTriton starts the `tritonserver` binary from its wheel with a Python-backend proxy model that
