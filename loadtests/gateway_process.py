@@ -53,16 +53,27 @@ class Gateway:
             raise
 
 
-def start_gateway(config: dict[str, Any], workdir: Path, ready_timeout_s: float = 60.0) -> Gateway:
-    """Write `config` with free ports, run `switchyard serve --config`, wait until ready."""
+def start_gateway(
+    config: dict[str, Any],
+    workdir: Path,
+    ready_timeout_s: float = 60.0,
+    *,
+    command: list[str] | None = None,
+    cwd: Path = REPO_ROOT,
+) -> Gateway:
+    """Write `config` with free ports, run `switchyard serve --config`, wait until ready.
+
+    `command` replaces how `switchyard` is invoked (default: this interpreter running the
+    CLI module), `cwd` the folder it runs in."""
     ports = {"http_port": free_port(), "grpc_port": free_port(), "metrics_port": free_port()}
     config = {**config, "server": {**config.get("server", {}), "host": "127.0.0.1", **ports}}
     config_path = workdir / "switchyard.yaml"
     config_path.write_text(yaml.safe_dump(config))
     log_path = workdir / "gateway.log"
+    switchyard = command or [sys.executable, "-m", "switchyard.server.cli"]
     process = subprocess.Popen(
-        [sys.executable, "-m", "switchyard.server.cli", "serve", "--config", str(config_path)],
-        cwd=REPO_ROOT,
+        [*switchyard, "serve", "--config", str(config_path)],
+        cwd=cwd,
         stdout=log_path.open("w"),
         stderr=subprocess.STDOUT,
         env={**os.environ, "PYTHONUNBUFFERED": "1"},

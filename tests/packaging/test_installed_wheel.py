@@ -1,0 +1,175 @@
+"""The wheel as users get it: only `switchyard/` inside, and it serves from any folder.
+
+The wheel is installed without its dependencies into a fresh virtual environment that borrows
+them from the test venv's site-packages through a .pth line. Paths named in a .pth file are not
+scanned for .pth files of their own, so the test venv's editable-install finder (which maps
+`switchyard` to this checkout) stays out: the fresh venv imports the installed copy only.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import sysconfig
+import time
+import urllib.request
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+import tritonclient.grpc as grpcclient
+
+from loadtests.gateway_process import REPO_ROOT, demo_model_config, free_port, start_gateway
+
+# Files a user's project may well have, named like our subpackages; importing any fails.
+SHADOWING_FILES = ("server.py", "router.py", "runtimes.py", "demo.py", "protos/__init__.py")
+PIP = (sys.executable, "-m", "pip")
+
+
+@pytest.fixture(scope="module")
+def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("wheel")
+    subprocess.run(
+        [*PIP, "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(out), str(REPO_ROOT)],
+        check=True,
+        timeout=300,
+    )
+    (path,) = out.glob("switchyard-*.whl")
+    return path
+
+
+@pytest.fixture(scope="module")
+def installed_venv(wheel: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A fresh venv holding the wheel; its dependencies come from the test venv."""
+    venv = tmp_path_factory.mktemp("venv")
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
+    python = venv / "bin" / "python"
+    site_packages = Path(
+        subprocess.run(
+            [str(python), "-c", "import sysconfig; print(sysconfig.get_path('purelib'))"],
+            check=True,
+            capture_output=True,
+            text=True,
+        ).stdout.strip()
+    )
+    (site_packages / "test-venv-deps.pth").write_text(sysconfig.get_path("purelib") + "\n")
+    subprocess.run(
+        [*PIP, "--python", str(python), "install", "--no-deps", "-q", str(wheel)],
+        check=True,
+        timeout=300,
+    )
+    return venv
+
+
+@pytest.fixture
+def shadowing_folder(tmp_path: Path) -> Path:
+    """A working folder whose own modules are named like ours and fail when imported."""
+    for name in SHADOWING_FILES:
+        path = tmp_path / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(f"raise ImportError('the user project\\'s own {name} was imported')\n")
+    return tmp_path
+
+
+def test_the_wheel_holds_only_the_switchyard_package(wheel: Path) -> None:
+    names = zipfile.ZipFile(wheel).namelist()
+    top_levels = {name.split("/", 1)[0] for name in names}
+    assert {t for t in top_levels if not t.endswith(".dist-info")} == {"switchyard"}
+    for subpackage in ("server", "router", "runtimes", "protos", "demo"):
+        assert f"switchyard/{subpackage}/__init__.py" in names
+    assert "switchyard/protos/open_inference.proto" in names
+    assert "switchyard/demo/config.yaml" in names
+    assert not [n for n in names if n.startswith(("switchyard/loadtests", "switchyard/tests"))]
+    # Nothing the demo build writes is shipped, nor bytecode.
+    assert not [
+        n for n in names if n.startswith("switchyard/demo/") and n.endswith((".onnx", ".csv"))
+    ]
+    assert not [n for n in names if n.endswith(".pyc")]
+
+
+def test_installed_gateway_serves_from_a_folder_with_its_own_server_module(
+    installed_venv: Path,
+    shadowing_folder: Path,
+    demo_model_path: Path,
+    direct_session: ort.InferenceSession,
+) -> None:
+    gateway = start_gateway(
+        demo_model_config(demo_model_path),
+        shadowing_folder,
+        command=[str(installed_venv / "bin" / "switchyard")],
+        cwd=shadowing_folder,
+    )
+    try:
+        rows = np.random.default_rng(3).normal(size=(3, 16)).astype(np.float32)
+        client = grpcclient.InferenceServerClient(gateway.grpc_url)
+        tensor = grpcclient.InferInput("features", list(rows.shape), "FP32")
+        tensor.set_data_from_numpy(rows)
+        served = client.infer("ranker", [tensor]).as_numpy("score")
+        (expected,) = direct_session.run(["score"], {"features": rows})
+        np.testing.assert_allclose(served, expected, rtol=1e-6)
+        metadata = client.get_server_metadata()
+        assert metadata.name == "switchyard"
+    finally:
+        assert gateway.stop() == 0, gateway.log()
+
+
+def test_installed_modules_come_from_the_installed_copy(
+    installed_venv: Path, shadowing_folder: Path
+) -> None:
+    # Run from the shadowing folder, where `import server` would find the user's file.
+    script = (
+        "import switchyard.server.cli, switchyard.protos.open_inference_pb2 as pb; "
+        "print(switchyard.server.cli.__file__); print(pb.ModelInferRequest.__module__)"
+    )
+    result = subprocess.run(
+        [str(installed_venv / "bin" / "python"), "-c", script],
+        cwd=shadowing_folder,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    module_file, message_module = result.stdout.split()
+    assert Path(module_file).is_relative_to(installed_venv)
+    assert message_module == "switchyard.protos.open_inference_pb2"
+
+
+def test_embedded_default_builds_the_demo_into_the_cache_folder_and_serves(
+    installed_venv: Path, tmp_path: Path
+) -> None:
+    demo_dir = tmp_path / "demo-cache"
+    ports = {name: free_port() for name in ("HTTP_PORT", "GRPC_PORT", "METRICS_PORT")}
+    env = {**os.environ, "SWITCHYARD_DEMO_DIR": str(demo_dir), "SWITCHYARD_HOST": "127.0.0.1"}
+    env.update({f"SWITCHYARD_{name}": str(port) for name, port in ports.items()})
+    log_path = tmp_path / "serve.log"
+    process = subprocess.Popen(
+        [str(installed_venv / "bin" / "switchyard"), "serve"],
+        cwd=tmp_path,
+        env=env,
+        stdout=log_path.open("w"),
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        url = f"http://127.0.0.1:{ports['HTTP_PORT']}/v2/models/ranker/ready"
+        deadline = time.monotonic() + 120
+        while not _answers_200(url):
+            assert process.poll() is None, log_path.read_text()
+            assert time.monotonic() < deadline, log_path.read_text()
+            time.sleep(0.2)
+    finally:
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(30) == 0, log_path.read_text()
+    assert {p.name for p in demo_dir.iterdir()} >= {"ranker.onnx", "users.csv", "items.csv"}
+    (demo_package,) = installed_venv.glob("lib/python*/site-packages/switchyard/demo")
+    assert not [p for p in demo_package.rglob("*") if p.suffix in (".onnx", ".csv")]
+
+
+def _answers_200(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=1) as response:
+            return response.status == 200
+    except OSError:
+        return False
