@@ -1,18 +1,10 @@
-"""The wheel as users get it: only `switchyard/` inside, and it serves from any folder.
-
-The wheel is installed without its dependencies into a fresh virtual environment that borrows
-them from the test venv's site-packages through a .pth line. Paths named in a .pth file are not
-scanned for .pth files of their own, so the test venv's editable-install finder (which maps
-`switchyard` to this checkout) stays out: the fresh venv imports the installed copy only.
-"""
+"""The wheel as users get it: only `switchyard/` inside, and it serves from any folder."""
 
 from __future__ import annotations
 
 import os
 import signal
 import subprocess
-import sys
-import sysconfig
 import time
 import urllib.request
 import zipfile
@@ -23,56 +15,23 @@ import onnxruntime as ort
 import pytest
 import tritonclient.grpc as grpcclient
 
-from loadtests.gateway_process import REPO_ROOT, demo_model_config, free_port, start_gateway
-
-# Files a user's project may well have, named like our subpackages; importing any fails.
-SHADOWING_FILES = ("server.py", "router.py", "runtimes.py", "demo.py", "protos/__init__.py")
-PIP = (sys.executable, "-m", "pip")
+from loadtests.gateway_process import demo_model_config, free_port, start_gateway
+from tests.packaging.install import build_wheel, install_into_fresh_venv, make_shadowing_folder
 
 
 @pytest.fixture(scope="module")
 def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("wheel")
-    subprocess.run(
-        [*PIP, "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(out), str(REPO_ROOT)],
-        check=True,
-        timeout=300,
-    )
-    (path,) = out.glob("switchyard-*.whl")
-    return path
+    return build_wheel(tmp_path_factory.mktemp("wheel"))
 
 
 @pytest.fixture(scope="module")
 def installed_venv(wheel: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A fresh venv holding the wheel; its dependencies come from the test venv."""
-    venv = tmp_path_factory.mktemp("venv")
-    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
-    python = venv / "bin" / "python"
-    site_packages = Path(
-        subprocess.run(
-            [str(python), "-c", "import sysconfig; print(sysconfig.get_path('purelib'))"],
-            check=True,
-            capture_output=True,
-            text=True,
-        ).stdout.strip()
-    )
-    (site_packages / "test-venv-deps.pth").write_text(sysconfig.get_path("purelib") + "\n")
-    subprocess.run(
-        [*PIP, "--python", str(python), "install", "--no-deps", "-q", str(wheel)],
-        check=True,
-        timeout=300,
-    )
-    return venv
+    return install_into_fresh_venv(wheel, tmp_path_factory.mktemp("venv"))
 
 
 @pytest.fixture
 def shadowing_folder(tmp_path: Path) -> Path:
-    """A working folder whose own modules are named like ours and fail when imported."""
-    for name in SHADOWING_FILES:
-        path = tmp_path / name
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(f"raise ImportError('the user project\\'s own {name} was imported')\n")
-    return tmp_path
+    return make_shadowing_folder(tmp_path)
 
 
 def test_the_wheel_holds_only_the_switchyard_package(wheel: Path) -> None:

@@ -1,4 +1,6 @@
-"""`switchyard serve --engine ray` as a user runs it: serves, and stops cleanly on SIGTERM."""
+"""`switchyard serve --engine ray` as a user runs it: serves, and stops cleanly on SIGTERM;
+from this checkout, and installed from the wheel into a fresh venv, run from a folder whose own
+server.py, router.py and protos/ would shadow ours (Ray's workers must import our names)."""
 
 from __future__ import annotations
 
@@ -17,6 +19,7 @@ import tritonclient.grpc as triton_grpc
 import yaml
 
 from loadtests.gateway_process import REPO_ROOT, demo_model_config, free_port
+from tests.packaging.install import build_wheel, install_into_fresh_venv, make_shadowing_folder
 
 pytest.importorskip("ray.serve")
 
@@ -38,29 +41,31 @@ def wait_ready(process: subprocess.Popen, http_port: int, log: Path) -> None:
     raise AssertionError(f"not ready in {READY_TIMEOUT_S} s:\n{log.read_text()}")
 
 
+@pytest.fixture(params=["checkout", "installed-wheel"])
+def switchyard_command(request: pytest.FixtureRequest, tmp_path: Path) -> tuple[list[str], Path]:
+    """How `switchyard` is run, and the folder it runs in."""
+    if request.param == "checkout":
+        return [sys.executable, "-m", "switchyard.server.cli"], REPO_ROOT
+    venv = install_into_fresh_venv(build_wheel(tmp_path / "wheel"), tmp_path / "venv")
+    return [str(venv / "bin" / "switchyard")], make_shadowing_folder(tmp_path / "project")
+
+
 def test_serve_engine_ray_serves_and_stops_on_sigterm(
+    switchyard_command: tuple[list[str], Path],
     demo_model_path: Path,
     direct_session: ort.InferenceSession,
     features: np.ndarray,
     tmp_path: Path,
 ) -> None:
+    command, cwd = switchyard_command
     http_port, grpc_port = free_port(), free_port()
     server = {"host": "127.0.0.1", "http_port": http_port, "grpc_port": grpc_port}
     config_path = tmp_path / "switchyard.yaml"
     config_path.write_text(yaml.safe_dump(demo_model_config(demo_model_path, **server)))
     log = tmp_path / "serve.log"
     process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "switchyard.server.cli",
-            "serve",
-            "--engine",
-            "ray",
-            "--config",
-            config_path,
-        ],
-        cwd=REPO_ROOT,
+        [*command, "serve", "--engine", "ray", "--config", str(config_path)],
+        cwd=cwd,
         stdout=log.open("w"),
         stderr=subprocess.STDOUT,
         env={**os.environ, "PYTHONUNBUFFERED": "1"},
