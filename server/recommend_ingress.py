@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import Any
 
 import grpc
@@ -19,7 +20,12 @@ REST_PATH = "/v1/recommend"
 
 
 class RecommendServicer(pb_grpc.RecommenderServicer):
-    def __init__(self, recommender: Recommender, metrics: ServerMetrics, model_label) -> None:
+    def __init__(
+        self,
+        recommender: Recommender,
+        metrics: ServerMetrics,
+        model_label: Callable[[str], str],
+    ) -> None:
         self._recommender = recommender
         self._metrics = metrics
         self._model_label = model_label

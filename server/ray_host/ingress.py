@@ -11,7 +11,8 @@ REST: Serve's HTTP proxy hands ASGI requests to the app `__serve_build_asgi_app_
 the standalone RestApp, admin API and Recommend included.
 
 Models: a ModelRepository whose versions forward to their variant deployments
-(remote_models.py), so that DataPlane and RoutingService run unchanged.
+(remote_models.py), so that the data plane, routing service and inference entry point run
+unchanged: endpoints answer ModelReady, ModelMetadata and ModelConfig as they do standalone.
 """
 
 from __future__ import annotations
