@@ -11,8 +11,8 @@ import asyncio
 import functools
 import logging
 import time
-from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, NoReturn, Protocol, TypeVar
 
 import grpc
 
@@ -47,6 +47,18 @@ CONTENTS_FIELD = {
 }
 
 
+class CallContext(Protocol):
+    """What the servicers use of grpc.aio's ServicerContext (the Ray host passes its own)."""
+
+    def invocation_metadata(self) -> Sequence[tuple[str, str | bytes]] | None: ...
+
+    def time_remaining(self) -> float | None: ...
+
+    def set_trailing_metadata(self, metadata: Sequence[tuple[str, str]]) -> None: ...
+
+    async def abort(self, code: grpc.StatusCode, details: str = "") -> NoReturn: ...
+
+
 Handler = TypeVar("Handler", bound=Callable[..., Awaitable[Any]])
 
 
@@ -54,7 +66,7 @@ def maps_errors(handler: Handler) -> Handler:
     """Turn exceptions into gRPC statuses; cancellation (client gone) passes through."""
 
     @functools.wraps(handler)
-    async def wrapper(self: Any, request: Any, context: grpc.aio.ServicerContext):
+    async def wrapper(self: Any, request: Any, context: CallContext) -> Any:
         try:
             return await handler(self, request, context)
         except asyncio.CancelledError:
@@ -151,27 +163,37 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         self._metrics = metrics
 
     @maps_errors
-    async def ServerLive(self, request, context) -> pb.ServerLiveResponse:
+    async def ServerLive(
+        self, request: pb.ServerLiveRequest, context: CallContext
+    ) -> pb.ServerLiveResponse:
         return pb.ServerLiveResponse(live=self._inference.live())
 
     @maps_errors
-    async def ServerReady(self, request, context) -> pb.ServerReadyResponse:
+    async def ServerReady(
+        self, request: pb.ServerReadyRequest, context: CallContext
+    ) -> pb.ServerReadyResponse:
         return pb.ServerReadyResponse(ready=self._inference.ready())
 
     @maps_errors
-    async def ModelReady(self, request, context) -> pb.ModelReadyResponse:
+    async def ModelReady(
+        self, request: pb.ModelReadyRequest, context: CallContext
+    ) -> pb.ModelReadyResponse:
         ready = await self._inference.model_ready(request.name, request.version)
         return pb.ModelReadyResponse(ready=ready)
 
     @maps_errors
-    async def ServerMetadata(self, request, context) -> pb.ServerMetadataResponse:
+    async def ServerMetadata(
+        self, request: pb.ServerMetadataRequest, context: CallContext
+    ) -> pb.ServerMetadataResponse:
         meta = self._inference.server_metadata()
         return pb.ServerMetadataResponse(
             name=meta.name, version=meta.version, extensions=meta.extensions
         )
 
     @maps_errors
-    async def ModelMetadata(self, request, context) -> pb.ModelMetadataResponse:
+    async def ModelMetadata(
+        self, request: pb.ModelMetadataRequest, context: CallContext
+    ) -> pb.ModelMetadataResponse:
         meta = self._inference.model_metadata(request.name, request.version)
         tensor = pb.ModelMetadataResponse.TensorMetadata
         return pb.ModelMetadataResponse(
@@ -183,7 +205,9 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         )
 
     @maps_errors
-    async def ModelConfig(self, request, context) -> pb.ModelConfigResponse:
+    async def ModelConfig(
+        self, request: pb.ModelConfigRequest, context: CallContext
+    ) -> pb.ModelConfigResponse:
         summary = self._inference.model_config(request.name, request.version)
         return pb.ModelConfigResponse(
             config=pb.ModelConfig(
@@ -195,7 +219,9 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         )
 
     @maps_errors
-    async def ModelInfer(self, request, context) -> pb.ModelInferResponse:
+    async def ModelInfer(
+        self, request: pb.ModelInferRequest, context: CallContext
+    ) -> pb.ModelInferResponse:
         with self._metrics.track(PROTOCOL, self._inference.model_label) as labels:
             labels.model = request.model_name
             infer_request = decode_infer_request(request, self._inference.max_request_size_bytes)

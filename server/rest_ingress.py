@@ -210,7 +210,7 @@ def _decompress(body: bytes, encoding: bytes, max_bytes: int) -> bytes:
     return data
 
 
-def _shape(tensor: dict, where: str) -> tuple[int, ...]:
+def _shape(tensor: dict[str, Any], where: str) -> tuple[int, ...]:
     shape = field(tensor, "shape", list, where)
     if not all(isinstance(dim, int) and not isinstance(dim, bool) for dim in shape):
         raise InvalidArgument(f"{where}: 'shape' must be a list of integers, got {shape}")
