@@ -14,7 +14,7 @@ from typing import Any
 
 from switchyard.router.config import table_to_config
 from switchyard.runtimes.errors import InvalidArgument, NotFound
-from switchyard.server.http_errors import HttpError
+from switchyard.server.error_status import HttpError, require_method
 from switchyard.server.json_body import parse_object
 from switchyard.server.routing import RoutingService
 
@@ -43,20 +43,20 @@ class AdminApi:
         """Serve /admin/v1/{parts...}; the returned document is the 200 response."""
         actor = headers.get(ACTOR_HEADER, b"admin").decode("latin-1")[:100]
         if parts == ["endpoints"]:
-            _require(method, "GET")
+            require_method(method, "GET")
             return {
                 "endpoints": table_to_config(self._routing.table),
                 "rollouts": self._routing.rollout_states(),
             }
         if len(parts) == 3 and parts[0] == "endpoints" and parts[2] == "weights":
-            _require(method, "PUT")
+            require_method(method, "PUT")
             weights = parse_object(body or b"{}").get("weights")
             if not isinstance(weights, dict):
                 raise InvalidArgument('body must be {"weights": {"<variant>": <number>, ...}}')
             changes = self._routing.set_weights(parts[1], weights, actor)
             return {"changes": changes}
         if len(parts) == 4 and parts[0] == "endpoints" and parts[2] == "rollout":
-            _require(method, "POST")
+            require_method(method, "POST")
             action = parts[3]
             if action not in ROLLOUT_ACTIONS:
                 raise NotFound(f"unknown rollout action '{action}' (actions: {ROLLOUT_ACTIONS})")
@@ -70,8 +70,3 @@ class AdminApi:
                 event = controller.promote(reason)
             return {"state": str(event.to_state), "canary_percent": event.to_percent}
         raise NotFound(f"no admin route /admin/v1/{'/'.join(parts)}")
-
-
-def _require(method: str, allowed: str) -> None:
-    if method != allowed:
-        raise HttpError(405, f"method {method} is not allowed here; use {allowed}")

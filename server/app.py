@@ -132,7 +132,7 @@ class StandaloneServer:
 
     async def stop(self) -> None:
         """Stop taking requests, let in-flight ones finish within the grace period, release."""
-        self.core.dataplane.set_ready(False)
+        self.core.inference.set_ready(False)
         if self._signal_task is not None:
             self._signal_task.cancel()
             await asyncio.gather(self._signal_task, return_exceptions=True)

@@ -1,7 +1,9 @@
-"""The transport-neutral data plane shared by the gRPC and REST ingresses.
+"""The direct path to model versions: their readiness and metadata, and inference checked
+against the version's signature and run through its batcher.
 
-It answers health and metadata, checks inference requests against the model's signature
-and runs them. Ingress adapters only decode, call this, encode and map errors.
+It knows model versions only, never endpoints: the inference entry point (inference.py)
+resolves names and calls it for models, and the routing service is given `infer_model` to
+run the variant it picked.
 """
 
 from __future__ import annotations
@@ -15,7 +17,6 @@ import numpy as np
 from switchyard.runtimes.base import ModelSignature, TensorSpec
 from switchyard.runtimes.errors import InvalidArgument
 from switchyard.server.repository import LoadedModel, ModelRepository
-from switchyard.server.routing import RoutingService
 from switchyard.server.types import (
     InferInput,
     InferOutput,
@@ -23,50 +24,34 @@ from switchyard.server.types import (
     InferResponse,
     ModelConfigSummary,
     ModelMetadata,
-    ServerMetadata,
     TensorMetadata,
 )
 
-SERVER_NAME = "switchyard"
-SERVER_VERSION = "0.1.0"
-# Protocol extensions implemented: Triton's binary tensor data over REST.
-SERVER_EXTENSIONS = ("binary_tensor_data",)
 # Triton's request parameter: a timeout for the request, in microseconds.
 TIMEOUT_PARAMETER_US = "timeout"
-UNKNOWN_MODEL_LABEL = "_unknown"  # metrics label for names we do not serve (bounded cardinality)
 
 
 class DataPlane:
     def __init__(self, repository: ModelRepository, max_request_size_bytes: int) -> None:
         self._repository = repository
         self.max_request_size_bytes = max_request_size_bytes
-        self._ready = False
-        # Set by the host once built (it calls back into infer_model for each variant).
-        self.routing: RoutingService | None = None
 
-    # Health ---------------------------------------------------------------------------
+    def has_model(self, name: str) -> bool:
+        return self._repository.has_model(name)
 
-    def live(self) -> bool:
-        return True
+    def model_names(self) -> list[str]:
+        return sorted({model.name for model in self._repository.models()})
 
-    def ready(self) -> bool:
-        return self._ready
-
-    def set_ready(self, ready: bool) -> None:
-        self._ready = ready
+    def check(self, name: str, version: str = "") -> None:
+        """NotFound unless the model (and version; empty: its default) is served."""
+        self._repository.get(name, version)
 
     async def model_ready(self, name: str, version: str = "") -> bool:
-        model = self._repository.get(name, version)  # NotFound for unknown names, versions
-        return self._ready and await model.runtime.ready()
-
-    # Metadata -------------------------------------------------------------------------
-
-    def server_metadata(self) -> ServerMetadata:
-        return ServerMetadata(SERVER_NAME, SERVER_VERSION, SERVER_EXTENSIONS)
+        """Whether the version's runtime answers; NotFound for unknown names, versions."""
+        return await self._repository.get(name, version).runtime.ready()
 
     def model_metadata(self, name: str, version: str = "") -> ModelMetadata:
-        model = self._repository.get(name, version)
-        sig = model.signature
+        sig = self._repository.get(name, version).signature
 
         def tensors(specs: Sequence[TensorSpec]) -> tuple[TensorMetadata, ...]:
             return tuple(TensorMetadata(s.name, s.datatype, s.shape) for s in specs)
@@ -88,28 +73,6 @@ class DataPlane:
             backend=platform.split(":", 1)[-1].removesuffix("_onnx"),
             max_batch_size=model.batcher.max_batch_size,
         )
-
-    def model_label(self, name: str) -> str:
-        """The model or endpoint name for metrics labels: only names we serve, to bound
-        cardinality."""
-        known = self._repository.has_model(name) or self._is_endpoint(name)
-        return name if known else UNKNOWN_MODEL_LABEL
-
-    def _is_endpoint(self, name: str) -> bool:
-        return self.routing is not None and self.routing.is_endpoint(name)
-
-    # Inference ------------------------------------------------------------------------
-
-    async def infer(self, request: InferRequest) -> InferResponse:
-        """Serve a request naming an endpoint (routed) or a model version (direct)."""
-        if self.routing is not None and self.routing.is_endpoint(request.model_name):
-            if request.model_version:
-                raise InvalidArgument(
-                    f"'{request.model_name}' is an endpoint: its router picks the version; "
-                    "name a model to ask for a version"
-                )
-            return await self.routing.infer(request)
-        return await self.infer_model(request)
 
     async def infer_model(self, request: InferRequest) -> InferResponse:
         """Run the model version the request names, without routing."""
@@ -201,7 +164,7 @@ def _check_tensor(spec: TensorSpec, tensor: InferInput) -> None:
         )
 
 
-def _output(model: LoadedModel, name: str, data) -> InferOutput:
+def _output(model: LoadedModel, name: str, data: np.ndarray) -> InferOutput:
     spec = model.signature.output(name)
     assert spec is not None
     return InferOutput(name=name, datatype=spec.datatype, shape=tuple(data.shape), data=data)

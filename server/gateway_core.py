@@ -1,6 +1,10 @@
 """Everything behind the ingresses, the same on every host (standalone and Ray Serve):
-models, data plane, router, features and Recommend, admin API and config reloads. A host
-adds its transports around it and starts and stops it."""
+models, data plane, router, the inference entry point, features and Recommend, admin API
+and config reloads. A host adds its transports around it and starts and stops it.
+
+Built bottom-up, each part given what it calls: the data plane (model versions), the
+routing service (given the data plane's direct path), the entry point over both, and the
+ingresses and Recommend over the entry point."""
 
 from __future__ import annotations
 
@@ -16,6 +20,7 @@ from switchyard.server.dataplane import DataPlane
 from switchyard.server.features.definitions import FeatureDefinitions
 from switchyard.server.features.factory import create_store
 from switchyard.server.grpc_ingress import InferenceServicer
+from switchyard.server.inference import InferenceService
 from switchyard.server.metrics import ServerMetrics
 from switchyard.server.recommend import Recommender
 from switchyard.server.recommend_ingress import RecommendServicer
@@ -37,19 +42,19 @@ class GatewayCore:
         self.config = config
         self.metrics = metrics
         self.repository = repository
-        self.dataplane = DataPlane(repository, config.server.max_request_size_bytes)
+        dataplane = DataPlane(repository, config.server.max_request_size_bytes)
         self.routing = RoutingService(
             routing_table(config),
-            self.dataplane.infer_model,
+            dataplane.infer_model,
             config.routing,
             metrics.routing,
             AuditLog(config.admin.audit_log_path),
         )
-        self.dataplane.routing = self.routing
+        self.inference = InferenceService(dataplane, self.routing)
         definitions = FeatureDefinitions.from_config(config.features)
         self.feature_store = create_store(config.features, definitions)
         self.recommender = Recommender(
-            self.dataplane, definitions, self.feature_store, config.recommend
+            self.inference, definitions, self.feature_store, config.recommend
         )
         self._reloader = (
             ConfigReloader(config_path, config, self.routing, config.routing.config_reload_s)
@@ -60,13 +65,13 @@ class GatewayCore:
 
     def rest_app(self) -> RestApp:
         admin = AdminApi(self.routing, self.config.admin.token)
-        return RestApp(self.dataplane, self.metrics, admin, self.recommender)
+        return RestApp(self.inference, self.metrics, admin, self.recommender)
 
     def oip_servicer(self) -> InferenceServicer:
-        return InferenceServicer(self.dataplane, self.metrics)
+        return InferenceServicer(self.inference, self.metrics)
 
     def recommend_servicer(self) -> RecommendServicer:
-        return RecommendServicer(self.recommender, self.metrics, self.dataplane.model_label)
+        return RecommendServicer(self.recommender, self.metrics, self.inference.model_label)
 
     async def start(self) -> None:
         """Load every model version and start the background work; then ready."""
@@ -75,11 +80,11 @@ class GatewayCore:
         await self.routing.start()
         if self._reloader is not None:
             self._reload_task = asyncio.create_task(self._reloader.run_forever(), name="reload")
-        self.dataplane.set_ready(True)
+        self.inference.set_ready(True)
 
     async def stop(self) -> None:
         """Not ready any more; finish what the batchers hold, then release everything."""
-        self.dataplane.set_ready(False)
+        self.inference.set_ready(False)
         if self._reload_task is not None:
             self._reload_task.cancel()
             await asyncio.gather(self._reload_task, return_exceptions=True)

@@ -1,7 +1,8 @@
-"""Open Inference Protocol v2 over gRPC (grpc.aio): decode, call the data plane, encode.
+"""Open Inference Protocol v2 over gRPC (grpc.aio): decode, call the inference entry
+point, encode.
 
-Errors reach the client through one table (ERROR_STATUS); anything unexpected is logged
-with its traceback and reaches the client as a generic INTERNAL message.
+Errors reach the client through the table every ingress shares (error_status.py); anything
+unexpected is logged with its traceback and reaches the client as a generic INTERNAL message.
 """
 
 from __future__ import annotations
@@ -10,24 +11,17 @@ import asyncio
 import functools
 import logging
 import time
-from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, NoReturn, Protocol, TypeVar
 
 import grpc
 
 from switchyard.protos import open_inference_pb2 as pb
 from switchyard.protos import open_inference_pb2_grpc as pb_grpc
-from switchyard.runtimes.errors import (
-    DeadlineExceeded,
-    InvalidArgument,
-    NotFound,
-    PayloadTooLarge,
-    ResourceExhausted,
-    SwitchyardError,
-    Unavailable,
-)
+from switchyard.runtimes.errors import InvalidArgument
 from switchyard.runtimes.tensor_codec import decode_raw, encode_raw
-from switchyard.server.dataplane import DataPlane
+from switchyard.server.error_status import grpc_status
+from switchyard.server.inference import InferenceService
 from switchyard.server.metrics import ServerMetrics
 from switchyard.server.routing import VARIANT_HEADER, VARIANT_PARAMETER
 from switchyard.server.tensors import checked_element_count, decode_values
@@ -35,16 +29,6 @@ from switchyard.server.types import InferInput, InferRequest, InferResponse, Par
 
 log = logging.getLogger(__name__)
 PROTOCOL = "grpc"
-
-ERROR_STATUS: dict[type[SwitchyardError], grpc.StatusCode] = {
-    InvalidArgument: grpc.StatusCode.INVALID_ARGUMENT,
-    NotFound: grpc.StatusCode.NOT_FOUND,
-    PayloadTooLarge: grpc.StatusCode.RESOURCE_EXHAUSTED,
-    ResourceExhausted: grpc.StatusCode.RESOURCE_EXHAUSTED,
-    Unavailable: grpc.StatusCode.UNAVAILABLE,
-    DeadlineExceeded: grpc.StatusCode.DEADLINE_EXCEEDED,
-}
-INTERNAL_ERROR_MESSAGE = "internal server error; the server log has the details"
 
 # Which InferTensorContents field carries each datatype; FP16 and BF16 travel raw only.
 CONTENTS_FIELD = {
@@ -63,14 +47,16 @@ CONTENTS_FIELD = {
 }
 
 
-def grpc_status(error: Exception) -> tuple[grpc.StatusCode, str]:
-    """The status and message a client sees for an error."""
-    for error_type in type(error).__mro__:
-        if error_type in ERROR_STATUS:
-            return ERROR_STATUS[error_type], str(error)
-    if isinstance(error, SwitchyardError):
-        return grpc.StatusCode.INTERNAL, str(error)
-    return grpc.StatusCode.INTERNAL, INTERNAL_ERROR_MESSAGE
+class CallContext(Protocol):
+    """What the servicers use of grpc.aio's ServicerContext (the Ray host passes its own)."""
+
+    def invocation_metadata(self) -> Sequence[tuple[str, str | bytes]] | None: ...
+
+    def time_remaining(self) -> float | None: ...
+
+    def set_trailing_metadata(self, metadata: Sequence[tuple[str, str]]) -> None: ...
+
+    async def abort(self, code: grpc.StatusCode, details: str = "") -> NoReturn: ...
 
 
 Handler = TypeVar("Handler", bound=Callable[..., Awaitable[Any]])
@@ -80,7 +66,7 @@ def maps_errors(handler: Handler) -> Handler:
     """Turn exceptions into gRPC statuses; cancellation (client gone) passes through."""
 
     @functools.wraps(handler)
-    async def wrapper(self: Any, request: Any, context: grpc.aio.ServicerContext):
+    async def wrapper(self: Any, request: Any, context: CallContext) -> Any:
         try:
             return await handler(self, request, context)
         except asyncio.CancelledError:
@@ -172,33 +158,43 @@ def encode_infer_response(response: InferResponse) -> pb.ModelInferResponse:
 
 
 class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
-    def __init__(self, dataplane: DataPlane, metrics: ServerMetrics) -> None:
-        self._dataplane = dataplane
+    def __init__(self, inference: InferenceService, metrics: ServerMetrics) -> None:
+        self._inference = inference
         self._metrics = metrics
 
     @maps_errors
-    async def ServerLive(self, request, context) -> pb.ServerLiveResponse:
-        return pb.ServerLiveResponse(live=self._dataplane.live())
+    async def ServerLive(
+        self, request: pb.ServerLiveRequest, context: CallContext
+    ) -> pb.ServerLiveResponse:
+        return pb.ServerLiveResponse(live=self._inference.live())
 
     @maps_errors
-    async def ServerReady(self, request, context) -> pb.ServerReadyResponse:
-        return pb.ServerReadyResponse(ready=self._dataplane.ready())
+    async def ServerReady(
+        self, request: pb.ServerReadyRequest, context: CallContext
+    ) -> pb.ServerReadyResponse:
+        return pb.ServerReadyResponse(ready=self._inference.ready())
 
     @maps_errors
-    async def ModelReady(self, request, context) -> pb.ModelReadyResponse:
-        ready = await self._dataplane.model_ready(request.name, request.version)
+    async def ModelReady(
+        self, request: pb.ModelReadyRequest, context: CallContext
+    ) -> pb.ModelReadyResponse:
+        ready = await self._inference.model_ready(request.name, request.version)
         return pb.ModelReadyResponse(ready=ready)
 
     @maps_errors
-    async def ServerMetadata(self, request, context) -> pb.ServerMetadataResponse:
-        meta = self._dataplane.server_metadata()
+    async def ServerMetadata(
+        self, request: pb.ServerMetadataRequest, context: CallContext
+    ) -> pb.ServerMetadataResponse:
+        meta = self._inference.server_metadata()
         return pb.ServerMetadataResponse(
             name=meta.name, version=meta.version, extensions=meta.extensions
         )
 
     @maps_errors
-    async def ModelMetadata(self, request, context) -> pb.ModelMetadataResponse:
-        meta = self._dataplane.model_metadata(request.name, request.version)
+    async def ModelMetadata(
+        self, request: pb.ModelMetadataRequest, context: CallContext
+    ) -> pb.ModelMetadataResponse:
+        meta = self._inference.model_metadata(request.name, request.version)
         tensor = pb.ModelMetadataResponse.TensorMetadata
         return pb.ModelMetadataResponse(
             name=meta.name,
@@ -209,8 +205,10 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         )
 
     @maps_errors
-    async def ModelConfig(self, request, context) -> pb.ModelConfigResponse:
-        summary = self._dataplane.model_config(request.name, request.version)
+    async def ModelConfig(
+        self, request: pb.ModelConfigRequest, context: CallContext
+    ) -> pb.ModelConfigResponse:
+        summary = self._inference.model_config(request.name, request.version)
         return pb.ModelConfigResponse(
             config=pb.ModelConfig(
                 name=summary.name,
@@ -221,10 +219,12 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         )
 
     @maps_errors
-    async def ModelInfer(self, request, context) -> pb.ModelInferResponse:
-        with self._metrics.track(PROTOCOL, self._dataplane.model_label) as labels:
+    async def ModelInfer(
+        self, request: pb.ModelInferRequest, context: CallContext
+    ) -> pb.ModelInferResponse:
+        with self._metrics.track(PROTOCOL, self._inference.model_label) as labels:
             labels.model = request.model_name
-            infer_request = decode_infer_request(request, self._dataplane.max_request_size_bytes)
+            infer_request = decode_infer_request(request, self._inference.max_request_size_bytes)
             infer_request.headers = {
                 key.lower(): value
                 for key, value in context.invocation_metadata() or ()
@@ -233,7 +233,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             remaining_s = context.time_remaining()
             if remaining_s is not None:
                 infer_request.deadline_s = time.monotonic() + remaining_s
-            response = await self._dataplane.infer(infer_request)
+            response = await self._inference.infer(infer_request)
             labels.version = response.model_version
             variant = response.parameters.get(VARIANT_PARAMETER)
             if variant is not None:

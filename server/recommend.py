@@ -1,8 +1,8 @@
 """The Recommend pipeline: ids in, ranked items out, transport-neutral.
 
 One request: check the ids, fetch the user's and the candidates' features in one store
-round trip, run the model through the data plane (routed and sticky on the user when the
-name is an endpoint, batched like any inference), and rank the candidates by score.
+round trip, run the model through the inference entry point (routed and sticky on the user when
+the name is an endpoint, batched like any inference), and rank the candidates by score.
 """
 
 from __future__ import annotations
@@ -15,11 +15,11 @@ import numpy as np
 
 from switchyard.runtimes.errors import InvalidArgument, NotFound
 from switchyard.server.config import RecommendSettings
-from switchyard.server.dataplane import DataPlane
 from switchyard.server.features.definitions import FeatureDefinitions, RowLayout
 from switchyard.server.features.store import FeatureStore
+from switchyard.server.inference import InferenceService, ModelVersionTarget
 from switchyard.server.routing import VARIANT_PARAMETER
-from switchyard.server.types import InferInput, InferRequest
+from switchyard.server.types import InferInput, InferRequest, ParameterValue
 
 USER_ENTITY = "user"
 
@@ -56,12 +56,12 @@ class RecommendResponse:
 class Recommender:
     def __init__(
         self,
-        dataplane: DataPlane,
+        inference: InferenceService,
         definitions: FeatureDefinitions,
         store: FeatureStore,
         settings: RecommendSettings,
     ) -> None:
-        self._dataplane = dataplane
+        self._inference = inference
         self._definitions = definitions
         self._store = store
         self._settings = settings
@@ -92,17 +92,14 @@ class Recommender:
         layouts = self._definitions.layouts
         if name in layouts:
             return layouts[name]
-        routing = self._dataplane.routing
-        if routing is None or not routing.is_endpoint(name):
-            raise NotFound(
-                f"'{name}' is no endpoint or model with feature inputs (features.inputs.{name})"
-            )
-        models = {v.model for v in routing.table.endpoint(name).variants.values()}
-        found = {id(layouts[m]): layouts[m] for m in models if m in layouts}
+        target = self._inference.resolve(name)  # NotFound for names we do not serve
+        if isinstance(target, ModelVersionTarget):
+            raise NotFound(f"model '{name}' has no feature inputs (features.inputs.{name})")
+        found = {id(layouts[m]): layouts[m] for m in target.models if m in layouts}
         if len(found) != 1:
             raise NotFound(
                 f"endpoint '{name}' needs one feature layout: add features.inputs.{name} "
-                f"(its models {sorted(models)} have {len(found)})"
+                f"(its models {list(target.models)} have {len(found)})"
             )
         return next(iter(found.values()))
 
@@ -117,26 +114,18 @@ class Recommender:
                 raise InvalidArgument(f"context['{name}'] is required by this model's features")
             context_ids[name] = entity_id
         batch = await self._store.fetch(layout, context_ids, request.candidate_ids)
-        parameters: dict[str, str | bool | int | float] = dict(request.context)
-        headers = dict(request.headers)
-        routing = self._dataplane.routing
-        if routing is not None and routing.is_endpoint(request.endpoint):
-            # Sticky by the user: hand the user id to the router as the endpoint's key.
-            key = routing.table.endpoint(request.endpoint).routing_key
-            if key.parameter is not None:
-                parameters[key.parameter] = request.user_id
-            elif key.header is not None:
-                headers[key.header] = request.user_id
+        parameters: dict[str, ParameterValue] = dict(request.context)
         infer = InferRequest(
             model_name=request.endpoint,
             inputs=[InferInput(layout.tensor, "FP32", batch.matrix.shape, batch.matrix)],
             id=request.request_id,
             output_names=[self._settings.score_output],
             parameters=parameters,
-            headers=headers,
+            headers=request.headers,
             deadline_s=request.deadline_s,
         )
-        response = await self._dataplane.infer(infer)
+        # Sticky by the user: on an endpoint the user id is the routing key.
+        response = await self._inference.infer(infer, routing_key=request.user_id)
         scores = np.asarray(response.outputs[0].data, dtype=np.float32).reshape(-1)
         if scores.size != len(request.candidate_ids):
             raise InvalidArgument(

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import Any
-
-import grpc
 
 from switchyard.protos import recommend_pb2 as pb
 from switchyard.protos import recommend_pb2_grpc as pb_grpc
 from switchyard.runtimes.errors import InvalidArgument
-from switchyard.server.grpc_ingress import maps_errors
+from switchyard.server.grpc_ingress import CallContext, maps_errors
 from switchyard.server.json_body import field, parse_object
 from switchyard.server.metrics import ServerMetrics
 from switchyard.server.recommend import Recommender, RecommendRequest, RecommendResponse
@@ -19,13 +18,20 @@ REST_PATH = "/v1/recommend"
 
 
 class RecommendServicer(pb_grpc.RecommenderServicer):
-    def __init__(self, recommender: Recommender, metrics: ServerMetrics, model_label) -> None:
+    def __init__(
+        self,
+        recommender: Recommender,
+        metrics: ServerMetrics,
+        model_label: Callable[[str], str],
+    ) -> None:
         self._recommender = recommender
         self._metrics = metrics
         self._model_label = model_label
 
     @maps_errors
-    async def Recommend(self, request, context: grpc.aio.ServicerContext):
+    async def Recommend(
+        self, request: pb.RecommendRequest, context: CallContext
+    ) -> pb.RecommendResponse:
         with self._metrics.track("grpc", self._model_label) as labels:
             labels.model = request.endpoint
             remaining_s = context.time_remaining()

@@ -19,8 +19,8 @@ import orjson
 from switchyard.runtimes.errors import InvalidArgument, NotFound, PayloadTooLarge
 from switchyard.runtimes.tensor_codec import decode_raw, encode_raw
 from switchyard.server.admin_api import AdminApi
-from switchyard.server.dataplane import DataPlane
-from switchyard.server.http_errors import HttpError, http_status
+from switchyard.server.error_status import HttpError, http_status, require_method
+from switchyard.server.inference import InferenceService
 from switchyard.server.json_body import field, parse_object
 from switchyard.server.metrics import ServerMetrics
 from switchyard.server.recommend import Recommender
@@ -56,16 +56,16 @@ class Response:
 class RestApp:
     def __init__(
         self,
-        dataplane: DataPlane,
+        inference: InferenceService,
         metrics: ServerMetrics,
         admin: AdminApi | None = None,
         recommender: Recommender | None = None,
     ) -> None:
-        self._dataplane = dataplane
+        self._inference = inference
         self._metrics = metrics
         self._admin = admin
         self._recommender = recommender
-        self._max_bytes = dataplane.max_request_size_bytes
+        self._max_bytes = inference.max_request_size_bytes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -73,10 +73,11 @@ class RestApp:
         try:
             response = await self._dispatch(scope, receive)
         except Exception as exc:
-            status, message = http_status(exc)
+            status, message, error_headers = http_status(exc)
             if status == 500:
                 log.exception("%s %s failed", scope["method"], scope["path"])
             response = Response.json(status, {"error": message})
+            response.headers.extend(error_headers)
         headers = [*response.headers, (b"content-length", str(len(response.body)).encode())]
         await send({"type": "http.response.start", "status": response.status, "headers": headers})
         await send({"type": "http.response.body", "body": response.body})
@@ -90,38 +91,38 @@ class RestApp:
             body = await self._read_body(headers, receive) if method in ("PUT", "POST") else b""
             return Response.json(200, self._admin.handle(method, parts[2:], headers, body))
         if scope["path"] == REST_PATH and self._recommender is not None:
-            _require(method, "POST")
+            require_method(method, "POST")
             return await self._recommend(scope, receive)
         if parts[0] != "v2":
             raise NotFound(f"no route for {scope['path']}; the API lives under /v2")
         if parts == ["v2"]:
-            _require(method, "GET")
-            meta = self._dataplane.server_metadata()
+            require_method(method, "GET")
+            meta = self._inference.server_metadata()
             document = {"name": meta.name, "version": meta.version, "extensions": meta.extensions}
             return Response.json(200, document)
         if len(parts) == 3 and parts[1] == "health" and parts[2] in ("live", "ready"):
-            _require(method, "GET")
-            ok = self._dataplane.live() if parts[2] == "live" else self._dataplane.ready()
+            require_method(method, "GET")
+            ok = self._inference.live() if parts[2] == "live" else self._inference.ready()
             return Response(200) if ok else Response.json(503, {"error": "server is not ready"})
         if len(parts) >= 3 and parts[1] == "models":
             name, version, action = _model_route(parts, scope["path"])
             if action == "":
-                _require(method, "GET")
-                return Response.json(200, self._dataplane.model_metadata(name, version).as_json())
+                require_method(method, "GET")
+                return Response.json(200, self._inference.model_metadata(name, version).as_json())
             if action == "config":
-                _require(method, "GET")
-                return Response.json(200, self._dataplane.model_config(name, version).as_json())
+                require_method(method, "GET")
+                return Response.json(200, self._inference.model_config(name, version).as_json())
             if action == "ready":
-                _require(method, "GET")
-                if await self._dataplane.model_ready(name, version):
+                require_method(method, "GET")
+                if await self._inference.model_ready(name, version):
                     return Response(200)
-                return Response.json(503, {"error": f"model '{name}' is not ready"})
-            _require(method, "POST")
+                return Response.json(503, {"error": f"'{name}' is not ready"})
+            require_method(method, "POST")
             return await self._infer(scope, receive, name, version)
         raise NotFound(f"no route for {scope['path']}")
 
     async def _infer(self, scope: Scope, receive: Receive, name: str, version: str) -> Response:
-        with self._metrics.track(PROTOCOL, self._dataplane.model_label) as labels:
+        with self._metrics.track(PROTOCOL, self._inference.model_label) as labels:
             labels.model = name
             headers = dict(scope["headers"])
             body = await self._read_body(headers, receive)
@@ -129,7 +130,7 @@ class RestApp:
                 body, headers.get(HEADER_LENGTH), name, version, self._max_bytes
             )
             request.headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in headers.items()}
-            response = await self._dataplane.infer(request)
+            response = await self._inference.infer(request)
             labels.version = response.model_version
             encoded = encode_infer_response(response, binary_outputs)
             variant = response.parameters.get(VARIANT_PARAMETER)
@@ -139,7 +140,7 @@ class RestApp:
 
     async def _recommend(self, scope: Scope, receive: Receive) -> Response:
         assert self._recommender is not None
-        with self._metrics.track(PROTOCOL, self._dataplane.model_label) as labels:
+        with self._metrics.track(PROTOCOL, self._inference.model_label) as labels:
             headers = dict(scope["headers"])
             body = await self._read_body(headers, receive)
             text_headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in headers.items()}
@@ -172,11 +173,6 @@ class RestApp:
         body = b"".join(chunks)
         encoding = headers.get(b"content-encoding", b"identity").strip().lower()
         return _decompress(body, encoding, self._max_bytes)
-
-
-def _require(method: str, allowed: str) -> None:
-    if method != allowed:
-        raise HttpError(405, f"method {method} is not allowed here; use {allowed}")
 
 
 def _model_route(parts: list[str], path: str) -> tuple[str, str, str]:
@@ -214,7 +210,7 @@ def _decompress(body: bytes, encoding: bytes, max_bytes: int) -> bytes:
     return data
 
 
-def _shape(tensor: dict, where: str) -> tuple[int, ...]:
+def _shape(tensor: dict[str, Any], where: str) -> tuple[int, ...]:
     shape = field(tensor, "shape", list, where)
     if not all(isinstance(dim, int) and not isinstance(dim, bool) for dim in shape):
         raise InvalidArgument(f"{where}: 'shape' must be a list of integers, got {shape}")

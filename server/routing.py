@@ -38,7 +38,8 @@ VARIANT_PARAMETER = "switchyard_variant"
 VARIANT_HEADER = "x-switchyard-variant"
 TOP_K = 10  # items compared between shadow and primary rankings
 
-# Runs one concrete model version on a request: the data plane's direct path.
+# Runs one concrete model version on a request: the data plane's direct path, given at
+# construction (the routing service never sees the entry point that calls it).
 ModelCall = Callable[[InferRequest], Awaitable[InferResponse]]
 
 
@@ -86,9 +87,6 @@ class RoutingService:
     @property
     def table(self) -> RoutingTable:
         return self._router.table
-
-    def is_endpoint(self, name: str) -> bool:
-        return name in self._router.table.endpoints
 
     def apply(self, table: RoutingTable, actor: str, action: str) -> list[str]:
         """Serve `table` from now on (one assignment: in-flight requests keep their
@@ -180,10 +178,17 @@ class RoutingService:
 
     # Serving ---------------------------------------------------------------------------
 
-    async def infer(self, request: InferRequest) -> InferResponse:
-        decision = self._router.route(
-            request.model_name, parameters=request.parameters, headers=request.headers
-        )
+    async def infer(self, request: InferRequest, routing_key: str | None = None) -> InferResponse:
+        """Route a request naming an endpoint. `routing_key`, when given, is its sticky key
+        (Recommend's user id), placed where the endpoint's policy reads keys."""
+        parameters, headers = request.parameters, request.headers
+        if routing_key is not None:
+            key_spec = self.table.endpoint(request.model_name).routing_key
+            if key_spec.parameter is not None:
+                parameters = {**parameters, key_spec.parameter: routing_key}
+            elif key_spec.header is not None:
+                headers = {**headers, key_spec.header: routing_key}
+        decision = self._router.route(request.model_name, parameters=parameters, headers=headers)
         primary = decision.primary
         started_s = time.perf_counter()
         controller = self._rollouts.get(decision.endpoint)

@@ -11,7 +11,8 @@ REST: Serve's HTTP proxy hands ASGI requests to the app `__serve_build_asgi_app_
 the standalone RestApp, admin API and Recommend included.
 
 Models: a ModelRepository whose versions forward to their variant deployments
-(remote_models.py), so that DataPlane and RoutingService run unchanged.
+(remote_models.py), so that the data plane, routing service and inference entry point run
+unchanged: endpoints answer ModelReady, ModelMetadata and ModelConfig as they do standalone.
 """
 
 from __future__ import annotations
@@ -46,13 +47,14 @@ class _Aborted(Exception):
 
 
 class _RayCallContext:
-    """Serve's RayServegRPCContext as the grpc.aio ServicerContext our servicers use."""
+    """Serve's RayServegRPCContext as the CallContext our servicers use."""
 
     def __init__(self, context: Any) -> None:
         self._context = context
 
     def invocation_metadata(self) -> Sequence[tuple[str, str | bytes]]:
-        return self._context.invocation_metadata()
+        metadata: Sequence[tuple[str, str | bytes]] = self._context.invocation_metadata()
+        return metadata
 
     def set_trailing_metadata(self, metadata: Sequence[tuple[str, str]]) -> None:
         self._context.set_trailing_metadata(list(metadata))  # Serve's appends to a list
@@ -73,10 +75,10 @@ class IngressReplica:
     """The class behind the ingress deployment (app.py wraps it with serve.ingress and
     serve.deployment). `variants` maps each variant_name to its deployment handle."""
 
-    async def __init__(
+    async def __init__(  # type: ignore[misc]  # Serve awaits an async constructor
         self,
         config: SwitchyardConfig,
-        variants: dict[str, DeploymentHandle],
+        variants: dict[str, DeploymentHandle[Any]],
         config_path: str | None = None,
     ) -> None:
         # Each version's signature, asked once: metadata RPCs then need no round trip.

@@ -150,6 +150,27 @@ def test_routed_endpoint_answers_as_standalone(
     assert result.get_response()["parameters"]["switchyard_variant"] == "stable"
 
 
+def test_endpoint_ready_and_metadata_answer_as_standalone(
+    ray_app: RayApp, standalone: Gateway
+) -> None:
+    ray_client, standalone_client = grpc_clients(ray_app.grpc_url, standalone.grpc_url)
+    assert ray_client.is_model_ready("recs")
+    metadata = ray_client.get_model_metadata("recs", as_json=True)
+    assert metadata == standalone_client.get_model_metadata("recs", as_json=True)
+    assert metadata["name"] == "recs" and metadata["inputs"][0]["name"] == "features"
+    config = ray_client.get_model_config("recs", as_json=True)
+    assert config == standalone_client.get_model_config("recs", as_json=True)
+    rest, standalone_rest = (
+        triton_http.InferenceServerClient(url) for url in (ray_app.http_url, standalone.http_url)
+    )
+    assert rest.is_model_ready("recs")
+    assert rest.get_model_metadata("recs") == standalone_rest.get_model_metadata("recs")
+    with pytest.raises(InferenceServerException) as error:
+        ray_client.get_model_metadata("recs", "1")
+    assert error.value.status() == "StatusCode.NOT_FOUND"
+    assert "'recs' is an endpoint" in error.value.message()
+
+
 def rest_recommend(http_port: int, body: dict) -> dict:
     connection = http.client.HTTPConnection("127.0.0.1", http_port, timeout=30)
     connection.request("POST", "/v1/recommend", body=json.dumps(body))
@@ -186,7 +207,7 @@ def test_bad_input_gets_the_statuses_standalone_gives(ray_app: RayApp, standalon
         uneven.append(triton_grpc.InferInput(name, [rows, 4], "FP32"))
         uneven[-1].set_data_from_numpy(np.zeros((rows, 4), np.float32))
     for args, code, fragment in (
-        (("nope", [bad_shape]), "StatusCode.NOT_FOUND", "model 'nope' not found"),
+        (("nope", [bad_shape]), "StatusCode.NOT_FOUND", "no model or endpoint named 'nope'"),
         (("ranker", [bad_shape]), "StatusCode.INVALID_ARGUMENT", "tensor 'features': shape"),
         # Refused by the variant's batcher, in another process: its own message comes back.
         ((PAIR_MODEL, uneven), "StatusCode.INVALID_ARGUMENT", "disagree on the batch"),

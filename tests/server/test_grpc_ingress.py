@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import importlib.metadata
+
 import grpc
 import numpy as np
 import onnxruntime as ort
@@ -61,6 +63,7 @@ def test_health_and_server_metadata(client: triton_grpc.InferenceServerClient) -
     assert client.is_model_ready("ranker", "1")
     metadata = client.get_server_metadata()
     assert metadata.name == "switchyard"
+    assert metadata.version == importlib.metadata.version("switchyard")
     assert "binary_tensor_data" in metadata.extensions
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import http.client
+import importlib.metadata
 import json
 
 import numpy as np
@@ -130,9 +131,36 @@ def test_unknown_model_version_and_route(gateway: Gateway, client, features) -> 
     assert_error(status, body, 404, "/v2")
 
 
-def test_wrong_method_is_405(gateway: Gateway) -> None:
-    status, _, body = post(gateway, "/v2/models/ranker", b"")
-    assert_error(status, body, 405, "GET")
+@pytest.mark.parametrize(
+    ("method", "path", "allowed"),
+    [
+        ("POST", "/v2", "GET"),
+        ("POST", "/v2/health/live", "GET"),
+        ("POST", "/v2/health/ready", "GET"),
+        ("POST", "/v2/models/ranker", "GET"),
+        ("PUT", "/v2/models/ranker/versions/1", "GET"),
+        ("POST", "/v2/models/ranker/ready", "GET"),
+        ("DELETE", "/v2/models/ranker/config", "GET"),
+        ("GET", "/v2/models/ranker/infer", "POST"),
+        ("GET", "/v1/recommend", "POST"),
+    ],
+)
+def test_wrong_method_is_405_with_allow(
+    gateway: Gateway, method: str, path: str, allowed: str
+) -> None:
+    connection = http.client.HTTPConnection("127.0.0.1", gateway.http_port, timeout=10)
+    connection.request(method, path)
+    response = connection.getresponse()
+    body = response.read()
+    connection.close()
+    assert_error(response.status, body, 405, method, allowed)
+    assert response.getheader("Allow") == allowed
+
+
+def test_server_version_is_the_installed_package_version(
+    client: triton_http.InferenceServerClient,
+) -> None:
+    assert client.get_server_metadata()["version"] == importlib.metadata.version("switchyard")
 
 
 @pytest.mark.parametrize(

@@ -16,8 +16,10 @@ import grpc
 import numpy as np
 import pytest
 import tritonclient.grpc as triton_grpc
+import tritonclient.http as triton_http
 import yaml
 from tritonclient.grpc import service_pb2, service_pb2_grpc
+from tritonclient.utils import InferenceServerException
 
 from loadtests.gateway_process import Gateway, metric_sum, scrape_metrics, start_gateway
 from switchyard.demo.build_model import build
@@ -115,6 +117,14 @@ def base_config(paths: dict[str, str], workdir: Path, **routing: Any) -> dict[st
                 },
                 "weights": {"live": 1},
                 "shadow": {"variants": ["slow"], "fraction": 1.0, "max_concurrency": 2},
+            },
+            {
+                "name": "split",
+                "variants": {
+                    "ranks": {"model": "ranker", "version": "1"},
+                    "other": {"model": "wrong_input"},
+                },
+                "weights": {"ranks": 1, "other": 3},
             },
             rollout_endpoint(
                 "rollout_ok",
@@ -243,9 +253,92 @@ def test_override_and_its_refusal(routed: Gateway) -> None:
     assert status == 400 and "does not allow choosing a variant" in body["error"]
 
 
-def test_endpoint_names_no_version(routed: Gateway) -> None:
-    status, _, body = request(routed, "POST", "/v2/models/recs/versions/1/infer", {"inputs": []})
-    assert status == 400 and "endpoint" in body["error"]
+def test_endpoint_answers_ready_metadata_and_config_like_a_model(routed: Gateway) -> None:
+    grpc_client = triton_grpc.InferenceServerClient(routed.grpc_url)
+    http_client = triton_http.InferenceServerClient(routed.http_url)
+    ranker = http_client.get_model_metadata("ranker")
+    ranker_config = http_client.get_model_config("ranker")
+    for client in (grpc_client, http_client):
+        assert client.is_model_ready("recs")
+        # mirrored's shadows (one of them taking other inputs) count for neither answer.
+        assert client.is_model_ready("mirrored")
+    for name in ("recs", "mirrored"):
+        metadata = http_client.get_model_metadata(name)
+        expected = {**ranker, "name": name, "versions": []}
+        assert metadata == expected
+        grpc_metadata = grpc_client.get_model_metadata(name, as_json=True)
+        assert grpc_metadata["name"] == name and "versions" not in grpc_metadata  # empty
+        assert grpc_metadata["inputs"] == [
+            {"name": "features", "datatype": "FP32", "shape": ["-1", "16"]}
+        ]
+        assert [o["name"] for o in grpc_metadata["outputs"]] == ["logit", "score"]
+        assert http_client.get_model_config(name) == {**ranker_config, "name": name}
+        grpc_config = grpc_client.get_model_config(name, as_json=True)["config"]
+        assert grpc_config["name"] == name and grpc_config["platform"] == ranker["platform"]
+    # Inference by the endpoint's name still routes, and names the variant that answered.
+    tensor = triton_http.InferInput("features", [1, 16], "FP32")
+    tensor.set_data_from_numpy(np.array([ROW], dtype=np.float32))
+    result = http_client.infer("recs", [tensor], parameters={"user_id": "u1"})
+    assert result.get_response()["parameters"]["switchyard_variant"] in ("stable", "canary")
+
+
+def test_endpoint_metadata_is_its_heaviest_primary_variants(routed: Gateway) -> None:
+    # split: ranker at weight 1, wrong_input (input `x`) at weight 3.
+    wrong_input = triton_http.InferenceServerClient(routed.http_url).get_model_metadata(
+        "wrong_input"
+    )
+    _, _, metadata = request(routed, "GET", "/v2/models/split")
+    assert metadata["inputs"] == wrong_input["inputs"] and metadata["name"] == "split"
+
+
+def test_unknown_name_is_not_found_on_every_call(routed: Gateway) -> None:
+    client = triton_grpc.InferenceServerClient(routed.grpc_url)
+    for call in (client.is_model_ready, client.get_model_metadata, client.get_model_config):
+        with pytest.raises(InferenceServerException) as error:
+            call("nope")
+        assert error.value.status() == "StatusCode.NOT_FOUND"
+        assert "no model or endpoint named 'nope'" in error.value.message()
+        assert "recs" in error.value.message()  # the endpoints there are
+    for path in ("/v2/models/nope", "/v2/models/nope/ready", "/v2/models/nope/config"):
+        status, _, body = request(routed, "GET", path)
+        assert status == 404 and "no model or endpoint named 'nope'" in body["error"], path
+
+
+def test_endpoint_with_a_version_is_not_found(routed: Gateway) -> None:
+    expected = "'recs' is an endpoint and has no version '1'"
+    for path in ("/v2/models/recs/versions/1", "/v2/models/recs/versions/1/ready"):
+        status, _, body = request(routed, "GET", path)
+        assert status == 404 and expected in body["error"], (path, body)
+    status, _, body = request(routed, "GET", "/v2/models/recs/versions/1/config")
+    assert status == 404 and expected in body["error"]
+    tensor = {"name": "features", "datatype": "FP32", "shape": [1, 16], "data": [ROW]}
+    status, _, body = request(
+        routed, "POST", "/v2/models/recs/versions/1/infer", {"inputs": [tensor]}
+    )
+    assert status == 404 and expected in body["error"] and "name a model" in body["error"]
+    client = triton_grpc.InferenceServerClient(routed.grpc_url)
+    grpc_tensor = triton_grpc.InferInput("features", [1, 16], "FP32")
+    grpc_tensor.set_data_from_numpy(np.array([ROW], dtype=np.float32))
+    calls = (
+        lambda: client.is_model_ready("recs", "1"),
+        lambda: client.get_model_metadata("recs", "1"),
+        lambda: client.get_model_config("recs", "1"),
+        lambda: client.infer("recs", [grpc_tensor], model_version="1"),
+    )
+    for call in calls:
+        with pytest.raises(InferenceServerException) as error:
+            call()
+        assert error.value.status() == "StatusCode.NOT_FOUND" and expected in error.value.message()
+
+
+def test_admin_405_names_the_allowed_method(routed: Gateway) -> None:
+    for method, path, allowed in (
+        ("POST", "/endpoints", "GET"),
+        ("GET", "/endpoints/recs/weights", "PUT"),
+        ("GET", "/endpoints/rollout_ok/rollout/start", "POST"),
+    ):
+        status, headers, body = admin(routed, method, path)
+        assert status == 405 and headers["allow"] == allowed and allowed in body["error"]
 
 
 def test_slow_and_failing_shadows_never_touch_the_primary(routed: Gateway) -> None:

@@ -1,0 +1,93 @@
+"""The one table from errors to what a client sees: a gRPC status and an HTTP status.
+
+Both OIP ingresses and the Recommend ingress answer through it, so an error class means the
+same thing on every protocol. Anything outside the table reaches the client as a generic
+message (INTERNAL / 500); the ingress logs its traceback. HttpError is the exception: a
+failure of HTTP itself (401, 403, 405, 415), which exists on the REST side only.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from types import MappingProxyType
+
+import grpc
+
+from switchyard.runtimes.errors import (
+    DeadlineExceeded,
+    InvalidArgument,
+    NotFound,
+    PayloadTooLarge,
+    ResourceExhausted,
+    SwitchyardError,
+    Unavailable,
+)
+
+
+@dataclass(frozen=True, slots=True)
+class ErrorStatus:
+    grpc: grpc.StatusCode
+    http: int
+
+
+# One row per error class; a subclass answers like its nearest listed base.
+ERROR_STATUS: Mapping[type[SwitchyardError], ErrorStatus] = MappingProxyType(
+    {
+        InvalidArgument: ErrorStatus(grpc.StatusCode.INVALID_ARGUMENT, 400),
+        NotFound: ErrorStatus(grpc.StatusCode.NOT_FOUND, 404),
+        PayloadTooLarge: ErrorStatus(grpc.StatusCode.RESOURCE_EXHAUSTED, 413),
+        ResourceExhausted: ErrorStatus(grpc.StatusCode.RESOURCE_EXHAUSTED, 503),
+        Unavailable: ErrorStatus(grpc.StatusCode.UNAVAILABLE, 503),
+        DeadlineExceeded: ErrorStatus(grpc.StatusCode.DEADLINE_EXCEEDED, 504),
+    }
+)
+INTERNAL = ErrorStatus(grpc.StatusCode.INTERNAL, 500)
+INTERNAL_ERROR_MESSAGE = "internal server error; the server log has the details"
+
+
+def error_status(error: Exception) -> tuple[ErrorStatus, str]:
+    """The statuses and the message a client sees for `error`. Our own errors keep their
+    message (written for the caller); anything else gets the generic one."""
+    for error_type in type(error).__mro__:
+        status = ERROR_STATUS.get(error_type)
+        if status is not None:
+            return status, str(error)
+    if isinstance(error, SwitchyardError):
+        return INTERNAL, str(error)
+    return INTERNAL, INTERNAL_ERROR_MESSAGE
+
+
+def grpc_status(error: Exception) -> tuple[grpc.StatusCode, str]:
+    status, message = error_status(error)
+    return status.grpc, message
+
+
+class HttpError(Exception):
+    """A failure of HTTP itself, with its own status and any headers it must carry."""
+
+    def __init__(
+        self, status: int, message: str, headers: tuple[tuple[bytes, bytes], ...] = ()
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.headers = headers
+
+
+def http_status(error: Exception) -> tuple[int, str, tuple[tuple[bytes, bytes], ...]]:
+    """The HTTP status, message and extra headers a client sees for `error`."""
+    if isinstance(error, HttpError):
+        return error.status, str(error), error.headers
+    status, message = error_status(error)
+    return status.http, message, ()
+
+
+def require_method(method: str, *allowed: str) -> None:
+    """405 with the `Allow` header (RFC 9110) unless `method` is one of `allowed`."""
+    if method not in allowed:
+        names = ", ".join(allowed)
+        raise HttpError(
+            405,
+            f"method {method} is not allowed here; use {names}",
+            ((b"allow", names.encode()),),
+        )
