@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from switchyard.router.config import build_routing_table
+from switchyard.server.endpoints_config import build_routing_table
 from switchyard.router.decision import RouteReason
 from switchyard.router.router import Router
 from switchyard.runtimes.errors import InvalidArgument, NotFound
