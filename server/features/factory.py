@@ -33,9 +33,9 @@ def create_store(
             else "no cache"
         )
         log.info(
-            "online features: %s (timeout %g s, pool %d, on_unavailable=%s, %s)",
+            "online features: %s (timeout %g ms, pool %d, on_unavailable=%s, %s)",
             store.description,
-            settings.timeout_s,
+            settings.timeout_s * 1e3,
             settings.pool_size,
             settings.on_unavailable,
             cache,
