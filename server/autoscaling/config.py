@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Iterator
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import Field, model_validator
 from pydantic_core import InitErrorDetails
@@ -14,7 +14,7 @@ from switchyard.server.autoscaling.latency_policy import LatencyPolicyConfig
 from switchyard.server.config_base import StrictModel, error_details, raise_errors
 
 # The spec's defaults are the schema's: one place says them.
-_DEFAULTS = {f.name: f.default for f in dataclasses.fields(LatencyPolicyConfig)}
+_DEFAULTS: dict[str, Any] = {f.name: f.default for f in dataclasses.fields(LatencyPolicyConfig)}
 
 
 class AutoscalingConfig(StrictModel):
