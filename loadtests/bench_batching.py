@@ -1,7 +1,7 @@
 """Dynamic batching on versus off: single-row ModelInfer from many concurrent gRPC callers.
 
 Runs the gateway twice on the demo model, once with the batcher's defaults
-(max_batch_size 64, max_queue_delay_us 0) and once with max_batch_size 0 (one model call
+(max_batch_size 64, max_queue_delay_s 0) and once with max_batch_size 0 (one model call
 per request), under the same closed-loop load, and prints throughput and p50/p99 side by
 side. Both gateways run in turn, never at once, on the same machine.
 
@@ -43,12 +43,12 @@ def main() -> None:
     parser.add_argument("--processes", type=int, default=2, help="client processes")
     parser.add_argument("--duration-s", type=float, default=10.0)
     parser.add_argument("--warmup-s", type=float, default=2.0)
-    parser.add_argument("--max-queue-delay-us", type=int, default=0)
+    parser.add_argument("--max-queue-delay-s", type=float, default=0.0)
     args = parser.parse_args()
     runs = {
         "batching off (max_batch_size 0)": measure({"max_batch_size": 0}, args),
-        f"batching on (64 rows, delay {args.max_queue_delay_us} us)": measure(
-            {"max_batch_size": 64, "max_queue_delay_us": args.max_queue_delay_us}, args
+        f"batching on (64 rows, delay {args.max_queue_delay_s:g} s)": measure(
+            {"max_batch_size": 64, "max_queue_delay_s": args.max_queue_delay_s}, args
         ),
     }
     off, on = runs.values()

@@ -84,7 +84,7 @@ async def main(args: argparse.Namespace) -> None:
     pipeline.execute()
 
     expected = np.hstack([np.repeat(users, args.items, axis=0), items])
-    store_config = {"kind": "redis", "url": args.redis_url, "timeout_ms": 1000}
+    store_config = {"kind": "redis", "url": args.redis_url, "timeout_s": 1.0}
     store = RedisFeatureStore(RedisStoreConfig.model_validate(store_config))
     cached = RedisFeatureStore(
         RedisStoreConfig.model_validate(

@@ -58,7 +58,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for store_name, store in (
             ("memory store", {"kind": "memory"}),
-            ("redis store", {"kind": "redis", "url": SHARED_REDIS_URL, "timeout_ms": 50}),
+            ("redis store", {"kind": "redis", "url": SHARED_REDIS_URL, "timeout_s": 0.05}),
         ):
             workdir = Path(tmp) / store_name.split()[0]
             workdir.mkdir()

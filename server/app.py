@@ -16,7 +16,6 @@ import uvloop
 from prometheus_client import make_asgi_app
 
 from switchyard.protos.recommend_pb2_grpc import add_RecommenderServicer_to_server
-from switchyard.server.autoscaling.latency_policy import LatencyPolicyConfig
 from switchyard.server.autoscaling.metrics import AutoscalingSignals
 from switchyard.server.config import SwitchyardConfig
 from switchyard.server.gateway_core import GatewayCore
@@ -116,9 +115,9 @@ class StandaloneServer:
         """This pod's share of the replicas each autoscaled model version needs, for an HPA
         or KEDA rule (server/autoscaling/metrics.py says how to scale on it)."""
         policies = {
-            m.name: LatencyPolicyConfig.from_mapping(m.autoscaling)
+            m.name: m.autoscaling.to_policy_config()
             for m in self.config.models
-            if m.autoscaling
+            if m.autoscaling is not None
         }
         while True:
             await asyncio.sleep(self.config.server.autoscaling_signal_interval_s)

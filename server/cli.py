@@ -10,6 +10,7 @@ from pathlib import Path
 from switchyard.runtimes.errors import InvalidArgument, ModelLoadError
 from switchyard.server.autoscaling.cli import add_autoscale_subcommand
 from switchyard.server.config import DEFAULT_CONFIG_PATH, ConfigError, load_config
+from switchyard.server.config_cli import add_config_subcommand
 from switchyard.server.features.cli import add_features_subcommand
 from switchyard.server.ray_host.cli import add_render_subcommand, serve_on_ray
 
@@ -59,6 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     serve.set_defaults(handler=_serve)
     add_autoscale_subcommand(commands)
+    add_config_subcommand(commands)
     add_features_subcommand(commands)
     add_render_subcommand(commands)
     return parser

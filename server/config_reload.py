@@ -42,8 +42,7 @@ class ConfigReloader:
             return False
         self._stamp = stamp
         try:
-            config = load_config(self._path)
-            table = routing_table(config, str(self._path))
+            config = load_config(self._path)  # the one parse path: schema, then compile
         except ConfigError as exc:
             log.error("config change ignored, the routing in force stays: %s", exc)
             return False
@@ -51,7 +50,7 @@ class ConfigReloader:
             exclude={"endpoints"}
         ):
             log.warning("config sections other than endpoints changed; they apply on restart")
-        changes = self._routing.reload(table, f"reload {self._path.name}")
+        changes = self._routing.reload(routing_table(config), f"reload {self._path.name}")
         return bool(changes)
 
     async def run_forever(self) -> None:

@@ -31,6 +31,7 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from switchyard.server.autoscaling.config import AutoscalingConfig
 from switchyard.server.autoscaling.latency_policy import (
     LatencyPolicy,
     LatencyPolicyConfig,
@@ -78,7 +79,7 @@ class RayLatencyPolicy:
     controller, built from LatencyPolicyConfig's settings as policy_kwargs."""
 
     def __init__(self, clock: Callable[[], float] = time.monotonic, **settings: Any) -> None:
-        self._policy = LatencyPolicy(LatencyPolicyConfig.from_mapping(settings))
+        self._policy = LatencyPolicy(AutoscalingConfig.model_validate(settings).to_policy_config())
         self._clock = clock
 
     def __call__(self, ctx: Any) -> tuple[int, dict[str, Any]]:

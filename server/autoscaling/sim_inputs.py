@@ -27,8 +27,11 @@ from typing import Protocol
 
 import numpy as np
 import yaml
+from pydantic import ValidationError
 
+from switchyard.server.autoscaling.config import AutoscalingConfig
 from switchyard.server.autoscaling.latency_policy import LatencyPolicyConfig
+from switchyard.server.config_base import error_lines
 
 # z of the standard normal's 95th percentile: ln(p95 / p50) / Z_95 is a lognormal's sigma.
 Z_95 = 1.6448536269514722
@@ -209,7 +212,7 @@ def load_policy_configs(path: Path) -> list[tuple[str, LatencyPolicyConfig]]:
         if name in (known for known, _ in configs):
             raise ValueError(f"{where}: name: {name!r} is used twice")
         try:
-            configs.append((name, LatencyPolicyConfig.from_mapping(settings)))
-        except (ValueError, TypeError) as exc:
-            raise ValueError(f"{where} ({name}): {exc}") from None
+            configs.append((name, AutoscalingConfig.model_validate(settings).to_policy_config()))
+        except ValidationError as exc:
+            raise ValueError(f"{where} ({name}): {'; '.join(error_lines(exc))}") from None
     return configs

@@ -4,10 +4,10 @@
       store:                       # kind: memory (the default) or kind: redis
         kind: redis
         url: redis://127.0.0.1:6379/0
-        timeout_ms: 50             # the whole fetch: pool wait, connect, one round trip
+        timeout_s: 0.05            # the whole fetch: pool wait, connect, one round trip
         pool_size: 16
         on_unavailable: fail       # fail: UNAVAILABLE / 503; degrade: defaults, degraded=True
-        breaker: {after_failures: 3, open_ms: 1000}
+        breaker: {after_failures: 3, open_s: 1.0}
         cache: {ttl_s: 5, max_entries: 10000, entities: [item]}
       entities:
         user: {key: "user:{id}", id_column: user_id, fields: [{name: activity}, ...]}
@@ -19,28 +19,30 @@ hash field per feature holding its value as decimal text, for example
 `HSET user:42 activity 1.5 tenure 3.2`. Every field of a row is FP32 in the model input;
 `dtype` says how file cells are checked when loaded (see definitions.FieldSpec.to_text).
 
-Unknown keys are errors and every error names its key, e.g.
-`features.inputs.ranker.row.3: unknown field 'user.actvity'`.
+The section is part of the one schema (server/config_base.py): unknown keys are errors and every
+error names its key, e.g. `features.inputs.ranker.row.3: unknown field 'user.actvity'`.
 """
 
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
-import yaml
-from pydantic import (
-    BaseModel,
-    ConfigDict,
-    Field,
-    ValidationError,
-    field_validator,
-    model_validator,
-)
-from pydantic_core import InitErrorDetails, PydanticCustomError
+from pydantic import Field, ValidationError, WrapValidator, field_validator, model_validator
+from pydantic_core import InitErrorDetails
 
 from switchyard.demo.paths import config_base_dir
+from switchyard.server.config_base import (
+    ConfigError,
+    StrictModel,
+    error_details,
+    error_lines,
+    raise_errors,
+)
+from switchyard.server.config_sections import FilePath
+from switchyard.server.config_yaml import load_yaml
 
 NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]*$"
 ID_PLACEHOLDER = "{id}"
@@ -49,66 +51,116 @@ DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 Name = Annotated[str, Field(pattern=NAME_PATTERN)]
 
 
-class FeatureConfigError(Exception):
+class FeatureConfigError(ConfigError):
     """The features section is invalid; the message names every offending key."""
 
 
-class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class CacheConfig(Strict):
+class CacheConfig(StrictModel):
     """An in-process cache of hot entities in front of Redis (stale by at most ttl_s)."""
 
-    ttl_s: float = Field(default=5.0, gt=0)
-    max_entries: int = Field(default=10_000, ge=1)
-    # Which entities are cached; unset: all. Candidates (items) repeat across requests far
-    # more than users do, so caching only them is often the better use of the entries.
-    entities: list[Name] | None = None
+    ttl_s: float = Field(default=5.0, gt=0, description="Seconds a cached entity is served.")
+    max_entries: int = Field(default=10_000, ge=1, description="Entities cached at most.")
+    # Candidates (items) repeat across requests far more than users do, so caching only them
+    # is often the better use of the entries.
+    entities: list[Name] | None = Field(
+        default=None, description="Which entities are cached; unset: all."
+    )
 
 
-class BreakerConfig(Strict):
-    """After after_failures failed fetches in a row, requests skip Redis for open_ms (answered
-    as on_unavailable says, without waiting timeout_ms), then one at a time try it again."""
+class BreakerConfig(StrictModel):
+    """After after_failures failed fetches in a row, requests skip Redis for open_s (answered
+    as on_unavailable says, without waiting timeout_s), then one at a time try it again."""
 
-    after_failures: int = Field(default=3, ge=0)  # 0: never skip Redis
-    open_ms: float = Field(default=1000.0, gt=0)
+    renamed_keys: ClassVar[Mapping[str, str]] = {"open_ms": "open_s"}
 
-
-class RedisStoreConfig(Strict):
-    kind: Literal["redis"]
-    url: str = Field(default=DEFAULT_REDIS_URL, pattern=r"^(redis|rediss|unix)://")
-    timeout_ms: float = Field(default=50.0, gt=0)
-    pool_size: int = Field(default=16, ge=1)
-    on_unavailable: Literal["fail", "degrade"] = "fail"
-    breaker: BreakerConfig = Field(default_factory=BreakerConfig)
-    cache: CacheConfig | None = None
+    after_failures: int = Field(
+        default=3, ge=0, description="Failed fetches in a row that open it; 0: never skip Redis."
+    )
+    open_s: float = Field(default=1.0, gt=0, description="Seconds Redis is skipped once open.")
 
 
-class MemoryStoreConfig(Strict):
+class RedisStoreConfig(StrictModel):
+    """Features from Redis: one HASH per entity."""
+
+    renamed_keys: ClassVar[Mapping[str, str]] = {"timeout_ms": "timeout_s"}
+
+    kind: Literal["redis"] = Field(description="redis: features from a Redis server.")
+    url: str = Field(
+        default=DEFAULT_REDIS_URL,
+        pattern=r"^(redis|rediss|unix)://",
+        description="The Redis server (redis://, rediss:// or unix://).",
+    )
+    timeout_s: float = Field(
+        default=0.05,
+        gt=0,
+        description="Seconds the whole fetch may take: pool wait, connect, one round trip.",
+    )
+    pool_size: int = Field(default=16, ge=1, description="Connections to Redis at most.")
+    on_unavailable: Literal["fail", "degrade"] = Field(
+        default="fail",
+        description="fail: UNAVAILABLE / 503; degrade: default values, marked degraded.",
+    )
+    breaker: BreakerConfig = Field(
+        default_factory=BreakerConfig, description="Skipping a Redis that keeps failing."
+    )
+    cache: CacheConfig | None = Field(default=None, description="In-process cache; unset: none.")
+
+
+class MemoryStoreConfig(StrictModel):
     """The embedded store: feature files read at start, held in this process."""
 
-    kind: Literal["memory"] = "memory"
-    # Entity name -> a CSV or Parquet file in the loader's format; relative to the config file.
-    seed_files: dict[Name, Path] = Field(default_factory=dict)
+    kind: Literal["memory"] = Field(default="memory", description="memory: held in process.")
+    seed_files: dict[Name, FilePath] = Field(
+        default_factory=dict,
+        description="Entity name -> a CSV or Parquet file in the loader's format, relative to "
+        "the config file.",
+    )
 
 
-StoreConfig = Annotated[RedisStoreConfig | MemoryStoreConfig, Field(discriminator="kind")]
+def _without_union_tag(value: Any, handler: Callable[[Any], Any]) -> Any:
+    """Validate a tagged union, its errors at the file's keys: pydantic puts the tag in the
+    path (store.redis.url), where the file has no such key."""
+    try:
+        return handler(value)
+    except ValidationError as exc:
+        errors = [
+            error_details(
+                item["loc"][1:] if item["type"] != "union_tag_invalid" else item["loc"],
+                item["msg"],
+                item["input"],
+            )
+            for item in exc.errors(include_url=False)
+        ]
+        raise ValidationError.from_exception_data("store", errors) from None
 
 
-class FieldConfig(Strict):
-    name: Name
-    dtype: Literal["float32", "int32", "bool"] = "float32"
-    # The value used where the entity or this field is missing.
-    default: float = 0.0
+StoreConfig = Annotated[
+    RedisStoreConfig | MemoryStoreConfig,
+    Field(discriminator="kind"),
+    WrapValidator(_without_union_tag),
+]
 
 
-class EntityConfig(Strict):
-    # The Redis key of one entity: `{id}` is replaced by its id; anything else is literal.
-    key: str
-    # The column of feature files that holds the entity id.
-    id_column: Name
-    fields: list[FieldConfig] = Field(min_length=1)
+class FieldConfig(StrictModel):
+    """One feature of an entity."""
+
+    name: Name = Field(description="The feature's name (its Redis hash field).")
+    dtype: Literal["float32", "int32", "bool"] = Field(
+        default="float32", description="How file cells are checked when loaded."
+    )
+    default: float = Field(
+        default=0.0, description="The value used where the entity or this field is missing."
+    )
+
+
+class EntityConfig(StrictModel):
+    """An entity (user, item) and its features."""
+
+    key: str = Field(
+        description="The Redis key of one entity: {id} is replaced by its id, the rest literal."
+    )
+    id_column: Name = Field(description="The column of feature files that holds the entity id.")
+    fields: list[FieldConfig] = Field(min_length=1, description="The entity's features.")
 
     @field_validator("key")
     @classmethod
@@ -127,34 +179,41 @@ class EntityConfig(Strict):
         return self
 
 
-class InputConfig(Strict):
-    # The model input tensor the rows go to.
-    tensor: str = Field(default="features", min_length=1)
-    # The entity with one row per candidate (many ids per request); every other entity in
-    # `row` is a context entity (one id per request) whose fields repeat on every row.
-    candidates: Name
-    # `entity.field` references, in the order of the model's input columns.
-    row: list[str] = Field(min_length=1)
+class InputConfig(StrictModel):
+    """How one model's input rows are built from features."""
+
+    tensor: str = Field(
+        default="features", min_length=1, description="The model input tensor the rows go to."
+    )
+    # Every other entity in `row` is a context entity (one id per request) whose fields
+    # repeat on every row.
+    candidates: Name = Field(description="The entity with one row per candidate.")
+    row: list[str] = Field(
+        min_length=1,
+        description="entity.field references, in the order of the model's input columns.",
+    )
 
 
-class FeaturesConfig(Strict):
-    store: StoreConfig = Field(default_factory=MemoryStoreConfig)
-    entities: dict[Name, EntityConfig] = Field(default_factory=dict)
-    inputs: dict[str, InputConfig] = Field(default_factory=dict)
+class FeaturesConfig(StrictModel):
+    """Online features: the store, the entities, and each model's input rows."""
+
+    store: StoreConfig = Field(
+        default_factory=MemoryStoreConfig, description="Where features are read: memory or redis."
+    )
+    entities: dict[Name, EntityConfig] = Field(
+        default_factory=dict, description="Entity name -> its key and features."
+    )
+    inputs: dict[str, InputConfig] = Field(
+        default_factory=dict, description="Model name -> how its input rows are built."
+    )
 
     @model_validator(mode="after")
     def _check_references(self) -> FeaturesConfig:
-        errors = list(self._reference_errors())
-        if errors:
-            raise ValidationError.from_exception_data("FeaturesConfig", errors)
+        raise_errors("features", self._reference_errors())
         return self
 
-    def _reference_errors(self) -> Any:
-        def error(loc: tuple[str | int, ...], message: str, value: object) -> InitErrorDetails:
-            # The message goes in as context: its braces (key templates) are not placeholders.
-            kind = PydanticCustomError("reference", "{message}", {"message": message})
-            return InitErrorDetails(type=kind, loc=loc, input=value)
-
+    def _reference_errors(self) -> Iterator[InitErrorDetails]:
+        error = error_details
         fields = {name: {f.name for f in e.fields} for name, e in self.entities.items()}
         keys = [e.key for e in self.entities.values()]
         if len(set(keys)) != len(keys):
@@ -201,27 +260,25 @@ def resolve_feature_paths(raw_features: Any, base_dir: Path) -> None:
 def parse_features(raw: Any, base_dir: Path, source: str) -> FeaturesConfig:
     """Validate a raw `features` section on its own (the loader CLI, the demo build)."""
     if not isinstance(raw, dict):
-        raise FeatureConfigError(f"invalid configuration in {source}: features must be a mapping")
+        raise FeatureConfigError(source, ["features: must be a mapping"])
     raw = copy.deepcopy(raw)  # paths are resolved in place
     resolve_feature_paths(raw, base_dir)
     try:
         return FeaturesConfig.model_validate(raw)
     except ValidationError as exc:
-        lines = [f"invalid configuration in {source}:"]
-        for item in exc.errors():
-            key = ".".join(["features", *(str(part) for part in item["loc"])])
-            lines.append(f"  {key}: {item['msg']}")
-        raise FeatureConfigError("\n".join(lines)) from None
+        raise FeatureConfigError(source, error_lines(exc, ("features",))) from None
 
 
 def load_features_section(path: Path) -> FeaturesConfig | None:
     """The validated `features` section of the config file at path; None when it has none."""
     try:
-        raw = yaml.safe_load(path.read_text())
+        text = path.read_text()
     except OSError as exc:
-        raise FeatureConfigError(f"cannot read configuration {path}: {exc.strerror}") from None
-    except yaml.YAMLError as exc:
-        raise FeatureConfigError(f"configuration {path} is not valid YAML: {exc}") from None
+        raise FeatureConfigError(str(path), [f"(file): cannot read: {exc.strerror}"]) from None
+    try:
+        raw = load_yaml(text, str(path))
+    except ConfigError as exc:
+        raise FeatureConfigError(exc.source, exc.errors) from None
     if not isinstance(raw, dict) or raw.get("features") is None:
         return None
     return parse_features(raw["features"], config_base_dir(path), str(path))

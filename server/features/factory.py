@@ -35,7 +35,7 @@ def create_store(
         log.info(
             "online features: %s (timeout %g ms, pool %d, on_unavailable=%s, %s)",
             store.description,
-            settings.timeout_ms,
+            settings.timeout_s * 1e3,
             settings.pool_size,
             settings.on_unavailable,
             cache,

@@ -7,7 +7,7 @@ directly rather than through redis-py's Pipeline, which costs about 25 us of cli
 per queued command (Python packing, a timeout context per reply): 2.5 ms for 100 items,
 against about 0.6 ms this way (loadtests/bench_feature_fetch.py).
 
-The whole fetch, pool wait and connect included, is bounded by timeout_ms. A failure is
+The whole fetch, pool wait and connect included, is bounded by timeout_s. A failure is
 answered as on_unavailable says, and counts toward the breaker, which then spares the
 following requests the wait. Reconnecting needs nothing: the pool opens fresh
 connections as needed, and a pooled connection that Redis closed while restarting is
@@ -65,8 +65,8 @@ class RedisFeatureStore:
     ) -> None:
         self.description = f"Redis at {redacted_url(config.url)}"
         self.stats = stats if stats is not None else FeatureStats()
-        self._timeout_s = config.timeout_ms / 1000.0
-        self._timeout_ms = config.timeout_ms
+        self._timeout_s = config.timeout_s
+        self._timeout_ms = config.timeout_s * 1e3
         self._degrade = config.on_unavailable == "degrade"
         self._pool = BlockingConnectionPool.from_url(
             config.url,
@@ -78,7 +78,7 @@ class RedisFeatureStore:
             socket_timeout=None,
             retry=Retry(NoBackoff(), 0),
         )
-        self._breaker = Breaker(config.breaker.after_failures, config.breaker.open_ms / 1e3, clock)
+        self._breaker = Breaker(config.breaker.after_failures, config.breaker.open_s, clock)
         self._cache: TtlCache[tuple[EntityColumns, str], CachedRow] | None = None
         self._cached_entities: frozenset[str] | None = None
         if config.cache is not None:

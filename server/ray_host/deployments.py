@@ -33,7 +33,7 @@ def variant_name(model: str, version: str) -> str:
 def latency_policy(model: ModelConfig) -> LatencyPolicyConfig | None:
     if model.autoscaling is None:
         return None
-    return LatencyPolicyConfig.from_mapping(model.autoscaling)  # validated with the config
+    return model.autoscaling.to_policy_config()
 
 
 def variant_max_ongoing_requests(model: ModelConfig) -> int:

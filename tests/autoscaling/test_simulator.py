@@ -145,7 +145,7 @@ def test_bad_traces_name_the_line(tmp_path: Path, content: str, message: str) ->
         ),
         (
             "policies:\n  - {name: a, target_latency_s: 0.1, max_replicas: 0}\n",
-            r"policies\[0\] \(a\): max_replicas: must be >= min_replicas",
+            r"policies\[0\] \(a\): max_replicas: Input should be greater than or equal to 1",
         ),
         ("policies: [\n", "not valid YAML"),
     ],

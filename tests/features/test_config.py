@@ -37,9 +37,9 @@ def test_defaults_serve_anywhere() -> None:
     assert isinstance(config.store, MemoryStoreConfig) and config.store.seed_files == {}
     redis = parse_features({"store": {"kind": "redis"}}, Path("."), "x").store
     assert isinstance(redis, RedisStoreConfig)
-    assert (redis.url, redis.timeout_ms, redis.pool_size, redis.on_unavailable) == (
+    assert (redis.url, redis.timeout_s, redis.pool_size, redis.on_unavailable) == (
         "redis://127.0.0.1:6379/0",
-        50.0,
+        0.05,
         16,
         "fail",
     )
@@ -74,7 +74,7 @@ def test_demo_features_are_valid_and_form_the_16_column_ranker_row() -> None:
          "features.inputs.ranker.candidates: unknown entity 'items'"),
         (with_changes(inputs__ranker__colour=1), "features.inputs.ranker.colour: Extra inputs"),
         (with_changes(entities__user__key="user"),
-         "features.entities.user.key: Value error, 'user' must contain {id} exactly once"),
+         "features.entities.user.key: 'user' must contain {id} exactly once"),
         (with_changes(entities__item__key="t:user:{id}"),
          "features.entities: two entities share a key template"),
         (with_changes(entities__user__fields__1__dtype="float64"),
@@ -82,16 +82,20 @@ def test_demo_features_are_valid_and_form_the_16_column_ranker_row() -> None:
         (with_changes(entities__user__fields__0__name="bad name"),
          "features.entities.user.fields.0.name: String should match pattern"),
         (with_changes(entities__user__fields=[{"name": "a"}, {"name": "a"}]),
-         "features.entities.user: Value error, field names repeat"),
+         "features.entities.user: field names repeat"),
         (with_changes(entities__user__fields=[]), "features.entities.user.fields: List should"),
         (with_changes(entities__user__id_column="activity"),
-         "features.entities.user: Value error, id_column 'activity' is also a field name"),
-        (with_changes(store={"kind": "redis", "timeout_ms": 0}),
-         "features.store.redis.timeout_ms: Input should be greater than 0"),
+         "features.entities.user: id_column 'activity' is also a field name"),
+        (with_changes(store={"kind": "redis", "timeout_s": 0}),
+         "features.store.timeout_s: Input should be greater than 0"),
+        (with_changes(store={"kind": "redis", "timeout_ms": 50}),
+         "features.store.timeout_ms: renamed to timeout_s (seconds)"),
+        (with_changes(store={"kind": "redis", "breaker": {"open_ms": 1000}}),
+         "features.store.breaker.open_ms: renamed to open_s (seconds)"),
         (with_changes(store={"kind": "redis", "on_unavailable": "ignore"}),
-         "features.store.redis.on_unavailable: Input should be 'fail' or 'degrade'"),
+         "features.store.on_unavailable: Input should be 'fail' or 'degrade'"),
         (with_changes(store={"kind": "redis", "url": "http://x"}),
-         "features.store.redis.url: String should match pattern"),
+         "features.store.url: String should match pattern"),
         (with_changes(store={"kind": "redis", "cache": {"ttl_s": 1, "entities": ["usr"]}}),
          "features.store.cache.entities.0: unknown entity 'usr'"),
         (with_changes(store={"kind": "memory", "seed_files": {"usr": "u.csv"}}),

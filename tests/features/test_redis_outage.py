@@ -36,8 +36,8 @@ def test_stopped_redis_is_answered_as_configured_and_recovered_from(
     now_s = [0.0]
     settings = {
         "on_unavailable": on_unavailable,
-        "timeout_ms": 200,
-        "breaker": {"after_failures": 2, "open_ms": 1000},
+        "timeout_s": 0.2,
+        "breaker": {"after_failures": 2, "open_s": 1.0},
     }
 
     async def fetch_while_down(store: RedisFeatureStore) -> None:
@@ -68,7 +68,7 @@ def test_stopped_redis_is_answered_as_configured_and_recovered_from(
             restarted_s = time.monotonic()
             own_redis.start()
             users, items = seed(own_redis, definitions)  # no persistence: a new data set
-            await fetch_while_down(store)  # still within open_ms: not tried yet
+            await fetch_while_down(store)  # still within open_s: not tried yet
             now_s[0] += 1.0
             after = await store.fetch(layout, {"user": "u0"}, item_ids)
             assert time.monotonic() - restarted_s < RECOVERY_BOUND_S

@@ -88,10 +88,11 @@ def test_invalid_autoscaling_is_named_by_key(tmp_path: Path) -> None:
     path.write_text(yaml.safe_dump({"models": [{**model, "autoscaling": {"max_replicas": 0}}]}))
     with pytest.raises(ConfigError) as error:
         load_config(path)
-    assert "models.0.autoscaling.target_latency_s: required" in str(error.value)
+    assert "models.0.autoscaling.target_latency_s: Field required" in str(error.value)
+    assert "models.0.autoscaling.max_replicas: Input should be greater than" in str(error.value)
     autoscaling = {"target_latency_s": 0.1, "max_replica": 3}
     path.write_text(yaml.safe_dump({"models": [{**model, "autoscaling": autoscaling}]}))
     result = run_cli("render", "ray", "--config", str(path))
     assert result.returncode == 2
-    assert "models.0.autoscaling.max_replica: unknown setting" in result.stderr
+    assert "models.0.autoscaling.max_replica: Extra inputs are not permitted" in result.stderr
     assert "Traceback" not in result.stderr

@@ -8,13 +8,15 @@ from typing import Any
 import pytest
 
 from switchyard.router.audit import describe_changes
-from switchyard.router.config import build_routing_table, table_to_config
+from switchyard.router.config import table_to_config
 from switchyard.router.decision import Choice, RouteReason, RouteRequest
 from switchyard.router.endpoint import EndpointSpec
 from switchyard.router.errors import RoutingConfigError
 from switchyard.router.router import Router
 from switchyard.router.table import RoutingTable
 from switchyard.runtimes.errors import InvalidArgument, NotFound
+from switchyard.server.config_base import ConfigError
+from switchyard.server.endpoints_config import build_routing_table
 
 FULL: list[dict[str, Any]] = [
     {
@@ -80,62 +82,59 @@ def mutate(path: list[Any], value: Any, *, delete: bool = False) -> list[dict[st
 @pytest.mark.parametrize(
     ("path", "value", "message"),
     [
-        ([0, "weights"], {"stable": 0, "canary": 0}, "endpoints.recs.weights: at least one weight"),
-        ([0, "weights", "canary"], -1, "endpoints.recs.weights.canary: must be finite and >= 0"),
-        ([0, "weights", "canary"], True, "endpoints.recs.weights.canary: must be a number"),
-        ([0, "weights", "canry"], 5, r"endpoints.recs.weights.canry: unknown variant \(variants:"),
-        ([0, "variants"], {}, "endpoints.recs.variants: at least one variant"),
-        ([0, "shadow", "fraction"], 1.5, r"endpoints.recs.shadow.fraction: must be in \[0, 1\]"),
-        (
-            [0, "shadow", "variants"],
-            ["nxt"],
-            "endpoints.recs.shadow.variants: unknown variant 'nxt'",
-        ),
-        ([0, "shadow", "fractoin"], 0.1, "endpoints.recs.shadow.fractoin: unknown key"),
-        ([0, "rollout", "canary"], "stable", "endpoints.recs.rollout.canary: must differ"),
-        ([0, "rollout", "canary"], "nope", "endpoints.recs.rollout.canary: unknown variant 'nope'"),
-        ([0, "rollout", "steps_percent"], [50, 25], "endpoints.recs.rollout.steps_percent: steps"),
-        (
-            [0, "rollout", "min_requests"],
-            1.5,
-            "endpoints.recs.rollout.min_requests: must be an int",
-        ),
-        (
-            [0, "override", "allowed"],
-            "yes",
-            "endpoints.recs.override.allowed: must be true or false",
-        ),
+        ([0, "weights"], {"stable": 0, "canary": 0}, "endpoints.0.weights: at least one weight"),
+        ([0, "weights", "canary"], -1, "endpoints.0.weights.canary: Input should be greater"),
+        ([0, "weights", "canary"], True, "endpoints.0.weights.canary: Input should be a valid"),
+        ([0, "weights", "canry"], 5, r"endpoints.0.weights.canry: unknown variant \(variants:"),
+        ([0, "variants"], {}, "endpoints.0.variants: Dictionary should have at least 1 item"),
+        ([0, "shadow", "fraction"], 1.5, "endpoints.0.shadow.fraction: Input should be less"),
+        ([0, "shadow", "variants"], ["nxt"], "endpoints.0.shadow.variants: unknown variant 'nxt'"),
+        ([0, "shadow", "fractoin"], 0.1, "endpoints.0.shadow.fractoin: Extra inputs"),
+        ([0, "rollout", "canary"], "stable", "endpoints.0.rollout.canary: must differ"),
+        ([0, "rollout", "canary"], "nope", "endpoints.0.rollout.canary: unknown variant 'nope'"),
+        ([0, "rollout", "steps_percent"], [50, 25], "endpoints.0.rollout.steps_percent: steps"),
+        ([0, "rollout", "min_requests"], 1.5, "endpoints.0.rollout.min_requests: Input should"),
+        ([0, "override", "allowed"], "yes", "endpoints.0.override.allowed: Input should be a"),
         (
             [0, "override", "parameter"],
             "user_id",
-            "endpoints.recs.override.parameter: 'user_id' is",
+            "endpoints.0.override.parameter: 'user_id' is also the routing key's parameter",
         ),
-        (
-            [0, "variants", "bad name"],
-            {"model": "m"},
-            "endpoints.recs.variants.bad name: must be a",
-        ),
-        ([0, "variants", "next", "model"], None, "endpoints.recs.variants.next.model: is required"),
-        ([1, "name"], "recs", "endpoints.recs: endpoint name repeats"),
-        ([1, "name"], None, "endpoints.1.name: is required"),
+        ([0, "variants", "bad name"], {"model": "m"}, "endpoints.0.variants.bad name.\\[key\\]"),
+        ([0, "variants", "next", "model"], None, "endpoints.0.variants.next.model: Input should"),
+        ([1, "name"], "recs", "endpoints.1.name: endpoint name repeats"),
+        ([1, "name"], None, "endpoints.1.name: Input should be a valid string"),
     ],
 )
 def test_validation_errors_name_the_key(path: list[Any], value: Any, message: str) -> None:
-    with pytest.raises(RoutingConfigError, match=message):
+    with pytest.raises(ConfigError, match=message):
         build_routing_table(mutate(path, value))
 
 
 def test_models_are_checked_when_given() -> None:
-    with pytest.raises(RoutingConfigError, match=r"next.model: unknown model 'ranker-next'"):
+    with pytest.raises(ConfigError, match=r"next.model: unknown model 'ranker-next'"):
         build_routing_table(FULL, models={"ranker": ["1", "2"]})
-    with pytest.raises(RoutingConfigError, match="canary.version: model 'ranker' has no version"):
+    with pytest.raises(ConfigError, match="canary.version: model 'ranker' has no version"):
         build_routing_table(FULL, models={"ranker": ["1"], "ranker-next": []})
+    with pytest.raises(ConfigError, match="endpoints.1.name: 'rank' is also a model name"):
+        build_routing_table(FULL, models={"ranker": ["1", "2"], "ranker-next": [], "rank": []})
 
 
-def test_config_errors_are_invalid_argument_for_the_admin_api() -> None:
+def test_every_endpoint_error_is_reported() -> None:
+    raw = mutate([0, "weights", "canry"], 5)
+    raw[1]["variants"]["only"]["model"] = "unknown"
+    with pytest.raises(ConfigError) as caught:
+        build_routing_table(raw, models={"ranker": ["1", "2"], "ranker-next": []})
+    assert [line.split(":")[0] for line in caught.value.errors] == [
+        "endpoints.0.weights.canry",
+        "endpoints.1.variants.only.model",
+    ]
+
+
+def test_admin_changes_fail_as_invalid_argument() -> None:
     assert issubclass(RoutingConfigError, InvalidArgument)
     assert build_routing_table(None) == RoutingTable({})
-    with pytest.raises(RoutingConfigError, match="endpoints: must be a list"):
+    with pytest.raises(ConfigError, match="endpoints: Input should be a valid list"):
         build_routing_table({"recs": {}})
 
 

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import random
 
-from switchyard.router.config import build_routing_table
 from switchyard.router.decision import RouteRequest
 from switchyard.router.router import Router
 from switchyard.router.shadow_gate import Admission, ShadowGate
+from switchyard.server.endpoints_config import build_routing_table
 
 KEYS = [f"user-{i}" for i in range(100_000)]
 

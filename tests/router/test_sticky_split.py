@@ -9,11 +9,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from switchyard.router.config import build_routing_table
 from switchyard.router.decision import RouteReason, RouteRequest
 from switchyard.router.hashing import key_point
 from switchyard.router.router import Router
 from switchyard.router.sticky import sticky_variant
+from switchyard.server.endpoints_config import build_routing_table
 
 KEYS = [f"user-{i}" for i in range(100_000)]
 

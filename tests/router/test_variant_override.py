@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from switchyard.router.config import build_routing_table
 from switchyard.router.decision import RouteReason
 from switchyard.router.router import Router
 from switchyard.runtimes.errors import InvalidArgument, NotFound
+from switchyard.server.endpoints_config import build_routing_table
 
 
 def make_router(*, allowed: bool = True) -> Router:

@@ -178,8 +178,8 @@ def test_redis_down_fails_fast_or_degrades_then_recovers(
     gateways = {}
     try:
         for mode in ("fail", "degrade"):
-            store = {"kind": "redis", "url": server.url, "timeout_ms": 100, "on_unavailable": mode,
-                     "breaker": {"after_failures": 2, "open_ms": 200}}  # fmt: skip
+            store = {"kind": "redis", "url": server.url, "timeout_s": 0.1, "on_unavailable": mode,
+                     "breaker": {"after_failures": 2, "open_s": 0.2}}  # fmt: skip
             config = gateway_config(demo_model_path, demo_features(prefix, store))
             workdir = tmp_path / mode
             workdir.mkdir()

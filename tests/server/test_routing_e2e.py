@@ -60,7 +60,7 @@ def base_config(paths: dict[str, str], workdir: Path, **routing: Any) -> dict[st
             {
                 "name": "ranker_slow",
                 "versions": [{"version": "1", "path": paths["v1"]}],
-                "batching": {"max_batch_size": 1024, "max_queue_delay_us": 2_000_000},
+                "batching": {"max_batch_size": 1024, "max_queue_delay_s": 2.0},
             },
             # A 1 us timeout: every request expires in the queue (DEADLINE_EXCEEDED).
             {

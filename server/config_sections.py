@@ -1,0 +1,99 @@
+"""The small sections of the config file: `server`, `routing`, `admin` and `recommend`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import Field
+
+from switchyard.server.config_base import StrictModel
+
+Port = Annotated[int, Field(ge=0, le=65535)]
+# A path is written as a string in YAML; relative ones resolve against the config's folder.
+FilePath = Annotated[Path, Field(strict=False)]
+
+
+class ServerSettings(StrictModel):
+    """The listening sockets and process settings; SWITCHYARD_<KEY> variables override them."""
+
+    host: str = Field(default="0.0.0.0", description="Address every port listens on.")
+    http_port: Port = Field(default=8000, description="Port of the REST API (and admin API).")
+    grpc_port: Port = Field(default=8001, description="Port of the gRPC API.")
+    metrics_port: Port = Field(default=8002, description="Port of the Prometheus metrics.")
+    # Beyond it, RESOURCE_EXHAUSTED at once instead of a queue inside gRPC that an overloaded
+    # event loop cannot drain.
+    max_concurrent_rpcs: int = Field(
+        default=1024,
+        ge=1,
+        description="gRPC calls handled at once; more are refused with RESOURCE_EXHAUSTED.",
+    )
+    max_request_size_bytes: int = Field(
+        default=64 * 1024 * 1024,
+        gt=0,
+        description="Largest request on either protocol; also bounds a tensor's declared size.",
+    )
+    log_level: Literal["debug", "info", "warning", "error"] = Field(
+        default="info", description="Log level of the gateway's own loggers."
+    )
+    shutdown_grace_s: float = Field(
+        default=5.0,
+        ge=0,
+        description="Seconds shutdown waits for in-flight requests before cancelling them.",
+    )
+    autoscaling_signal_interval_s: float = Field(
+        default=5.0,
+        gt=0,
+        description="Seconds between exports of the autoscaling signal of autoscaled models.",
+    )
+
+
+class RoutingSettings(StrictModel):
+    """How the router's background work runs (the endpoints themselves are `endpoints:`)."""
+
+    disagreement_log_path: FilePath | None = Field(
+        default=None,
+        description="JSONL log of the largest shadow-versus-primary disagreements; none if unset.",
+    )
+    disagreement_top_n: int = Field(
+        default=10, ge=1, description="Disagreement lines kept per window."
+    )
+    disagreement_window_s: float = Field(
+        default=60.0, gt=0, description="Seconds of one disagreement window."
+    )
+    shadow_timeout_s: float = Field(
+        default=5.0,
+        gt=0,
+        description="Seconds after which a shadow call still running is cancelled and counted.",
+    )
+    rollout_tick_s: float = Field(
+        default=1.0, gt=0, description="Seconds between two judgements of running rollouts."
+    )
+    config_reload_s: float = Field(
+        default=2.0,
+        ge=0,
+        description="Seconds between checks of the config file for endpoint changes; 0: off.",
+    )
+
+
+class AdminSettings(StrictModel):
+    """The admin REST API (/admin/v1/...) on the HTTP port; off unless a token is set."""
+
+    token: str | None = Field(
+        default=None,
+        min_length=16,
+        description="Bearer token of the admin API; better set as SWITCHYARD_ADMIN_TOKEN.",
+    )
+    audit_log_path: FilePath | None = Field(
+        default=None,
+        description="Every routing change as one JSON line (who, when, old -> new).",
+    )
+
+
+class RecommendSettings(StrictModel):
+    """The Recommend API (features in, ranked items out)."""
+
+    max_candidates: int = Field(default=500, ge=1, description="Candidates per request, at most.")
+    score_output: str = Field(
+        default="score", description="The model output that ranks the candidates."
+    )
