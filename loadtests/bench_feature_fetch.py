@@ -18,7 +18,6 @@ Run: `.venv/bin/python -m loadtests.bench_feature_fetch [--items 100] [--request
 from __future__ import annotations
 
 import argparse
-import statistics
 import time
 import uuid
 from collections.abc import Awaitable, Callable
@@ -29,6 +28,7 @@ import redis.asyncio
 import uvloop
 import yaml
 
+from loadtests.latency import percentiles_us
 from switchyard.demo.paths import DEMO_CONFIG_PATH as DEMO_FEATURES_PATH
 from switchyard.server.features.config import FeaturesConfig, RedisStoreConfig
 from switchyard.server.features.definitions import (
@@ -39,12 +39,6 @@ from switchyard.server.features.definitions import (
 )
 from switchyard.server.features.memory_store import MemoryFeatureStore
 from switchyard.server.features.redis_store import RedisFeatureStore, decode_hmget_replies
-
-
-def percentiles_us(samples_s: list[float]) -> dict[str, float]:
-    ordered = sorted(samples_s)
-    pick = lambda q: ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1e6  # noqa: E731
-    return {"p50": statistics.median(ordered) * 1e6, "p90": pick(0.90), "p99": pick(0.99)}
 
 
 async def time_calls(call: Callable[[], Awaitable[object]], requests: int, warmup: int) -> list:
