@@ -70,7 +70,10 @@ class TritonModel(Runtime):
         self._label = label
         self._clock = clock
         self._breaker = CircuitBreaker(
-            options.breaker_failures, options.breaker_open_s, clock, on_breaker_change
+            options.breaker_failures,
+            options.breaker_open_s,
+            clock=clock,
+            on_change=on_breaker_change,
         )
         self._channel: grpc.aio.Channel | None = None
         self._stub: pb_grpc.GRPCInferenceServiceStub | None = None

@@ -34,8 +34,8 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from switchyard.runtimes.circuit_breaker import CircuitBreaker
 from switchyard.runtimes.errors import Unavailable
-from switchyard.server.features.breaker import Breaker
 from switchyard.server.features.cache import TtlCache
 from switchyard.server.features.config import ID_PLACEHOLDER, RedisStoreConfig
 from switchyard.server.features.definitions import EntityColumns, RowLayout
@@ -78,7 +78,11 @@ class RedisFeatureStore:
             socket_timeout=None,
             retry=Retry(NoBackoff(), 0),
         )
-        self._breaker = Breaker(config.breaker.after_failures, config.breaker.open_ms / 1e3, clock)
+        open_s = config.breaker.open_ms / 1e3
+        # Nothing reports a cancelled fetch, so a probe holds the others back open_s at most.
+        self._breaker = CircuitBreaker(
+            config.breaker.after_failures, open_s, clock=clock, probe_timeout_s=open_s
+        )
         self._cache: TtlCache[tuple[EntityColumns, str], CachedRow] | None = None
         self._cached_entities: frozenset[str] | None = None
         if config.cache is not None:
@@ -173,7 +177,7 @@ class RedisFeatureStore:
         return b"".join(chunks)
 
     async def _round_trip(self, payload: bytes, wanted: list[tuple[int, list[int]]]) -> list:
-        if not self._breaker.allows():
+        if not self._breaker.allow():
             self.stats.short_circuited += 1
             raise RedisUnavailable("breaker open", "not retried yet after repeated failures")
         n_replies = sum(len(rows) for _, rows in wanted)
@@ -187,7 +191,7 @@ class RedisFeatureStore:
             raise self._failed(f"{type(exc).__name__}: {exc}", "connection failed") from None
         if self._breaker.failures:
             log.info("online features: %s answers again", self.description)
-        self._breaker.succeeded()
+        self._breaker.record_success()
         return replies
 
     def _failed(self, detail: str, reason: str) -> RedisUnavailable:
@@ -197,7 +201,7 @@ class RedisFeatureStore:
             log.warning(
                 "online features: %s failed (%s); answering %s", self.description, detail, answer
             )
-        self._breaker.failed()
+        self._breaker.record_failure()
         return RedisUnavailable(detail, reason)
 
     async def _send_and_read(self, payload: bytes, n_replies: int) -> list:
