@@ -134,7 +134,11 @@ class TritonModel(Runtime):
             name=self._options.model_name, version=self._options.model_version
         )
         try:
-            return (await self._connected_stub().ModelReady(request, timeout=1.0)).ready
+            # The generated stubs are untyped (no .pyi for *_pb2_grpc): name the answer's type.
+            answer: pb.ModelReadyResponse = await self._connected_stub().ModelReady(
+                request, timeout=1.0
+            )
+            return answer.ready
         except grpc.aio.AioRpcError:
             return False
 

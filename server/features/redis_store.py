@@ -27,7 +27,7 @@ from urllib.parse import urlsplit
 
 import numpy as np
 from redis.asyncio import BlockingConnectionPool
-from redis.asyncio.connection import AbstractConnection
+from redis.asyncio.connection import AbstractConnection, ConnectionPoolInterface
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -45,6 +45,9 @@ log = logging.getLogger(__name__)
 
 # A cached entity: its values in the layout's field order and its count of missing fields.
 CachedRow = tuple[np.ndarray, int]
+# One HMGET's reply as redis-py parses it: the values (None where absent), or the error
+# Redis answered (WRONGTYPE). Any: redis-py types its parsed replies as Any.
+Reply = Any
 
 
 class RedisUnavailable(Exception):
@@ -68,7 +71,9 @@ class RedisFeatureStore:
         self._timeout_s = config.timeout_ms / 1000.0
         self._timeout_ms = config.timeout_ms
         self._degrade = config.on_unavailable == "degrade"
-        self._pool = BlockingConnectionPool.from_url(
+        # Used through the pool interface, which redis-py types (BlockingConnectionPool's
+        # own overrides are untyped).
+        self._pool: ConnectionPoolInterface = BlockingConnectionPool.from_url(
             config.url,
             max_connections=config.pool_size,
             timeout=self._timeout_s,
@@ -166,7 +171,10 @@ class RedisFeatureStore:
                 self._cache.put((part, ids[row]), entry)
 
     def _pack(
-        self, parts: Sequence[EntityColumns], ids: Sequence[Sequence[str]], wanted: list
+        self,
+        parts: Sequence[EntityColumns],
+        ids: Sequence[Sequence[str]],
+        wanted: list[tuple[int, list[int]]],
     ) -> bytes:
         chunks = []
         for p, rows in wanted:
@@ -176,7 +184,7 @@ class RedisFeatureStore:
             chunks += [packer.command(ids[p][row]) for row in rows]
         return b"".join(chunks)
 
-    async def _round_trip(self, payload: bytes, wanted: list[tuple[int, list[int]]]) -> list:
+    async def _round_trip(self, payload: bytes, wanted: list[tuple[int, list[int]]]) -> list[Reply]:
         if not self._breaker.allow():
             self.stats.short_circuited += 1
             raise RedisUnavailable("breaker open", "not retried yet after repeated failures")
@@ -204,7 +212,7 @@ class RedisFeatureStore:
         self._breaker.record_failure()
         return RedisUnavailable(detail, reason)
 
-    async def _send_and_read(self, payload: bytes, n_replies: int) -> list:
+    async def _send_and_read(self, payload: bytes, n_replies: int) -> list[Reply]:
         for attempt in range(2):
             connection = await self._pool.get_connection()
             try:
@@ -222,7 +230,7 @@ class RedisFeatureStore:
         raise AssertionError("unreachable")
 
 
-async def _read_reply(connection: AbstractConnection) -> Any:
+async def _read_reply(connection: AbstractConnection) -> Reply:
     try:
         return await connection.read_response(timeout=math.inf)  # the fetch has the timeout
     except ResponseError as exc:  # WRONGTYPE: that key holds no hash
