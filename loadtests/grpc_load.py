@@ -62,7 +62,7 @@ async def _closed_loop(
     return LoadResult(len(latencies), errors, duration_s, latencies)
 
 
-def _worker(args: tuple) -> LoadResult:
+def _worker(args: tuple[str, str, int, int, float, float]) -> LoadResult:
     return asyncio.run(_closed_loop(*args))
 
 

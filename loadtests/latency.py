@@ -43,16 +43,19 @@ class LatencyHistogram:
 
     @property
     def count(self) -> int:
-        return self._hist.get_total_count()
+        count: int = self._hist.get_total_count()  # hdrh ships no types
+        return count
 
     def percentile_ms(self, percent: float) -> float:
         """NaN when nothing was recorded, so an empty run never reads as fast."""
         if not self.count:
             return float("nan")
-        return self._hist.get_value_at_percentile(percent) / 1e3
+        value_us: int = self._hist.get_value_at_percentile(percent)
+        return value_us / 1e3
 
     def encode(self) -> bytes:
-        return self._hist.encode()
+        encoded: bytes = self._hist.encode()
+        return encoded
 
     def add_encoded(self, encoded: bytes) -> None:
         self._hist.decode_and_add(encoded)
