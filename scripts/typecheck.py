@@ -40,6 +40,9 @@ def lay_out_tree(dirs: dict[str, str]) -> None:
         link.unlink(missing_ok=True)
         link.symlink_to(target, target_is_directory=True)
     for top in {package.split(".")[0] for package in dirs}:
+        for stale in (TREE / top).glob("*.py"):
+            if not stale.exists():  # its file was removed or renamed
+                stale.unlink()
         for source in (ROOT / top).glob("*.py"):
             link = TREE / top / source.name
             if not link.is_symlink():
