@@ -19,7 +19,7 @@ from loadtests.grpc_load import LoadResult, run_closed_loop
 from switchyard.demo.build_model import ensure_built
 
 
-def measure(batching: dict, args: argparse.Namespace) -> LoadResult:
+def measure(batching: dict[str, int], args: argparse.Namespace) -> LoadResult:
     config = demo_model_config(ensure_built())
     config["models"][0]["batching"] = batching
     with tempfile.TemporaryDirectory() as workdir:

@@ -18,20 +18,22 @@ Run: `.venv/bin/python -m loadtests.bench_feature_fetch [--items 100] [--request
 from __future__ import annotations
 
 import argparse
-import statistics
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 
 import numpy as np
 import redis
 import redis.asyncio
 import uvloop
 import yaml
+from redis.typing import EncodableT, FieldT
 
+from loadtests.latency import percentiles_us
 from switchyard.demo.paths import DEMO_CONFIG_PATH as DEMO_FEATURES_PATH
 from switchyard.server.features.config import FeaturesConfig, RedisStoreConfig
 from switchyard.server.features.definitions import (
+    EntityColumns,
     EntityTable,
     FeatureDefinitions,
     RowLayout,
@@ -39,15 +41,12 @@ from switchyard.server.features.definitions import (
 )
 from switchyard.server.features.memory_store import MemoryFeatureStore
 from switchyard.server.features.redis_store import RedisFeatureStore, decode_hmget_replies
+from switchyard.server.features.store import FeatureStore
 
 
-def percentiles_us(samples_s: list[float]) -> dict[str, float]:
-    ordered = sorted(samples_s)
-    pick = lambda q: ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1e6  # noqa: E731
-    return {"p50": statistics.median(ordered) * 1e6, "p90": pick(0.90), "p99": pick(0.99)}
-
-
-async def time_calls(call: Callable[[], Awaitable[object]], requests: int, warmup: int) -> list:
+async def time_calls(
+    call: Callable[[], Awaitable[object]], requests: int, warmup: int
+) -> list[float]:
     for _ in range(warmup):
         await call()
     samples = []
@@ -79,7 +78,9 @@ async def main(args: argparse.Namespace) -> None:
     pipeline = sync_client.pipeline(transaction=False)
     for spec, ids, rows in ((user, ["u0"], users), (item, item_ids, items)):
         for entity_id, row in zip(ids, rows, strict=True):
-            mapping = {f.name: str(v) for f, v in zip(spec.fields, row, strict=True)}
+            mapping: dict[FieldT, EncodableT] = {
+                f.name: str(v) for f, v in zip(spec.fields, row, strict=True)
+            }
             pipeline.hset(spec.key(entity_id), mapping=mapping)
     pipeline.execute()
 
@@ -110,7 +111,7 @@ async def main(args: argparse.Namespace) -> None:
         item_values = decode_hmget_replies(replies[1:], item_part)[0]
         return assemble_rows(layout, {"user": user_values, "item": item_values}, len(item_ids))
 
-    def row_of(found: dict[bytes, bytes], part) -> list[float]:
+    def row_of(found: Mapping[bytes | str, bytes | str], part: EntityColumns) -> list[float]:
         names, defaults = part.field_names, part.defaults
         return [float(found.get(n.encode(), d)) for n, d in zip(names, defaults, strict=True)]
 
@@ -121,7 +122,7 @@ async def main(args: argparse.Namespace) -> None:
             matrix[row] = user_row + row_of(await client.hgetall(item.key(item_id)), item_part)
         return matrix
 
-    async def fetch_matrix(feature_store) -> np.ndarray:
+    async def fetch_matrix(feature_store: FeatureStore) -> np.ndarray:
         return (await feature_store.fetch(layout, {"user": "u0"}, item_ids)).matrix
 
     cases: dict[str, Callable[[], Awaitable[np.ndarray]]] = {

@@ -10,7 +10,6 @@ Run: `.venv/bin/python -m loadtests.bench_infer_latency [--requests 2000] [--row
 from __future__ import annotations
 
 import argparse
-import statistics
 import tempfile
 import time
 from collections.abc import Callable
@@ -22,13 +21,8 @@ import tritonclient.grpc as triton_grpc
 import tritonclient.http as triton_http
 
 from loadtests.gateway_process import demo_model_config, start_gateway
+from loadtests.latency import percentiles_us
 from switchyard.demo.build_model import ensure_built
-
-
-def percentiles_us(samples_s: list[float]) -> dict[str, float]:
-    ordered = sorted(samples_s)
-    pick = lambda q: ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1e6  # noqa: E731
-    return {"p50": statistics.median(ordered) * 1e6, "p90": pick(0.90), "p99": pick(0.99)}
 
 
 def time_calls(call: Callable[[], object], requests: int, warmup: int) -> list[float]:

@@ -100,7 +100,9 @@ class OipClient:
         self._payload = self._request.SerializeToString()
         self._channel = _channel(spec.url)
         # No serializers: bytes in, bytes out (the stub would serialize the same bytes anew).
-        self._infer = self._channel.unary_unary(f"/{OIP_SERVICE}/ModelInfer")
+        self._infer: grpc.aio.UnaryUnaryMultiCallable[bytes, bytes] = self._channel.unary_unary(
+            f"/{OIP_SERVICE}/ModelInfer"
+        )
 
     async def call(self) -> None:
         await self._infer(self._payload, timeout=self._spec.timeout_s)
@@ -140,7 +142,9 @@ class RecommendGrpcClient:
         self._requests = _recommend_requests(spec)
         self._payloads = itertools.cycle([r.SerializeToString() for r in self._requests])
         self._channel = _channel(spec.url)
-        self._recommend = self._channel.unary_unary(f"/{RECOMMEND_SERVICE}/Recommend")
+        self._recommend: grpc.aio.UnaryUnaryMultiCallable[bytes, bytes] = self._channel.unary_unary(
+            f"/{RECOMMEND_SERVICE}/Recommend"
+        )
 
     async def call(self) -> None:
         await self._recommend(next(self._payloads), timeout=self._spec.timeout_s)

@@ -112,7 +112,7 @@ def verdict(run: LoadResult, settings: Settings) -> tuple[bool, str]:
 
 
 def step_search(
-    run_at: Callable[[float], dict[str, Any]], settings: Settings, steps: list[dict]
+    run_at: Callable[[float], dict[str, Any]], settings: Settings, steps: list[dict[str, Any]]
 ) -> None:
     """Geometric steps up from the start rate until one fails (down, if the first fails),
     then `refine_steps` geometric bisections of the pass/fail bracket; into `steps`."""
@@ -298,7 +298,8 @@ def _parse(argv: Sequence[str] | None) -> tuple[Settings, Path, bool]:
         flag = "--" + field_name.replace("_", "-")
         parser.add_argument(flag, type=type(default), default=None, help=f"default {default}")
     args = parser.parse_args(argv)
-    values = {**(QUICK if args.quick else {}), "targets": tuple(args.targets)}
+    # Any: each field its own type, which argparse checked (type=type(default)).
+    values: dict[str, Any] = {**(QUICK if args.quick else {}), "targets": tuple(args.targets)}
     for field_name in asdict(defaults):
         given = getattr(args, field_name, None)
         if given is not None and field_name != "targets":

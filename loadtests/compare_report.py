@@ -29,7 +29,7 @@ def machine_info() -> dict[str, Any]:
     model = next((line.split(":", 1)[1].strip() for line in cpuinfo.splitlines()
                   if line.startswith("model name")), platform.processor())  # fmt: skip
     meminfo = Path("/proc/meminfo").read_text().split()
-    versions = {}
+    versions: dict[str, str | None] = {}
     for package in PACKAGES:
         try:
             versions[package] = importlib.metadata.version(package)
@@ -108,7 +108,9 @@ def _p99_at_multiple(outcomes: list[dict[str, Any]], plain: dict[str, Any]) -> f
     """Standalone's lowest p99 over its passing steps that did at least 5x plain Ray's max:
     whether such an operating point exists (the other steps are in the step table)."""
     plain_max = plain.get("max_throughput_per_s")
-    steps = next((o.get("steps", []) for o in outcomes if o["name"] == "standalone"), [])
+    steps: list[dict[str, Any]] = next(
+        (o.get("steps", []) for o in outcomes if o["name"] == "standalone"), []
+    )
     if not plain_max:
         return None
     floor = STANDALONE_VS_PLAIN_RAY_GOAL * plain_max
@@ -142,12 +144,11 @@ def goals(rows: list[dict[str, Any]], outcomes: list[dict[str, Any]]) -> list[di
         },
     ]
     for where, (ours, theirs) in p99_pairs.items():
-        known = ours is not None and theirs is not None
         result.append(
             {
                 "goal": f"standalone p99 below plain Ray Serve's, {where}",
                 "measured": f"{num(ours, 2)} ms vs {num(theirs, 2)} ms",
-                "met": (ours < theirs) if known else None,
+                "met": (ours < theirs) if ours is not None and theirs is not None else None,
             }
         )
     return result

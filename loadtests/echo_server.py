@@ -21,16 +21,32 @@ FP32_BYTES = 4
 
 
 class EchoServicer(pb_grpc.GRPCInferenceServiceServicer):
-    async def ServerLive(self, request, context) -> pb.ServerLiveResponse:
+    async def ServerLive(
+        self,
+        request: pb.ServerLiveRequest,
+        context: grpc.aio.ServicerContext[pb.ServerLiveRequest, pb.ServerLiveResponse],
+    ) -> pb.ServerLiveResponse:
         return pb.ServerLiveResponse(live=True)
 
-    async def ServerReady(self, request, context) -> pb.ServerReadyResponse:
+    async def ServerReady(
+        self,
+        request: pb.ServerReadyRequest,
+        context: grpc.aio.ServicerContext[pb.ServerReadyRequest, pb.ServerReadyResponse],
+    ) -> pb.ServerReadyResponse:
         return pb.ServerReadyResponse(ready=True)
 
-    async def ModelReady(self, request, context) -> pb.ModelReadyResponse:
+    async def ModelReady(
+        self,
+        request: pb.ModelReadyRequest,
+        context: grpc.aio.ServicerContext[pb.ModelReadyRequest, pb.ModelReadyResponse],
+    ) -> pb.ModelReadyResponse:
         return pb.ModelReadyResponse(ready=True)
 
-    async def ModelInfer(self, request, context) -> pb.ModelInferResponse:
+    async def ModelInfer(
+        self,
+        request: pb.ModelInferRequest,
+        context: grpc.aio.ServicerContext[pb.ModelInferRequest, pb.ModelInferResponse],
+    ) -> pb.ModelInferResponse:
         rows = request.inputs[0].shape[0]
         names = [output.name for output in request.outputs] or DEMO_OUTPUTS
         # One FP32 per row and output, as the demo ranker answers.

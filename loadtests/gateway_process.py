@@ -21,12 +21,13 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+        port: int = sock.getsockname()[1]
+        return port
 
 
 @dataclass
 class Gateway:
-    process: subprocess.Popen
+    process: subprocess.Popen[bytes]
     http_port: int
     grpc_port: int
     metrics_port: int
@@ -112,7 +113,8 @@ def demo_model_config(model_path: Path, **server: Any) -> dict[str, Any]:
 def scrape_metrics(gateway: Gateway) -> str:
     """The gateway's Prometheus exposition text."""
     with urllib.request.urlopen(f"http://127.0.0.1:{gateway.metrics_port}/metrics") as response:
-        return response.read().decode()
+        body: bytes = response.read()  # typeshed types urlopen's answer as Any
+        return body.decode()
 
 
 def metric_sum(text: str, name: str, **labels: str) -> float:

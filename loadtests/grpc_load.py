@@ -12,6 +12,8 @@ import numpy as np
 import tritonclient.grpc.aio as triton_aio
 from tritonclient.utils import InferenceServerException
 
+from loadtests.latency import percentile_s
+
 
 @dataclass(frozen=True)
 class LoadResult:
@@ -25,10 +27,7 @@ class LoadResult:
         return self.completed / self.duration_s
 
     def percentile_ms(self, q: float) -> float:
-        if not self.latencies_s:
-            return float("nan")
-        ordered = sorted(self.latencies_s)
-        return ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1e3
+        return percentile_s(self.latencies_s, q) * 1e3
 
     @property
     def p50_ms(self) -> float:
@@ -63,7 +62,7 @@ async def _closed_loop(
     return LoadResult(len(latencies), errors, duration_s, latencies)
 
 
-def _worker(args: tuple) -> LoadResult:
+def _worker(args: tuple[str, str, int, int, float, float]) -> LoadResult:
     return asyncio.run(_closed_loop(*args))
 
 

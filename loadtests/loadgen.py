@@ -326,7 +326,10 @@ class LoadGenerator:
 
 
 def _merge(
-    spec: LoadSpec, processes: int, parts: list[dict[str, Any]], marks: list[tuple]
+    spec: LoadSpec,
+    processes: int,
+    parts: list[dict[str, Any]],
+    marks: list[tuple[float, float, float]],
 ) -> LoadResult:
     latency, send_lag = LatencyHistogram(), LatencyHistogram()
     errors: Counter[str] = Counter()

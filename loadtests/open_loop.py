@@ -8,6 +8,8 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
+from loadtests.latency import percentile_s
+
 
 @dataclass(frozen=True)
 class OpenLoopResult:
@@ -18,10 +20,7 @@ class OpenLoopResult:
     first_error: str | None = None  # what the first failed request raised, for the report
 
     def percentile_ms(self, q: float) -> float:
-        if not self.latencies_s:
-            return float("nan")
-        ordered = sorted(self.latencies_s)
-        return ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1e3
+        return percentile_s(self.latencies_s, q) * 1e3
 
 
 async def run_open_loop(

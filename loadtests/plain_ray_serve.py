@@ -55,7 +55,8 @@ class OnnxModel:
         )
         self._input = self._session.get_inputs()[0].name
         self._outputs = [output.name for output in self._session.get_outputs()]
-        self.infer_batch.set_batch_wait_timeout_s(batch_wait_timeout_s)
+        # serve.batch's wrapper has the setter; Ray types the wrapper as a plain callable.
+        self.infer_batch.set_batch_wait_timeout_s(batch_wait_timeout_s)  # type: ignore[attr-defined]
 
     @serve.batch(max_batch_size=MAX_BATCH_ROWS, batch_size_fn=_rows)
     async def infer_batch(self, batch: list[np.ndarray]) -> list[list[np.ndarray]]:
@@ -101,7 +102,8 @@ def serve_until_stopped(
                 port=grpc_port, grpc_servicer_functions=GRPC_SERVICER_FUNCTIONS
             ),
         )
-        app = OnnxModel.bind(str(model_path.resolve()), batch_wait_timeout_s)
+        # @serve.deployment made the class a Deployment; mypy keeps a decorated class's type.
+        app = OnnxModel.bind(str(model_path.resolve()), batch_wait_timeout_s)  # type: ignore[attr-defined]
         serve.run(app, name=APP_NAME, route_prefix="/")
         print(f"plain Ray Serve ready: gRPC on port {grpc_port}", flush=True)
         stop.wait()

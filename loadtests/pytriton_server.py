@@ -94,12 +94,13 @@ def stop_when_orphaned(poll_s: float = 1.0) -> None:
 def make_infer(session: ort.InferenceSession) -> Callable[..., Any]:
     """The inference callable: @batch hands it the requests in one queue pass, concatenated."""
 
-    @batch
     def infer(features: np.ndarray) -> dict[str, np.ndarray]:
         logit, score = session.run(["logit", "score"], {"features": features})
         return {"logit": logit, "score": score}
 
-    return infer
+    # Applied by hand, not as @batch: pytriton ships no types, so name what it gives back.
+    batched: Callable[..., dict[str, np.ndarray]] = batch(infer)
+    return batched
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -18,7 +18,9 @@ SHARED_REDIS_URL = "redis://127.0.0.1:6379/0"
 
 def demo_features(prefix: str, store: dict[str, Any]) -> dict[str, Any]:
     """The demo's feature definitions, under key names of this test's own, in Redis."""
-    features = copy.deepcopy(yaml.safe_load(DEMO_CONFIG_PATH.read_text())["features"])
+    features: dict[str, Any] = copy.deepcopy(
+        yaml.safe_load(DEMO_CONFIG_PATH.read_text())["features"]
+    )
     for entity in features["entities"].values():
         entity["key"] = prefix + entity["key"]
     features["store"] = store

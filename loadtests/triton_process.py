@@ -303,7 +303,8 @@ class TritonProcess:
 def _http_ok(url: str) -> bool:
     try:
         with urllib.request.urlopen(url, timeout=1) as response:
-            return response.status == 200
+            status: int = response.status  # typeshed types urlopen's answer as Any
+            return status == 200
     except OSError:
         return False
 

@@ -87,21 +87,27 @@ class MonotonicClock:
 class BatchObserver(Protocol):
     """Hooks for metrics, so that the batcher imports no metrics library.
 
-    Subclass it and override what you need: the others do nothing. They are called on the
-    event loop, so keep them cheap; an exception in one is logged and otherwise ignored.
+    Subclass it and override what you need: the others do nothing (`return None` says so to
+    type checkers, for which a protocol method with a docstring-only body is abstract). They
+    are called on the event loop, so keep them cheap; an exception in one is logged and
+    otherwise ignored.
     """
 
     def batch_executed(self, rows: int, requests: int, compute_s: float) -> None:
         """A batch ran: its rows (1 per request when batching is off), requests, runtime time."""
+        return None
 
     def request_dequeued(self, queue_s: float) -> None:
         """A request left the queue for a batch after waiting queue_s."""
+        return None
 
     def request_refused(self, reason: str) -> None:
         """A request was refused or dropped before it ran; reason is one of REFUSED_*."""
+        return None
 
     def queue_depth_changed(self, depth: int) -> None:
         """The number of waiting requests is now depth."""
+        return None
 
 
 class _NullObserver(BatchObserver):

@@ -150,13 +150,17 @@ class OnnxRuntimeModel(Runtime):
                     f"{first_line}"
                 ) from exc
 
-    def _run(self, inputs: Mapping[str, np.ndarray], output_names: Sequence[str]) -> list:
+    def _run(
+        self, inputs: Mapping[str, np.ndarray], output_names: Sequence[str]
+    ) -> list[np.ndarray]:
         assert self._session is not None, "load() must be called before infer()"
         feeds = dict(inputs)
         for name in self._string_inputs:
             # OIP BYTES arrive as bytes objects; ONNX string tensors take str.
             feeds[name] = np.vectorize(_as_str, otypes=[object])(feeds[name])
-        return self._session.run(list(output_names), feeds)
+        # onnxruntime ships no types; its run() answers one array per output name.
+        outputs: list[np.ndarray] = self._session.run(list(output_names), feeds)
+        return outputs
 
     async def infer(
         self,

@@ -70,7 +70,10 @@ class TritonModel(Runtime):
         self._label = label
         self._clock = clock
         self._breaker = CircuitBreaker(
-            options.breaker_failures, options.breaker_open_s, clock, on_breaker_change
+            options.breaker_failures,
+            options.breaker_open_s,
+            clock=clock,
+            on_change=on_breaker_change,
         )
         self._channel: grpc.aio.Channel | None = None
         self._stub: pb_grpc.GRPCInferenceServiceStub | None = None
@@ -131,7 +134,11 @@ class TritonModel(Runtime):
             name=self._options.model_name, version=self._options.model_version
         )
         try:
-            return (await self._connected_stub().ModelReady(request, timeout=1.0)).ready
+            # The generated stubs are untyped (no .pyi for *_pb2_grpc): name the answer's type.
+            answer: pb.ModelReadyResponse = await self._connected_stub().ModelReady(
+                request, timeout=1.0
+            )
+            return answer.ready
         except grpc.aio.AioRpcError:
             return False
 

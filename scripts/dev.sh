@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Set up Switchyard on a fresh machine, then serve or test.
 #   ./scripts/dev.sh serve   build the demo and serve it on the embedded defaults
-#   ./scripts/dev.sh test    run the whole test suite (starts redis-server when none answers)
+#   ./scripts/dev.sh test    lint, type-check and run the whole test suite (starts
+#                            redis-server when none answers)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -54,6 +55,7 @@ case "${1:-}" in
         "$VENV/bin/python" -m switchyard.protos.generate --check
         "$VENV/bin/ruff" check .
         "$VENV/bin/ruff" format --check .
+        "$VENV/bin/python" scripts/typecheck.py  # mypy --strict (settings: pyproject.toml)
         exec "$VENV/bin/python" -m pytest "$@"
         ;;
     *)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 from switchyard.runtimes.errors import InvalidArgument, ModelLoadError
@@ -68,7 +69,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    return args.handler(args)
+    handler: Callable[[argparse.Namespace], int] = args.handler  # set by each subcommand
+    return handler(args)
 
 
 if __name__ == "__main__":

@@ -59,8 +59,8 @@ def create_runtime(
         return TritonModel(options, label, on_breaker_change=breaker_gauge.set)
     assert version.path is not None  # the config requires it for onnxruntime
     # The batcher runs up to instance_count batches at once; the runtime needs as many threads.
-    options = model.runtime_options.to_runtime_options(model.batching.instance_count)
-    return OnnxRuntimeModel(version.path, options, label)
+    ort_options = model.runtime_options.to_runtime_options(model.batching.instance_count)
+    return OnnxRuntimeModel(version.path, ort_options, label)
 
 
 def has_batch_dimension(signature: ModelSignature) -> bool:

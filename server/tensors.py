@@ -36,7 +36,9 @@ def checked_element_count(
     return count
 
 
-def decode_values(name: str, datatype: str, shape: Sequence[int], values: Sequence) -> np.ndarray:
+def decode_values(
+    name: str, datatype: str, shape: Sequence[int], values: Sequence[object]
+) -> np.ndarray:
     """An array from typed or JSON values (flat, or nested in row-major order)."""
     dtype = numpy_dtype(datatype, name)
     try:
@@ -58,11 +60,12 @@ def decode_values(name: str, datatype: str, shape: Sequence[int], values: Sequen
     return array.reshape(shape)
 
 
-def json_values(array: np.ndarray) -> list:
+def json_values(array: np.ndarray) -> list[object]:
     """Flat row-major values for a JSON response (BYTES as UTF-8 text)."""
     if array.dtype.kind in "OSU":
         return [
             e.decode("utf-8", errors="replace") if isinstance(e, bytes) else str(e)
             for e in array.ravel()
         ]
-    return array.ravel().tolist()
+    values: list[object] = array.ravel().tolist()  # Python numbers
+    return values

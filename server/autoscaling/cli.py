@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 from switchyard.server.autoscaling.sim_inputs import (
@@ -27,7 +28,9 @@ from switchyard.server.autoscaling.simulator import SimulationSettings, simulate
 PROG = "switchyard autoscale simulate"
 
 
-def add_autoscale_subcommand(subparsers: argparse._SubParsersAction) -> None:
+def add_autoscale_subcommand(
+    subparsers: argparse._SubParsersAction[argparse.ArgumentParser],
+) -> None:
     autoscale = subparsers.add_parser("autoscale", help="latency autoscaling tools")
     commands = autoscale.add_subparsers(dest="autoscale_command", required=True)
     parser = commands.add_parser(
@@ -135,7 +138,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="switchyard")
     add_autoscale_subcommand(parser.add_subparsers(dest="command", required=True))
     args = parser.parse_args(["autoscale", *(argv if argv is not None else sys.argv[1:])])
-    return args.handler(args)
+    handler: Callable[[argparse.Namespace], int] = args.handler  # set by each subcommand
+    return handler(args)
 
 
 if __name__ == "__main__":

@@ -83,7 +83,8 @@ def load_trace(path: Path) -> LoadTrace:
 class ServiceTimeModel(Protocol):
     """Seconds one request takes on a free slot of a replica."""
 
-    mean_s: float
+    @property
+    def mean_s(self) -> float: ...
 
     def sample(self, rng: np.random.Generator, count: int) -> np.ndarray: ...
 

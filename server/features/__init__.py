@@ -2,6 +2,7 @@
 
 Modules: config (the `features:` section), definitions (entities, row layouts, the one
 rows-to-matrix function shared by training and serving), store (the interface),
-redis_store, memory_store, cache, breaker, factory (create_store), files (CSV/Parquet
-feature files), loader and cli (`switchyard features load`).
+redis_store (its circuit breaker is switchyard.runtimes.circuit_breaker), memory_store,
+cache, factory (create_store), files (CSV/Parquet feature files), loader and cli
+(`switchyard features load`).
 """

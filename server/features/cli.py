@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 from switchyard.runtimes.errors import SwitchyardError
@@ -23,7 +24,7 @@ from switchyard.server.features.definitions import FeatureDefinitions
 from switchyard.server.features.loader import load_file
 
 
-def add_features_subcommand(commands: argparse._SubParsersAction) -> None:
+def add_features_subcommand(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Register `features load` on the `switchyard` command's subparsers."""
     features = commands.add_parser("features", help="manage online features")
     actions = features.add_subparsers(dest="features_command", required=True)
@@ -97,7 +98,8 @@ def main(argv: list[str] | None = None) -> int:
     # Accept both `load FILE ...` and `features load FILE ...`.
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parser.parse_args(argv if argv[:1] == ["features"] else ["features", *argv])
-    return args.handler(args)
+    handler: Callable[[argparse.Namespace], int] = args.handler  # set by each subcommand
+    return handler(args)
 
 
 if __name__ == "__main__":

@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import SupportsFloat, SupportsIndex
 
 import numpy as np
 
@@ -55,14 +56,22 @@ class FieldSpec:
                 raise ValueError(f"{raw!r} is out of the int32 range")
             return str(value)
         try:
-            value = float(raw)  # str, int, float or numpy scalar
+            number = _float(raw)  # str, int, float or numpy scalar
         except (TypeError, ValueError):
             raise ValueError(f"{raw!r} is not a number") from None
-        if not math.isfinite(value) or abs(value) >= _FLOAT32_OVERFLOW:
+        if not math.isfinite(number) or abs(number) >= _FLOAT32_OVERFLOW:
             raise ValueError(f"{raw!r} is not a finite float32")
         # ASCII text is kept; anything else (numbers, exotic digits) is written as Python's repr.
         text = raw.strip() if isinstance(raw, str) else ""
-        return text if text.isascii() and text else repr(value)
+        return text if text.isascii() and text else repr(number)
+
+
+def _float(raw: object) -> float:
+    """float() of a cell; TypeError for what float() refuses by type (the concrete types
+    first: checking the protocols costs more)."""
+    if isinstance(raw, str | int | float | bytes | bytearray | SupportsFloat | SupportsIndex):
+        return float(raw)
+    raise TypeError(f"{type(raw).__name__} is not a number")
 
 
 def _exact_int(raw: object) -> int:
@@ -71,7 +80,7 @@ def _exact_int(raw: object) -> int:
         raise TypeError
     if isinstance(raw, int):
         return raw
-    value = float(raw)
+    value = _float(raw)
     if not value.is_integer():
         raise ValueError
     return int(value)
@@ -262,15 +271,15 @@ def _compile_layout(
         columns_of.setdefault(entity, []).append((column, name))
     parts = {}
     for entity_name, refs in columns_of.items():
-        entity = entities[entity_name]
+        spec = entities[entity_name]
         names = tuple(name for _, name in refs)
-        indexes = np.array([entity.field_index[name] for name in names], dtype=np.intp)
+        indexes = np.array([spec.field_index[name] for name in names], dtype=np.intp)
         parts[entity_name] = EntityColumns(
-            entity,
+            spec,
             names,
             indexes,
             np.array([column for column, _ in refs], dtype=np.intp),
-            entity.defaults[indexes],
+            spec.defaults[indexes],
         )
     context = tuple(part for name, part in parts.items() if name != candidates)
     return RowLayout(model, tensor, tuple(row), context, parts[candidates])

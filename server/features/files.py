@@ -80,7 +80,7 @@ def read_table(path: Path, entity: EntitySpec) -> EntityTable:
         values = np.tile(entity.defaults, (len(batch.ids), 1))
         present = np.zeros(values.shape, dtype=bool)
         for column, field_index in enumerate(batch.field_indexes):
-            found = [(r, row[column]) for r, row in enumerate(batch.texts) if row[column]]
+            found = [(r, text) for r, row in enumerate(batch.texts) if (text := row[column])]
             rows = [r for r, _ in found]
             values[rows, field_index] = texts_to_values([text for _, text in found])
             present[rows, field_index] = True
@@ -100,7 +100,8 @@ def count_rows(path: Path) -> int | None:
     """The number of data rows when the file says so cheaply (Parquet), else None."""
     if path.suffix.lower() not in PARQUET_SUFFIXES:
         return None
-    return _parquet_file(path).metadata.num_rows
+    rows: int = _parquet_file(path).metadata.num_rows  # pyarrow ships no types
+    return rows
 
 
 def _check_header(path: Path, entity: EntitySpec, header: Sequence[Any]) -> tuple[int, list[int]]:

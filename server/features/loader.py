@@ -17,6 +17,7 @@ from typing import TextIO
 
 import redis
 from redis.exceptions import RedisError
+from redis.typing import EncodableT, FieldT
 
 from switchyard.runtimes.errors import InvalidArgument, Unavailable
 from switchyard.server.features.definitions import EntitySpec
@@ -59,7 +60,9 @@ def load_file(
             for entity_id, texts in zip(batch.ids, batch.texts, strict=True):
                 key = entity.key(entity_id)
                 cells = list(zip(names, texts, strict=True))
-                values = {name: text for name, text in cells if text is not None}
+                values: dict[FieldT, EncodableT] = {
+                    name: text for name, text in cells if text is not None
+                }
                 absent = [name for name, text in cells if text is None]
                 if values:
                     pipeline.hset(key, mapping=values)

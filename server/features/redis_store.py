@@ -27,15 +27,15 @@ from urllib.parse import urlsplit
 
 import numpy as np
 from redis.asyncio import BlockingConnectionPool
-from redis.asyncio.connection import AbstractConnection
+from redis.asyncio.connection import AbstractConnection, ConnectionPoolInterface
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from switchyard.runtimes.circuit_breaker import CircuitBreaker
 from switchyard.runtimes.errors import Unavailable
-from switchyard.server.features.breaker import Breaker
 from switchyard.server.features.cache import TtlCache
 from switchyard.server.features.config import ID_PLACEHOLDER, RedisStoreConfig
 from switchyard.server.features.definitions import EntityColumns, RowLayout
@@ -45,6 +45,9 @@ log = logging.getLogger(__name__)
 
 # A cached entity: its values in the layout's field order and its count of missing fields.
 CachedRow = tuple[np.ndarray, int]
+# One HMGET's reply as redis-py parses it: the values (None where absent), or the error
+# Redis answered (WRONGTYPE). Any: redis-py types its parsed replies as Any.
+Reply = Any
 
 
 class RedisUnavailable(Exception):
@@ -68,7 +71,9 @@ class RedisFeatureStore:
         self._timeout_s = config.timeout_s
         self._timeout_ms = config.timeout_s * 1e3
         self._degrade = config.on_unavailable == "degrade"
-        self._pool = BlockingConnectionPool.from_url(
+        # Used through the pool interface, which redis-py types (BlockingConnectionPool's
+        # own overrides are untyped).
+        self._pool: ConnectionPoolInterface = BlockingConnectionPool.from_url(
             config.url,
             max_connections=config.pool_size,
             timeout=self._timeout_s,
@@ -78,7 +83,11 @@ class RedisFeatureStore:
             socket_timeout=None,
             retry=Retry(NoBackoff(), 0),
         )
-        self._breaker = Breaker(config.breaker.after_failures, config.breaker.open_s, clock)
+        open_s = config.breaker.open_s
+        # Nothing reports a cancelled fetch, so a probe holds the others back open_s at most.
+        self._breaker = CircuitBreaker(
+            config.breaker.after_failures, open_s, clock=clock, probe_timeout_s=open_s
+        )
         self._cache: TtlCache[tuple[EntityColumns, str], CachedRow] | None = None
         self._cached_entities: frozenset[str] | None = None
         if config.cache is not None:
@@ -162,7 +171,10 @@ class RedisFeatureStore:
                 self._cache.put((part, ids[row]), entry)
 
     def _pack(
-        self, parts: Sequence[EntityColumns], ids: Sequence[Sequence[str]], wanted: list
+        self,
+        parts: Sequence[EntityColumns],
+        ids: Sequence[Sequence[str]],
+        wanted: list[tuple[int, list[int]]],
     ) -> bytes:
         chunks = []
         for p, rows in wanted:
@@ -172,8 +184,8 @@ class RedisFeatureStore:
             chunks += [packer.command(ids[p][row]) for row in rows]
         return b"".join(chunks)
 
-    async def _round_trip(self, payload: bytes, wanted: list[tuple[int, list[int]]]) -> list:
-        if not self._breaker.allows():
+    async def _round_trip(self, payload: bytes, wanted: list[tuple[int, list[int]]]) -> list[Reply]:
+        if not self._breaker.allow():
             self.stats.short_circuited += 1
             raise RedisUnavailable("breaker open", "not retried yet after repeated failures")
         n_replies = sum(len(rows) for _, rows in wanted)
@@ -187,7 +199,7 @@ class RedisFeatureStore:
             raise self._failed(f"{type(exc).__name__}: {exc}", "connection failed") from None
         if self._breaker.failures:
             log.info("online features: %s answers again", self.description)
-        self._breaker.succeeded()
+        self._breaker.record_success()
         return replies
 
     def _failed(self, detail: str, reason: str) -> RedisUnavailable:
@@ -197,10 +209,10 @@ class RedisFeatureStore:
             log.warning(
                 "online features: %s failed (%s); answering %s", self.description, detail, answer
             )
-        self._breaker.failed()
+        self._breaker.record_failure()
         return RedisUnavailable(detail, reason)
 
-    async def _send_and_read(self, payload: bytes, n_replies: int) -> list:
+    async def _send_and_read(self, payload: bytes, n_replies: int) -> list[Reply]:
         for attempt in range(2):
             connection = await self._pool.get_connection()
             try:
@@ -218,7 +230,7 @@ class RedisFeatureStore:
         raise AssertionError("unreachable")
 
 
-async def _read_reply(connection: AbstractConnection) -> Any:
+async def _read_reply(connection: AbstractConnection) -> Reply:
     try:
         return await connection.read_response(timeout=math.inf)  # the fetch has the timeout
     except ResponseError as exc:  # WRONGTYPE: that key holds no hash

@@ -43,14 +43,16 @@ CONFIG_PATH_ARG = "config_path"
 
 def build_app(config: SwitchyardConfig, config_path: Path | None = None) -> Application:
     """The application; with `config_path`, the ingress reloads endpoint edits from it."""
-    variant = serve.deployment(VariantReplica)
+    # serve.deployment() then the class: Ray types only this form (a class passed directly
+    # works the same, but is typed as returning the decorator).
+    variant = serve.deployment()(VariantReplica)
     variants = {}
     for model in config.models:
         options = variant_options(model)
         for version in model.versions:
             name = variant_name(model.name, version.version)
             variants[name] = variant.options(name=name, **options).bind(model, version.version)
-    ingress = serve.deployment(serve.ingress()(IngressReplica))
+    ingress = serve.deployment()(serve.ingress()(IngressReplica))
     return ingress.options(name=INGRESS_NAME, **ingress_options()).bind(
         config, variants, None if config_path is None else str(config_path)
     )

@@ -53,7 +53,7 @@ def _render_ray(args: argparse.Namespace) -> int:
     return 0
 
 
-def add_render_subcommand(subparsers: argparse._SubParsersAction) -> None:
+def add_render_subcommand(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     render = subparsers.add_parser("render", help="write the deployment config of another host")
     targets = render.add_subparsers(dest="render_target", required=True)
     ray = targets.add_parser(

@@ -35,7 +35,8 @@ class VariantInfo:
 class VariantReplica:
     """The class behind each variant deployment (app.py wraps it with serve.deployment)."""
 
-    async def __init__(self, model: ModelConfig, version: str) -> None:
+    # Serve awaits an async constructor (below); mypy knows only a None-returning __init__.
+    async def __init__(self, model: ModelConfig, version: str) -> None:  # type: ignore[misc]
         """Serve awaits an async constructor on the loop that later runs the requests, which
         is the loop the batcher's scheduler task must live on."""
         version_config = next(v for v in model.versions if v.version == version)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import pytest
@@ -34,7 +36,9 @@ CONFIG = LatencyPolicyConfig(
 )
 
 
-def stats(replicas: int, load: float, latency_s: float, rate_per_s: float = 50.0):
+def stats(
+    replicas: int, load: float, latency_s: float, rate_per_s: float = 50.0
+) -> list[ReplicaStats]:
     """`replicas` alike, sharing `load` replicas' worth of work, at a latency of `latency_s`."""
     share = ReplicaStats(
         p95_latency_s=latency_s,
@@ -45,7 +49,12 @@ def stats(replicas: int, load: float, latency_s: float, rate_per_s: float = 50.0
     return [share] * replicas
 
 
-def run(policy: LatencyPolicy, replicas: int, seconds: range, observe) -> list[int]:
+def run(
+    policy: LatencyPolicy,
+    replicas: int,
+    seconds: range,
+    observe: Callable[[int, int], list[ReplicaStats]],
+) -> list[int]:
     """Calls the policy once a second; `observe(t, replicas)` gives the stats; the replica count
     follows each decision at once. Returns the count after each call."""
     counts = []
@@ -203,9 +212,11 @@ def test_within_the_tolerance_band_nothing_moves(ratio: float) -> None:
     # The load alone would ask for 9 replicas, or 2: inside the band latency wins.
     for load in (0.5, 7.0):
         policy = LatencyPolicy(CONFIG)
-        counts = run(
-            policy, 5, range(0, 700), lambda t, n, load=load: stats(n, load, ratio * TARGET_S)
-        )
+
+        def observe(t: int, n: int, load: float = load) -> list[ReplicaStats]:
+            return stats(n, load, ratio * TARGET_S)
+
+        counts = run(policy, 5, range(0, 700), observe)
         assert set(counts) == {5}
 
 
@@ -224,7 +235,7 @@ def test_steady_load_near_the_target_does_not_oscillate() -> None:
     # replicas take 20 s to start: after settling the count never changes direction again.
     rng = np.random.default_rng(7)
     load, service_p95_s = 6.0, 0.04
-    policy, asked, starting = LatencyPolicy(CONFIG), 2, []
+    policy, asked, starting = LatencyPolicy(CONFIG), 2, list[int]()
     counts = []
     for t in range(0, 3600):
         ready = asked - len([s for s in starting if s > t])
@@ -248,7 +259,7 @@ def test_steady_load_near_the_target_does_not_oscillate() -> None:
 
 def test_config_errors_name_the_field() -> None:
     settings = dataclasses.asdict(CONFIG)
-    for changes, field in [
+    cases: list[tuple[dict[str, Any], str]] = [  # Any: values of the wrong type on purpose
         ({"target_latency_s": 0}, "target_latency_s"),
         ({"percentile": 90}, "percentile"),
         ({"min_replicas": 0}, "min_replicas"),
@@ -263,7 +274,8 @@ def test_config_errors_name_the_field() -> None:
         ({"upscale_stabilization_s": True}, "upscale_stabilization_s"),
         ({"target_latency_s": float("nan")}, "target_latency_s"),
         ({"upscale": 1}, "upscale"),
-    ]:
+    ]
+    for changes, field in cases:
         with pytest.raises(ValidationError) as caught:
             AutoscalingConfig.model_validate({**settings, **changes})
         assert [error["loc"] for error in caught.value.errors()] == [(field,)]

@@ -101,7 +101,9 @@ def test_signals_export_ratio_estimate_and_decision() -> None:
 # Ray Serve
 
 
-def context(metrics: dict[str, dict[str, float]], target: int, low: int = 1, high: int = 8):
+def context(
+    metrics: dict[str, dict[str, float]], target: int, low: int = 1, high: int = 8
+) -> SimpleNamespace:
     """The fields of ray.serve.config.AutoscalingContext the adapter reads."""
     return SimpleNamespace(
         aggregated_metrics=metrics,

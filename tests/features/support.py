@@ -68,7 +68,7 @@ class RedisServer:
         self._binary = binary
         self._workdir = workdir
         self.port = free_port()
-        self._process: subprocess.Popen | None = None
+        self._process: subprocess.Popen[bytes] | None = None
 
     @property
     def url(self) -> str:
@@ -112,7 +112,7 @@ class CountingProxy:
     def __init__(self, upstream_port: int) -> None:
         self._upstream_port = upstream_port
         self._server: asyncio.Server | None = None
-        self._tasks: set[asyncio.Task] = set()
+        self._tasks: set[asyncio.Task[None]] = set()
         self._answered = True
         self._held = asyncio.Event()
         self._held.set()

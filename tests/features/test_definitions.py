@@ -24,6 +24,7 @@ from switchyard.server.features.definitions import (
 )
 from switchyard.server.features.memory_store import MemoryFeatureStore
 from switchyard.server.features.redis_store import RedisFeatureStore, decode_hmget_replies
+from switchyard.server.features.store import FeatureStore
 from tests.features.test_redis_store import random_rows, redis_config, write_rows
 
 
@@ -42,7 +43,7 @@ def test_layout_follows_the_configured_row(definitions: FeatureDefinitions) -> N
 def test_assemble_broadcasts_the_context_entity(definitions: FeatureDefinitions) -> None:
     layout = definitions.layout("ranker")
     items = np.arange(9, dtype=np.float32).reshape(3, 3)
-    matrix = assemble_rows(layout, {"user": np.float32([[7, 8]]), "item": items}, 3)
+    matrix = assemble_rows(layout, {"user": np.array([[7, 8]], np.float32), "item": items}, 3)
     np.testing.assert_array_equal(matrix, [[0, 7, 1, 8, 2], [3, 7, 4, 8, 5], [6, 7, 7, 8, 8]])
 
 
@@ -65,7 +66,7 @@ def test_training_rows_equal_the_rows_served_online(
         layout, tables, {"user": [u for u, _ in pairs], "item": [i for _, i in pairs]}
     )
 
-    async def serve(store) -> np.ndarray:
+    async def serve(store: FeatureStore) -> np.ndarray:
         try:
             batches = [
                 await store.fetch(layout, {"user": u}, item_ids) for u in [*user_ids, "ghost"]
@@ -83,7 +84,7 @@ def test_table_lookup_counts_missing_fields_and_entities(definitions: FeatureDef
     user = definitions.entity("user")
     present = np.array([[True, True, True], [True, False, True], [False, False, True]])
     table = EntityTable(
-        user, ("a", "b", "c"), np.float32([[1, 2, 1], [3, -1, 0], [1.5, -1, 1]]), present
+        user, ("a", "b", "c"), np.array([[1, 2, 1], [3, -1, 0], [1.5, -1, 1]], np.float32), present
     )
     part = definitions.layout("ranker").context[0]  # activity, tenure
     values, missing = table.lookup(["a", "b", "c", "zz"], part)

@@ -19,6 +19,7 @@ from switchyard.server.features.files import FeatureFileError
 from switchyard.server.features.loader import load_file
 from switchyard.server.features.memory_store import MemoryFeatureStore
 from switchyard.server.features.redis_store import RedisFeatureStore
+from switchyard.server.features.store import FeatureBatch, FeatureStore
 from tests.features.support import SHARED_REDIS_URL, features_section
 from tests.features.test_redis_store import redis_config
 
@@ -36,7 +37,10 @@ def write(path: Path, text: str) -> Path:
 
 
 def hash_of(client: redis.Redis, key: str) -> dict[str, str]:
-    return {k.decode(): v.decode() for k, v in client.hgetall(key).items()}
+    def text(value: bytes | str) -> str:  # bytes, from a client without decode_responses
+        return value.decode() if isinstance(value, bytes) else value
+
+    return {text(k): text(v) for k, v in client.hgetall(key).items()}
 
 
 def test_csv_round_trip_with_ttl(
@@ -105,8 +109,10 @@ def test_parquet_round_trip(
         return batch.matrix
 
     matrix = asyncio.run(fetch())
-    np.testing.assert_array_equal(matrix[:, 0], np.float32([0.1, 9.5, 3.0]))  # item.price
-    np.testing.assert_array_equal(matrix[:, 2], np.float32([1.5, 2.5, -1e-40]))  # popularity
+    np.testing.assert_array_equal(matrix[:, 0], np.array([0.1, 9.5, 3.0], np.float32))  # item.price
+    np.testing.assert_array_equal(
+        matrix[:, 2], np.array([1.5, 2.5, -1e-40], np.float32)
+    )  # popularity
 
 
 def test_memory_store_serves_what_redis_serves_from_the_same_file(
@@ -123,7 +129,7 @@ def test_memory_store_serves_what_redis_serves_from_the_same_file(
     layout = definitions.layout("ranker")
     requests = [("u1", ["a", "b", "c", "d", "zz"]), ("u3", ["c", "a"]), ("nobody", ["b"])]
 
-    async def fetch_all(store) -> list:
+    async def fetch_all(store: FeatureStore) -> list[FeatureBatch]:
         try:
             return [await store.fetch(layout, {"user": u}, i) for u, i in requests]
         finally:
@@ -192,7 +198,7 @@ def test_unreadable_files_and_an_unreachable_redis(
 
 
 def test_cli_loads_and_reports_errors_without_tracebacks(
-    tmp_path: Path, prefix: str, shared_redis: redis.Redis, capsys: pytest.CaptureFixture
+    tmp_path: Path, prefix: str, shared_redis: redis.Redis, capsys: pytest.CaptureFixture[str]
 ) -> None:
     config = tmp_path / "switchyard.yaml"
     section = features_section(prefix, kind="redis", url=SHARED_REDIS_URL)

@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 import pytest
 import redis
+from redis.typing import EncodableT, FieldT
 
 from switchyard.runtimes.errors import InvalidArgument, Unavailable
 from switchyard.server.features.config import RedisStoreConfig
@@ -46,7 +47,9 @@ def write_rows(
     entity = definitions.entity(name)
     pipeline = client.pipeline(transaction=False)
     for entity_id, row in zip(ids, rows, strict=True):
-        mapping = {f.name: str(np.float32(v)) for f, v in zip(entity.fields, row, strict=True)}
+        mapping: dict[FieldT, EncodableT] = {
+            f.name: str(np.float32(v)) for f, v in zip(entity.fields, row, strict=True)
+        }
         pipeline.hset(entity.key(entity_id), mapping=mapping)
     pipeline.execute()
 
@@ -59,10 +62,12 @@ def expected_matrix(user: np.ndarray, items: np.ndarray) -> np.ndarray:
     ).astype(np.float32)
 
 
+# The ids and rows written: users, their rows, items, their rows.
+World = tuple[list[str], np.ndarray, list[str], np.ndarray]
+
+
 @pytest.fixture
-def world(
-    shared_redis: redis.Redis, definitions: FeatureDefinitions
-) -> tuple[list[str], np.ndarray, list[str], np.ndarray]:
+def world(shared_redis: redis.Redis, definitions: FeatureDefinitions) -> World:
     users, items = random_rows(np.random.default_rng(1), 3, 200)
     user_ids = [f"u{i}" for i in range(len(users))]
     item_ids = [f"item-{i}" for i in range(len(items))]
@@ -71,7 +76,9 @@ def world(
     return user_ids, users, item_ids, items
 
 
-def test_fetch_returns_the_rows_written_exactly(world, definitions) -> None:
+def test_fetch_returns_the_rows_written_exactly(
+    world: World, definitions: FeatureDefinitions
+) -> None:
     user_ids, users, item_ids, items = world
     layout = definitions.layout("ranker")
 
@@ -90,7 +97,7 @@ def test_fetch_returns_the_rows_written_exactly(world, definitions) -> None:
 
 
 def test_missing_entities_and_fields_get_defaults_and_are_counted(
-    world, definitions, shared_redis: redis.Redis
+    world: World, definitions: FeatureDefinitions, shared_redis: redis.Redis
 ) -> None:
     _, _, item_ids, items = world
     layout = definitions.layout("ranker")
@@ -120,7 +127,9 @@ def test_missing_entities_and_fields_get_defaults_and_are_counted(
     asyncio.run(main())
 
 
-def test_one_round_trip_for_a_user_and_200_items(world, definitions) -> None:
+def test_one_round_trip_for_a_user_and_200_items(
+    world: World, definitions: FeatureDefinitions
+) -> None:
     user_ids, users, item_ids, items = world
     layout = definitions.layout("ranker")
 
@@ -149,7 +158,7 @@ def test_one_round_trip_for_a_user_and_200_items(world, definitions) -> None:
 
 
 def test_bad_values_and_keys_of_another_type_get_defaults(
-    world, definitions, shared_redis: redis.Redis
+    world: World, definitions: FeatureDefinitions, shared_redis: redis.Redis
 ) -> None:
     user_ids, users, item_ids, items = world
     layout = definitions.layout("ranker")
@@ -174,7 +183,7 @@ def test_bad_values_and_keys_of_another_type_get_defaults(
     asyncio.run(main())
 
 
-def test_context_ids_must_match_the_layout(definitions) -> None:
+def test_context_ids_must_match_the_layout(definitions: FeatureDefinitions) -> None:
     layout = definitions.layout("ranker")
 
     async def main() -> None:
@@ -190,7 +199,7 @@ def test_context_ids_must_match_the_layout(definitions) -> None:
 
 @pytest.mark.parametrize("on_unavailable", ["fail", "degrade"])
 def test_a_redis_that_hangs_costs_timeout_s_then_answers_again(
-    world, definitions, on_unavailable: str
+    world: World, definitions: FeatureDefinitions, on_unavailable: str
 ) -> None:
     user_ids, users, item_ids, items = world
     layout = definitions.layout("ranker")
@@ -225,7 +234,7 @@ def test_a_redis_that_hangs_costs_timeout_s_then_answers_again(
 
 
 def test_cache_serves_hot_entities_until_their_ttl(
-    world, definitions, shared_redis: redis.Redis
+    world: World, definitions: FeatureDefinitions, shared_redis: redis.Redis
 ) -> None:
     user_ids, users, item_ids, items = world
     layout = definitions.layout("ranker")
@@ -255,7 +264,7 @@ def test_cache_serves_hot_entities_until_their_ttl(
     asyncio.run(main())
 
 
-def test_cache_remembers_missing_entities_and_their_count(definitions) -> None:
+def test_cache_remembers_missing_entities_and_their_count(definitions: FeatureDefinitions) -> None:
     layout = definitions.layout("ranker")
     cache = {"ttl_s": 5, "max_entries": 10}
 

@@ -11,6 +11,7 @@ import json
 import math
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -31,11 +32,12 @@ TINY_COMPARISON = [
 ]  # fmt: skip
 
 
-def _strict_json(path: Path) -> dict:
+def _strict_json(path: Path) -> dict[str, Any]:
     def refuse(constant: str) -> None:
         raise ValueError(f"{path} holds {constant}, which is not JSON")
 
-    return json.loads(path.read_text(), parse_constant=refuse)
+    report: dict[str, Any] = json.loads(path.read_text(), parse_constant=refuse)
+    return report
 
 
 def _is_number(value: object) -> bool:
@@ -72,7 +74,9 @@ def test_comparison_writes_json_markdown_and_plot(tmp_path: Path) -> None:
 
 
 @pytest.fixture(scope="module")
-def gateway(demo_model_path: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator:
+def gateway(
+    demo_model_path: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[targets.Server]:
     server = targets.start_standalone(demo_model_path, tmp_path_factory.mktemp("gateway"))
     yield server
     server.stop()

@@ -26,7 +26,7 @@ pytest.importorskip("ray.serve")
 READY_TIMEOUT_S = 120.0  # a fresh local Ray, Serve and two replicas on a small machine
 
 
-def wait_ready(process: subprocess.Popen, http_port: int, log: Path) -> None:
+def wait_ready(process: subprocess.Popen[bytes], http_port: int, log: Path) -> None:
     deadline_s = time.monotonic() + READY_TIMEOUT_S
     while time.monotonic() < deadline_s:
         assert process.poll() is None, f"exited with {process.returncode}:\n{log.read_text()}"

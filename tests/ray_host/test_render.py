@@ -34,7 +34,7 @@ def config_path(demo_model_path: Path, tmp_path_factory: pytest.TempPathFactory)
     return path
 
 
-def run_cli(*args: str) -> subprocess.CompletedProcess:
+def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "switchyard.server.cli", *args],
         cwd=REPO_ROOT,

@@ -134,7 +134,8 @@ def test_rolls_back_on_p95_ratio_and_delta() -> None:
     controller.start()
     feed(controller, "canary", 100, latency_s=0.14)
     feed(controller, "stable", 100, latency_s=0.1)
-    assert controller.tick(now_s=100.0).to_percent == 25  # +40 ms passes
+    event = controller.tick(now_s=100.0)
+    assert event is not None and event.to_percent == 25  # +40 ms passes
     feed(controller, "canary", 100, latency_s=0.2)
     feed(controller, "stable", 100, latency_s=0.1)
     event = controller.tick(now_s=101.0)

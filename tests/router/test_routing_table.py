@@ -54,7 +54,7 @@ def test_full_schema_parses() -> None:
     assert recs.routing_key.header == "x-user-id"  # one case for HTTP and gRPC metadata
     assert not recs.override.allowed and recs.override.header is None
     assert recs.shadow is not None and recs.shadow.max_concurrency == 4
-    assert recs.rollout is not None and recs.rollout.steps_percent == (5, 25, 50, 100)
+    assert recs.rollout is not None and recs.rollout.steps_percent == (5.0, 25.0, 50.0, 100.0)
     # Defaults: one variant takes all traffic; overrides on; default hint names.
     rank = table.endpoint("rank")
     assert dict(rank.weights) == {"only": 1.0}

@@ -37,7 +37,7 @@ def test_argmax_agreement() -> None:
     assert argmax_agreement(a, b) == 0.5
     assert argmax_agreement(a[0], b[0]) == 1.0  # a single vector is one row
     assert argmax_agreement(np.ones((4, 1)), np.zeros((4, 1))) is None  # one-wide: moot
-    assert argmax_agreement(np.float32(1.0), np.float32(2.0)) is None
+    assert argmax_agreement(np.array(1.0, np.float32), np.array(2.0, np.float32)) is None
 
 
 def test_top_k_overlap() -> None:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import random
 from collections import Counter
+from collections.abc import Mapping
+from typing import Any
 
 import pytest
 from hypothesis import given, settings
@@ -18,7 +20,7 @@ from switchyard.server.endpoints_config import build_routing_table
 KEYS = [f"user-{i}" for i in range(100_000)]
 
 
-def endpoint_config(weights: dict[str, float]) -> list[dict]:
+def endpoint_config(weights: Mapping[str, float]) -> list[dict[str, Any]]:
     return [
         {
             "name": "recs",
@@ -34,7 +36,7 @@ def assign(router: Router, keys: list[str]) -> list[str]:
     return [router.decide(RouteRequest("recs", routing_key=key)).primary.name for key in keys]
 
 
-def assert_split(names: list[str], weights: dict[str, float], tolerance_pp: float = 1.0) -> None:
+def assert_split(names: list[str], weights: Mapping[str, float], tolerance_pp: float = 1.0) -> None:
     counts = Counter(names)
     total = sum(weights.values())
     for name, weight in weights.items():

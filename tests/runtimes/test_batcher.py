@@ -339,10 +339,10 @@ def test_incompatible_requests_go_to_separate_batches_oldest_group_first() -> No
         results = await asyncio.gather(blocker, *tasks)
         # int64 width 4 (the oldest group, both requests), then each other group in turn.
         assert [(b.dtype, b.shape) for b in runtime.batches[1:]] == [
-            (np.int64, (3, 4)),
-            (np.float32, (1, 2)),
-            (np.float32, (1, 3)),
-            (np.float64, (1, 2)),
+            (np.dtype(np.int64), (3, 4)),
+            (np.dtype(np.float32), (1, 2)),
+            (np.dtype(np.float32), (1, 3)),
+            (np.dtype(np.float64), (1, 2)),
         ]
         for result, inputs in zip(results[1:], requests, strict=True):
             assert_result(result, inputs["x"])

@@ -15,7 +15,7 @@ import yaml
 from loadtests.gateway_process import REPO_ROOT, demo_model_config, free_port, start_gateway
 
 
-def run_cli(*args: str, timeout_s: float = 60) -> subprocess.CompletedProcess:
+def run_cli(*args: str, timeout_s: float = 60) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "switchyard.server.cli", *args],
         cwd=REPO_ROOT,

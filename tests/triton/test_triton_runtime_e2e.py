@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnxruntime as ort
@@ -25,7 +26,7 @@ def triton(
     server.stop()
 
 
-def config(model_path: Path, triton_url: str) -> dict:
+def config(model_path: Path, triton_url: str) -> dict[str, Any]:
     triton_options = {"url": triton_url, "model_name": "ranker", "timeout_s": 2.0,
                       "breaker_failures": 2, "breaker_open_s": 0.5}  # fmt: skip
     return {
@@ -114,7 +115,7 @@ def test_outputs_equal_the_local_onnxruntime_variant(
 def test_an_endpoint_splits_between_onnxruntime_and_triton(gateway: Gateway) -> None:
     client = triton_grpc.InferenceServerClient(gateway.grpc_url)
     x = np.random.default_rng(3).normal(size=(4, 16)).astype(np.float32)
-    served = {}
+    served: dict[str, np.ndarray] = {}  # variant -> the scores it answered
     for user in range(40):
         result = client.infer("split", [features_input(x)], parameters={"user_id": f"u{user}"})
         variant = result.get_response().parameters["switchyard_variant"].string_param
