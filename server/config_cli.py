@@ -6,13 +6,14 @@ import argparse
 import json
 import sys
 from pathlib import Path
+from typing import Any
 
 from switchyard.server.config import ConfigError, SwitchyardConfig, load_config
 
 EXIT_INVALID = 2
 
 
-def config_json_schema() -> dict[str, object]:
+def config_json_schema() -> dict[str, Any]:
     """The JSON Schema of the config file (what editors validate it with)."""
     schema = SwitchyardConfig.model_json_schema()
     return {"$schema": "https://json-schema.org/draft/2020-12/schema", **schema}

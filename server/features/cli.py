@@ -79,7 +79,7 @@ def _features_config(path: Path | None) -> FeaturesConfig:
     if path is not None:
         config = load_features_section(path)
         if config is None:
-            raise FeatureConfigError(f"configuration {path} has no features section")
+            raise FeatureConfigError(str(path), ["features: this file has no features section"])
         return config
     config = load_features_section(DEFAULT_CONFIG_PATH)
     assert config is not None, "the embedded default config defines the demo's features"

@@ -24,7 +24,7 @@ from tests.features.support import features_section
 def with_changes(**changes: Any) -> dict[str, Any]:
     section = features_section("t:")
     for path, value in changes.items():
-        node = section
+        node: Any = section  # nested mappings and lists of the raw section
         keys = [int(k) if k.isdigit() else k for k in path.split("__")]
         for key in keys[:-1]:
             node = node[key]
@@ -49,6 +49,7 @@ def test_defaults_serve_anywhere() -> None:
 def test_seed_files_resolve_against_the_config_folder(tmp_path: Path) -> None:
     raw = with_changes(store={"kind": "memory", "seed_files": {"user": "data/u.csv"}})
     config = parse_features(raw, tmp_path, "x.yaml")
+    assert isinstance(config.store, MemoryStoreConfig)
     assert config.store.seed_files == {"user": tmp_path / "data/u.csv"}
     assert raw["store"]["seed_files"]["user"] == "data/u.csv"  # the caller's dict is untouched
 
@@ -58,6 +59,7 @@ def test_demo_features_are_valid_and_form_the_16_column_ranker_row() -> None:
     assert config is not None
     assert config.inputs["ranker"].tensor == "features"
     assert len(config.inputs["ranker"].row) == 16
+    assert isinstance(config.store, MemoryStoreConfig)
     assert config.store.seed_files["user"] == artifacts_dir() / "users.csv"
 
 

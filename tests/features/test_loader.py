@@ -224,5 +224,10 @@ def test_cli_loads_and_reports_errors_without_tracebacks(
     assert features_cli(["load", str(users), "--entity", "user", "--config", str(config)]) == 2
     assert "features.inputs.m.candidates: Field required" in capsys.readouterr().err
 
+    config.write_text(yaml.safe_dump({"models": []}))
+    assert features_cli(["load", str(users), "--entity", "user", "--config", str(config)]) == 2
+    err = capsys.readouterr().err
+    assert "features: this file has no features section" in err and "Traceback" not in err
+
     with pytest.raises(SystemExit):
         features_cli(["load", str(users), "--entity", "user", "--ttl-s", "0"])

@@ -129,6 +129,6 @@ def test_embedded_default_builds_the_demo_into_the_cache_folder_and_serves(
 def _answers_200(url: str) -> bool:
     try:
         with urllib.request.urlopen(url, timeout=1) as response:
-            return response.status == 200
+            return bool(response.status == 200)
     except OSError:
         return False

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -8,7 +9,7 @@ from switchyard.demo.paths import artifacts_dir
 from switchyard.server.config import DEFAULT_CONFIG_PATH, ConfigError, load_config, parse_config
 
 
-def minimal(**overrides) -> dict:
+def minimal(**overrides: Any) -> dict[str, Any]:
     return {
         "models": [{"name": "m", "versions": [{"version": "1", "path": "m.onnx"}]}],
         **overrides,
@@ -67,7 +68,7 @@ def test_relative_paths_resolve_against_the_config_folder(tmp_path: Path) -> Non
         ({}, "models"),
     ],
 )
-def test_errors_name_the_offending_key(raw: dict, key: str) -> None:
+def test_errors_name_the_offending_key(raw: dict[str, Any], key: str) -> None:
     with pytest.raises(ConfigError) as error:
         parse_config(raw, Path("."), "bad.yaml", env={})
     assert f"  {key}:" in str(error.value)

@@ -65,10 +65,11 @@ def expected_scores(
         ]
 
     rows = np.array([values("user", user) + values("item", item) for item in items], np.float32)
-    return session.run(["score"], {"features": rows})[0].reshape(-1)
+    (scores,) = session.run(["score"], {"features": rows})
+    return np.asarray(scores).reshape(-1)
 
 
-def rest_recommend(gateway: Gateway, body: dict[str, Any]) -> tuple[int, dict]:
+def rest_recommend(gateway: Gateway, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
     connection = http.client.HTTPConnection("127.0.0.1", gateway.http_port, timeout=30)
     connection.request("POST", "/v1/recommend", body=json.dumps(body))
     response = connection.getresponse()
@@ -77,7 +78,10 @@ def rest_recommend(gateway: Gateway, body: dict[str, Any]) -> tuple[int, dict]:
 
 def grpc_recommend(gateway: Gateway, **fields: Any) -> pb.RecommendResponse:
     with grpc.insecure_channel(gateway.grpc_url) as channel:
-        return pb_grpc.RecommenderStub(channel).Recommend(pb.RecommendRequest(**fields), timeout=30)
+        response: pb.RecommendResponse = pb_grpc.RecommenderStub(channel).Recommend(
+            pb.RecommendRequest(**fields), timeout=30
+        )
+        return response
 
 
 ITEMS = [f"i{n}" for n in range(0, 400, 13)]  # 31 items
@@ -155,7 +159,7 @@ def test_missing_user_and_items_get_defaults(
     ],
 )
 def test_bad_requests_get_clear_errors(
-    redis_gateway: tuple[Gateway, str], body: dict, status: int, fragment: str
+    redis_gateway: tuple[Gateway, str], body: dict[str, Any], status: int, fragment: str
 ) -> None:
     got_status, got = rest_recommend(redis_gateway[0], body)
     assert got_status == status, got
@@ -166,7 +170,7 @@ def test_grpc_bad_request_is_invalid_argument(redis_gateway: tuple[Gateway, str]
     with pytest.raises(grpc.RpcError) as error:
         grpc_recommend(redis_gateway[0], endpoint="recs", user_id="u1", candidate_ids=[])
     assert error.value.code() is grpc.StatusCode.INVALID_ARGUMENT
-    assert "empty" in error.value.details()
+    assert "empty" in (error.value.details() or "")
 
 
 def test_redis_down_fails_fast_or_degrades_then_recovers(
