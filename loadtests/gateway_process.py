@@ -84,17 +84,21 @@ def start_gateway(
     while time.monotonic() < deadline:
         if process.poll() is not None:
             raise RuntimeError(f"gateway exited with {process.returncode}:\n{gateway.log()}")
-        try:
-            with urllib.request.urlopen(
-                f"http://{gateway.http_url}/v2/health/ready", timeout=1
-            ) as response:
-                if response.status == 200:
-                    return gateway
-        except OSError:
-            pass
+        if http_ok(f"http://{gateway.http_url}/v2/health/ready"):
+            return gateway
         time.sleep(0.1)
     gateway.stop()
     raise RuntimeError(f"gateway not ready in {ready_timeout_s} s:\n{gateway.log()}")
+
+
+def http_ok(url: str) -> bool:
+    """Whether a GET of `url` answers 200 within a second."""
+    try:
+        with urllib.request.urlopen(url, timeout=1) as response:
+            status: int = response.status  # typeshed types urlopen's answer as Any
+            return status == 200
+    except OSError:
+        return False
 
 
 def demo_model_config(model_path: Path, **server: Any) -> dict[str, Any]:

@@ -20,11 +20,10 @@ import signal
 import subprocess
 import tempfile
 import time
-import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from loadtests.gateway_process import REPO_ROOT, free_port
+from loadtests.gateway_process import REPO_ROOT, free_port, http_ok
 
 ENV_SCRIPT = REPO_ROOT / "scripts" / "triton_env.sh"
 SERVER_SCRIPT = Path(__file__).resolve().parent / "pytriton_server.py"
@@ -177,7 +176,7 @@ class TritonProcess:
                 self._sweep_group()
                 self._remove_scratch()
                 raise TritonSetupError(f"Triton exited with {code} while starting:\n{self.log()}")
-            if all(_http_ok(url) for url in urls):
+            if all(http_ok(url) for url in urls):
                 return
             # When tritonserver dies while starting (a port taken, a bad model), PyTriton's
             # process still waits out its own 120 s timeout: fail fast instead.
@@ -298,15 +297,6 @@ class TritonProcess:
         assert self.process is not None
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(self.process.pid, signal.SIGKILL)
-
-
-def _http_ok(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(url, timeout=1) as response:
-            status: int = response.status  # typeshed types urlopen's answer as Any
-            return status == 200
-    except OSError:
-        return False
 
 
 def start_triton(

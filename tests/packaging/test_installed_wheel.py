@@ -6,7 +6,6 @@ import os
 import signal
 import subprocess
 import time
-import urllib.request
 import zipfile
 from pathlib import Path
 
@@ -15,7 +14,7 @@ import onnxruntime as ort
 import pytest
 import tritonclient.grpc as grpcclient
 
-from loadtests.gateway_process import demo_model_config, free_port, start_gateway
+from loadtests.gateway_process import demo_model_config, free_port, http_ok, start_gateway
 from tests.packaging.install import build_wheel, install_into_fresh_venv, make_shadowing_folder
 
 
@@ -114,7 +113,7 @@ def test_embedded_default_builds_the_demo_into_the_cache_folder_and_serves(
     try:
         url = f"http://127.0.0.1:{ports['HTTP_PORT']}/v2/models/ranker/ready"
         deadline = time.monotonic() + 120
-        while not _answers_200(url):
+        while not http_ok(url):
             assert process.poll() is None, log_path.read_text()
             assert time.monotonic() < deadline, log_path.read_text()
             time.sleep(0.2)
@@ -124,11 +123,3 @@ def test_embedded_default_builds_the_demo_into_the_cache_folder_and_serves(
     assert {p.name for p in demo_dir.iterdir()} >= {"ranker.onnx", "users.csv", "items.csv"}
     (demo_package,) = installed_venv.glob("lib/python*/site-packages/switchyard/demo")
     assert not [p for p in demo_package.rglob("*") if p.suffix in (".onnx", ".csv")]
-
-
-def _answers_200(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(url, timeout=1) as response:
-            return bool(response.status == 200)
-    except OSError:
-        return False
