@@ -27,7 +27,7 @@ from switchyard.runtimes.errors import (
 )
 from switchyard.server.config import ModelConfig, ModelVersionConfig
 from switchyard.server.ray_host.deployments import variant_name
-from switchyard.server.ray_host.variant import VariantInfo
+from switchyard.server.ray_host.variant import VariantInfo, VariantReplica
 from switchyard.server.repository import LoadedModel, VersionLoader
 
 # Requests the ingress forwards to one version at once, and waiting ones beyond that. Far
@@ -48,7 +48,9 @@ READY_TIMEOUT_S = 5.0
 class HandleRuntime(Runtime):
     """A model version served by its variant deployment, reached through its handle."""
 
-    def __init__(self, handle: DeploymentHandle, signature: ModelSignature, label: str) -> None:
+    def __init__(
+        self, handle: DeploymentHandle[VariantReplica], signature: ModelSignature, label: str
+    ) -> None:
         self._handle = handle
         self._signature = signature  # asked once at start: metadata needs no round trip
         self._label = label
@@ -68,7 +70,11 @@ class HandleRuntime(Runtime):
             if timeout_s <= 0:
                 raise DeadlineExceeded(f"model '{self._label}': the deadline passed")
         try:
-            return await self._handle.infer.remote(dict(inputs), timeout_s)
+            # Ray types a handle call's result as Any: VariantReplica.infer returns this.
+            outputs: dict[str, np.ndarray] = await self._handle.infer.remote(
+                dict(inputs), timeout_s
+            )
+            return outputs
         except RayTaskError as exc:
             # A variant's own errors arrive wrapped, their message a remote traceback: pass
             # on the original, written for the caller; anything else stays internal.
@@ -106,7 +112,7 @@ class RemoteBatcher(DynamicBatcher):
 
 
 def remote_loader(
-    handles: Mapping[str, DeploymentHandle], infos: Mapping[str, VariantInfo]
+    handles: Mapping[str, DeploymentHandle[VariantReplica]], infos: Mapping[str, VariantInfo]
 ) -> VersionLoader:
     """Loads each version as its HandleRuntime; both mappings are keyed by variant_name."""
 

@@ -11,10 +11,10 @@ import http.client
 import json
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict
 
 import grpc
 import numpy as np
@@ -58,13 +58,13 @@ class RayApp:
 
 
 @pytest.fixture(scope="module")
-def config(demo_model_path: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
+def config(demo_model_path: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     workdir = tmp_path_factory.mktemp("models")
     return app_config(demo_model_path, build_slow_model(workdir / "slow.onnx"), workdir)
 
 
 @pytest.fixture(scope="module")
-def ray_app(config: dict, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RayApp]:
+def ray_app(config: dict[str, Any], tmp_path_factory: pytest.TempPathFactory) -> Iterator[RayApp]:
     app = RayApp(http_port=free_port(), grpc_port=free_port())
     server = {"host": "127.0.0.1", "http_port": app.http_port, "grpc_port": app.grpc_port}
     path = tmp_path_factory.mktemp("ray") / "switchyard.yaml"
@@ -80,7 +80,9 @@ def ray_app(config: dict, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
 
 
 @pytest.fixture(scope="module")
-def standalone(config: dict, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
+def standalone(
+    config: dict[str, Any], tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Gateway]:
     gateway = start_gateway(config, tmp_path_factory.mktemp("standalone"))
     yield gateway
     assert gateway.stop() == 0, gateway.log()
@@ -171,16 +173,26 @@ def test_endpoint_ready_and_metadata_answer_as_standalone(
     assert "'recs' is an endpoint" in error.value.message()
 
 
-def rest_recommend(http_port: int, body: dict) -> dict:
+class RecommendBody(TypedDict):
+    """A /v1/recommend request body, also the RecommendRequest message's keywords."""
+
+    endpoint: str
+    user_id: str
+    candidate_ids: list[str]
+    k: int
+
+
+def rest_recommend(http_port: int, body: Mapping[str, object]) -> dict[str, Any]:
     connection = http.client.HTTPConnection("127.0.0.1", http_port, timeout=30)
     connection.request("POST", "/v1/recommend", body=json.dumps(body))
     response = connection.getresponse()
     assert response.status == 200
-    return json.loads(response.read())
+    answer: dict[str, Any] = json.loads(response.read())  # a JSON object, of mixed values
+    return answer
 
 
 def test_recommend_answers_as_standalone(ray_app: RayApp, standalone: Gateway) -> None:
-    request = {"endpoint": "recs", "user_id": "u42", "candidate_ids": ITEMS, "k": 5}
+    request: RecommendBody = {"endpoint": "recs", "user_id": "u42", "candidate_ids": ITEMS, "k": 5}
     expected = rest_recommend(standalone.http_port, request)
     assert rest_recommend(ray_app.http_port, request) == expected
     with grpc.insecure_channel(ray_app.grpc_url) as channel:
@@ -192,7 +204,10 @@ def test_recommend_answers_as_standalone(ray_app: RayApp, standalone: Gateway) -
     ]
 
 
-def grpc_error(client: triton_grpc.InferenceServerClient, *args, **kwargs) -> tuple[str, str]:
+# tritonclient ships no types: its infer()'s arguments are passed on as they come.
+def grpc_error(
+    client: triton_grpc.InferenceServerClient, *args: Any, **kwargs: Any
+) -> tuple[str, str]:
     with pytest.raises(InferenceServerException) as error:
         client.infer(*args, **kwargs)
     return str(error.value.status()), error.value.message()
@@ -218,11 +233,15 @@ def test_bad_input_gets_the_statuses_standalone_gives(ray_app: RayApp, standalon
 
 
 def running_replicas(deployment: str) -> int:
+    # `serve` comes from pytest.importorskip, so Any: replica_states maps state to count.
     status = serve.status().applications[APP_NAME].deployments[deployment]
-    return status.replica_states.get("RUNNING", 0)
+    count: int = status.replica_states.get("RUNNING", 0)
+    return count
 
 
-def wait_for_replicas(deployment: str, done, timeout_s: float) -> tuple[int, float]:
+def wait_for_replicas(
+    deployment: str, done: Callable[[int], bool], timeout_s: float
+) -> tuple[int, float]:
     started_s = time.monotonic()
     while (elapsed_s := time.monotonic() - started_s) < timeout_s:
         count = running_replicas(deployment)

@@ -6,7 +6,8 @@ import asyncio
 import http.client
 import json
 import re
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
+from typing import Any, TypeVar
 
 import numpy as np
 import pytest
@@ -15,6 +16,8 @@ from tritonclient.utils import InferenceServerException
 
 from loadtests.gateway_process import Gateway, metric_sum, scrape_metrics, start_gateway
 from tests.slow_model import build_slow_model
+
+T = TypeVar("T")
 
 
 @pytest.fixture(scope="module")
@@ -48,7 +51,10 @@ def rows(value: float) -> np.ndarray:
 
 
 async def infer_many(
-    gateway: Gateway, model: str, values: list[float], **kwargs
+    gateway: Gateway,
+    model: str,
+    values: list[float],
+    **kwargs: float,  # infer()'s timeout (µs) or client_timeout (s)
 ) -> list[np.ndarray | InferenceServerException]:
     client = triton_aio.InferenceServerClient(gateway.grpc_url)
 
@@ -107,17 +113,20 @@ def test_full_queue_is_refused_at_once(slow_gateway: Gateway) -> None:
     ) >= len(refused)
 
 
-def post_infer(gateway: Gateway, model: str, timeout_us: int | None) -> tuple[int, dict]:
-    body: dict = {"inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 4], "data": [1] * 4}]}
+def post_infer(gateway: Gateway, model: str, timeout_us: int | None) -> tuple[int, dict[str, Any]]:
+    body: dict[str, Any] = {
+        "inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 4], "data": [1] * 4}]
+    }
     if timeout_us is not None:
         body["parameters"] = {"timeout": timeout_us}
     connection = http.client.HTTPConnection("127.0.0.1", gateway.http_port, timeout=10)
     connection.request("POST", f"/v2/models/{model}/infer", body=json.dumps(body))
     response = connection.getresponse()
-    return response.status, json.loads(response.read())
+    answer: dict[str, Any] = json.loads(response.read())  # a JSON object, of mixed values
+    return response.status, answer
 
 
-async def busy_then(gateway: Gateway, coro_factory):
+async def busy_then(gateway: Gateway, coro_factory: Callable[[], Awaitable[T]]) -> T:
     """Occupy the serial model with two requests, then run the probe while they compute."""
     busy = asyncio.create_task(infer_many(gateway, "slow_serial", [1.0, 1.0]))
     await asyncio.sleep(0.005)
@@ -159,7 +168,7 @@ def test_request_past_its_deadline_is_dropped_before_running(slow_gateway: Gatew
 def test_grpc_deadline_propagates(slow_gateway: Gateway) -> None:
     """A caller whose gRPC deadline passes while queued is never run."""
 
-    async def probe():
+    async def probe() -> list[np.ndarray | InferenceServerException]:
         return await infer_many(slow_gateway, "slow_serial", [1.0], client_timeout=0.005)
 
     labels = {"model": "slow_serial", "version": "1"}

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import importlib.metadata
+from contextlib import AbstractContextManager
+from types import TracebackType
 
 import grpc
 import numpy as np
@@ -36,17 +38,25 @@ def features_input(data: np.ndarray) -> triton_grpc.InferInput:
     return tensor
 
 
-def expect_status(code: grpc.StatusCode, *fragments: str):
+def expect_status(code: grpc.StatusCode, *fragments: str) -> AbstractContextManager[object]:
     """Context manager: the call fails with `code` and a message holding every fragment."""
 
     class Expectation:
-        def __enter__(self):
+        def __enter__(self) -> Expectation:
             return self
 
-        def __exit__(self, exc_type, exc, tb):
+        def __exit__(
+            self,
+            exc_type: type[BaseException] | None,
+            exc: BaseException | None,
+            tb: TracebackType | None,
+        ) -> bool:
             assert exc is not None, f"expected {code.name}, the call succeeded"
-            status = exc.status() if isinstance(exc, InferenceServerException) else exc.code()
-            message = exc.message() if isinstance(exc, InferenceServerException) else exc.details()
+            if isinstance(exc, InferenceServerException):
+                status, message = exc.status(), exc.message()
+            else:  # the generated stub's calls raise grpc.RpcError, which is also a grpc.Call
+                assert isinstance(exc, grpc.Call), f"expected {code.name}, got {exc!r}"
+                status, message = exc.code(), exc.details()
             assert str(status) in (str(code), code.name), f"{status}: {message}"
             for fragment in fragments:
                 assert fragment in message, message

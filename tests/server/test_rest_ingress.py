@@ -47,7 +47,8 @@ def assert_error(status: int, body: bytes, expected_status: int, *fragments: str
     assert "Traceback" not in message
 
 
-def json_request(data: list, shape: list[int], **extra) -> bytes:
+# Bad requests too: any JSON values, a shape of strings, extra top-level members.
+def json_request(data: list[object], shape: list[object], **extra: object) -> bytes:
     tensor = {"name": "features", "datatype": "FP32", "shape": shape, "data": data}
     return json.dumps({"inputs": [tensor], **extra}).encode()
 
@@ -110,14 +111,18 @@ def test_infer_with_client_defaults_and_gzip(
         )
 
 
-def test_requested_output_subset(client: triton_http.InferenceServerClient, features) -> None:
+def test_requested_output_subset(
+    client: triton_http.InferenceServerClient, features: np.ndarray
+) -> None:
     result = client.infer(
         "ranker", [features_input(features)], outputs=[triton_http.InferRequestedOutput("score")]
     )
     assert [o["name"] for o in result.get_response()["outputs"]] == ["score"]
 
 
-def test_unknown_model_version_and_route(gateway: Gateway, client, features) -> None:
+def test_unknown_model_version_and_route(
+    gateway: Gateway, client: triton_http.InferenceServerClient, features: np.ndarray
+) -> None:
     with pytest.raises(InferenceServerException) as error:
         client.infer("nope", [features_input(features)])
     assert error.value.status() == "404" and "'nope'" in error.value.message()
@@ -263,7 +268,9 @@ def test_oversized_and_undecodable_bodies(gateway: Gateway) -> None:
     assert_error(status, response, 415, "br")
 
 
-def test_server_survives_bad_requests(gateway: Gateway, client, features) -> None:
+def test_server_survives_bad_requests(
+    gateway: Gateway, client: triton_http.InferenceServerClient, features: np.ndarray
+) -> None:
     for _ in range(20):
         status, _, _ = post(gateway, "/v2/models/ranker/infer", b"\x00\xff garbage")
         assert status == 400
@@ -271,7 +278,9 @@ def test_server_survives_bad_requests(gateway: Gateway, client, features) -> Non
     assert client.infer("ranker", [features_input(features)]).as_numpy("score").shape == (4, 1)
 
 
-def test_metrics_count_requests_by_outcome(gateway: Gateway, client, features) -> None:
+def test_metrics_count_requests_by_outcome(
+    gateway: Gateway, client: triton_http.InferenceServerClient, features: np.ndarray
+) -> None:
     client.infer("ranker", [features_input(features)])
     post(gateway, "/v2/models/nope/infer", b"{}")
     connection = http.client.HTTPConnection("127.0.0.1", gateway.metrics_port, timeout=10)

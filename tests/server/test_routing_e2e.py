@@ -8,7 +8,7 @@ import json
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -157,9 +157,13 @@ def routed(
 ) -> Iterator[Gateway]:
     workdir = tmp_path_factory.mktemp("routed")
     gateway = start_gateway(base_config(model_paths, workdir), workdir)
-    gateway.workdir = workdir  # type: ignore[attr-defined]
     yield gateway
     gateway.stop()
+
+
+def workdir_of(gateway: Gateway) -> Path:
+    """The folder the gateway was started in: its log, config and audit files lie there."""
+    return gateway.log_path.parent
 
 
 def request(
@@ -168,27 +172,24 @@ def request(
     path: str,
     body: Any = None,
     headers: dict[str, str] | None = None,
-) -> tuple[int, dict[str, str], dict]:
+) -> tuple[int, dict[str, str], dict[str, Any]]:
     connection = http.client.HTTPConnection("127.0.0.1", gateway.http_port, timeout=30)
     payload = json.dumps(body).encode() if body is not None else None
     connection.request(method, path, body=payload, headers=headers or {})
     response = connection.getresponse()
     raw = response.read()
     connection.close()
-    return (
-        response.status,
-        {k.lower(): v for k, v in response.getheaders()},
-        json.loads(raw or b"{}"),
-    )
+    answer: dict[str, Any] = json.loads(raw or b"{}")  # a JSON object, of mixed values
+    return response.status, {k.lower(): v for k, v in response.getheaders()}, answer
 
 
 def infer(
     gateway: Gateway,
     endpoint: str,
-    parameters: dict | None = None,
+    parameters: dict[str, Any] | None = None,
     headers: dict[str, str] | None = None,
     rows: list[list[float]] | None = None,
-):
+) -> tuple[int, dict[str, str], dict[str, Any]]:
     rows = rows or [ROW]
     tensor = {"name": "features", "datatype": "FP32", "shape": [len(rows), 16], "data": rows}
     body: dict[str, Any] = {"inputs": [tensor]}
@@ -199,7 +200,7 @@ def infer(
 
 def admin(
     gateway: Gateway, method: str, path: str, body: Any = None, token: str | None = ADMIN_TOKEN
-):
+) -> tuple[int, dict[str, str], dict[str, Any]]:
     headers = {"X-Switchyard-Actor": "alice"}
     if token is not None:
         headers["Authorization"] = f"Bearer {token}"
@@ -319,7 +320,7 @@ def test_endpoint_with_a_version_is_not_found(routed: Gateway) -> None:
     client = triton_grpc.InferenceServerClient(routed.grpc_url)
     grpc_tensor = triton_grpc.InferInput("features", [1, 16], "FP32")
     grpc_tensor.set_data_from_numpy(np.array([ROW], dtype=np.float32))
-    calls = (
+    calls: tuple[Callable[[], object], ...] = (
         lambda: client.is_model_ready("recs", "1"),
         lambda: client.get_model_metadata("recs", "1"),
         lambda: client.get_model_config("recs", "1"),
@@ -421,7 +422,7 @@ def test_disagreements_are_logged(routed: Gateway) -> None:
         infer(routed, "mirrored")
     time.sleep(0.3)  # the next comparison after a window closes writes that window's lines
     infer(routed, "mirrored")
-    log_path = routed.workdir / "disagreements.jsonl"  # type: ignore[attr-defined]
+    log_path = workdir_of(routed) / "disagreements.jsonl"
     deadline = time.monotonic() + 10
     while not (log_path.exists() and log_path.read_text().strip()) and time.monotonic() < deadline:
         infer(routed, "mirrored")
@@ -432,13 +433,16 @@ def test_disagreements_are_logged(routed: Gateway) -> None:
     assert json.dumps(line).count("max_abs_diff") >= 1
 
 
-def rollout_state(gateway: Gateway, endpoint: str) -> dict:
+def rollout_state(gateway: Gateway, endpoint: str) -> dict[str, Any]:
     status, _, body = admin(gateway, "GET", "/endpoints")
     assert status == 200, body
-    return body["rollouts"][endpoint]
+    state: dict[str, Any] = body["rollouts"][endpoint]  # a JSON object, of mixed values
+    return state
 
 
-def drive(gateway: Gateway, endpoint: str, until: set[str], timeout_s: float = 20) -> dict:
+def drive(
+    gateway: Gateway, endpoint: str, until: set[str], timeout_s: float = 20
+) -> dict[str, Any]:
     """Send traffic until the rollout reaches one of `until` states."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
@@ -481,7 +485,7 @@ def test_slow_canary_rolls_back_on_p95(routed: Gateway) -> None:
     admin(routed, "POST", "/endpoints/rollout_slow/rollout/start")
     state = drive(routed, "rollout_slow", {"completed", "rolled_back"}, timeout_s=60)
     assert state["state"] == "rolled_back"
-    audit = (routed.workdir / "audit.jsonl").read_text()  # type: ignore[attr-defined]
+    audit = (workdir_of(routed) / "audit.jsonl").read_text()
     assert "rollout rolled_back" in audit and "p95" in audit
 
 
@@ -507,8 +511,8 @@ def test_admin_sets_weights_and_audits(routed: Gateway) -> None:
     status, _, body = admin(routed, "PUT", "/endpoints/absent/weights", {"weights": {"a": 1}})
     assert status == 404
     entries = [
-        json.loads(line) for line in (routed.workdir / "audit.jsonl").read_text().splitlines()
-    ]  # type: ignore[attr-defined]
+        json.loads(line) for line in (workdir_of(routed) / "audit.jsonl").read_text().splitlines()
+    ]
     entry = next(e for e in entries if e["action"] == "set weights")
     assert entry["actor"] == "alice" and entry["changes"] == [
         "endpoints.locked.weights.only: 1 -> 2"
