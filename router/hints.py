@@ -18,14 +18,21 @@ def read_route_request(
     endpoint: EndpointSpec,
     parameters: Mapping[str, object] | None = None,
     headers: Mapping[str, str] | None = None,
+    routing_key: str | None = None,
 ) -> RouteRequest:
-    """The RouteRequest for one request to `endpoint`; InvalidArgument for a malformed hint."""
+    """The RouteRequest for one request to `endpoint`; InvalidArgument for a malformed hint.
+
+    `routing_key` is a key the caller already holds (Recommend's user id): on an endpoint
+    that reads keys it stands in for the one the request carries."""
     # Header names are stored lowercase; match whatever case the transport delivers.
     lowered = {name.lower(): value for name, value in (headers or {}).items()}
     spec_key, spec_override = endpoint.routing_key, endpoint.override
+    reads_keys = spec_key.parameter is not None or spec_key.header is not None
+    if routing_key is None or not reads_keys:
+        routing_key = _hint(parameters or {}, lowered, spec_key.parameter, spec_key.header)
     return RouteRequest(
         endpoint=endpoint.name,
-        routing_key=_hint(parameters or {}, lowered, spec_key.parameter, spec_key.header),
+        routing_key=routing_key,
         override_variant=_hint(
             parameters or {}, lowered, spec_override.parameter, spec_override.header
         ),

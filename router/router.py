@@ -55,10 +55,12 @@ class Router:
         *,
         parameters: Mapping[str, object] | None = None,
         headers: Mapping[str, str] | None = None,
+        routing_key: str | None = None,
     ) -> RoutingDecision:
-        """Read the request's hints and decide; NotFound / InvalidArgument for bad input."""
+        """Read the request's hints and decide; NotFound / InvalidArgument for bad input.
+        `routing_key`: a key the caller holds, in place of the request's (read_route_request)."""
         table = self._table
-        request = read_route_request(table.endpoint(endpoint), parameters, headers)
+        request = read_route_request(table.endpoint(endpoint), parameters, headers, routing_key)
         return self._decide(table, request)
 
     def decide(self, request: RouteRequest) -> RoutingDecision:

@@ -180,15 +180,13 @@ class RoutingService:
 
     async def infer(self, request: InferRequest, routing_key: str | None = None) -> InferResponse:
         """Route a request naming an endpoint. `routing_key`, when given, is its sticky key
-        (Recommend's user id), placed where the endpoint's policy reads keys."""
-        parameters, headers = request.parameters, request.headers
-        if routing_key is not None:
-            key_spec = self.table.endpoint(request.model_name).routing_key
-            if key_spec.parameter is not None:
-                parameters = {**parameters, key_spec.parameter: routing_key}
-            elif key_spec.header is not None:
-                headers = {**headers, key_spec.header: routing_key}
-        decision = self._router.route(request.model_name, parameters=parameters, headers=headers)
+        (Recommend's user id) in place of the one the request carries."""
+        decision = self._router.route(
+            request.model_name,
+            parameters=request.parameters,
+            headers=request.headers,
+            routing_key=routing_key,
+        )
         primary = decision.primary
         started_s = time.perf_counter()
         controller = self._rollouts.get(decision.endpoint)

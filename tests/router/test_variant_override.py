@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
 from switchyard.router.decision import RouteReason
+from switchyard.router.endpoint import RoutingKeySpec
+from switchyard.router.hints import read_route_request
 from switchyard.router.router import Router
 from switchyard.runtimes.errors import InvalidArgument, NotFound
 from switchyard.server.endpoints_config import build_routing_table
@@ -73,3 +77,19 @@ def test_routing_key_from_parameter_or_header_parameter_first() -> None:
 def test_malformed_routing_key_is_invalid(value: object) -> None:
     with pytest.raises(InvalidArgument, match="parameter 'user_id' must be a string or an integer"):
         make_router().route("recs", parameters={"user_id": value})
+
+
+def test_a_key_the_caller_holds_stands_in_for_the_requests_own() -> None:
+    endpoint = make_router().table.endpoint("recs")
+    held = read_route_request(endpoint, {"user_id": "a"}, {"x-user-id": "b"}, routing_key="u7")
+    assert held.routing_key == "u7"
+    assert read_route_request(endpoint, routing_key="u7").routing_key == "u7"
+    # It stands in for a malformed one too: the request's own is not read.
+    assert read_route_request(endpoint, {"user_id": 1.5}, routing_key="u7").routing_key == "u7"
+    # An endpoint that reads no keys is not sticky, whoever holds one.
+    keyless = RoutingKeySpec(parameter=None, header=None)
+    unkeyed = dataclasses.replace(endpoint, routing_key=keyless)
+    assert read_route_request(unkeyed, routing_key="u7").routing_key is None
+    assert make_router().route("recs", routing_key="u7") == make_router().route(
+        "recs", parameters={"user_id": "u7"}
+    )
