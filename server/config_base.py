@@ -52,14 +52,15 @@ class StrictModel(BaseModel):
     @model_validator(mode="before")
     @classmethod
     def _refuse_renamed_keys(cls, data: Any) -> Any:
-        if isinstance(data, Mapping) and cls.renamed_keys:
-            errors = [
-                error_details((old,), f"renamed to {new} (seconds)", data[old])
-                for old, new in cls.renamed_keys.items()
-                if old in data
-            ]
-            if errors:
-                raise ValidationError.from_exception_data(cls.__name__, errors)
+        if isinstance(data, Mapping):
+            raise_errors(
+                cls.__name__,
+                (
+                    error_details((old,), f"renamed to {new} (seconds)", data[old])
+                    for old, new in cls.renamed_keys.items()
+                    if old in data
+                ),
+            )
         return data
 
 
