@@ -26,6 +26,7 @@ from switchyard.server.config_sections import (
     RecommendSettings,
     RoutingSettings,
     ServerSettings,
+    resolve_path,
 )
 from switchyard.server.config_yaml import load_yaml
 from switchyard.server.endpoints_config import EndpointConfig, compile_endpoints
@@ -122,8 +123,7 @@ def _apply_env_overrides(raw: dict[str, Any], env: Mapping[str, str]) -> dict[st
 
 def _resolve_path(section: Any, key: str, base_dir: Path) -> None:
     if isinstance(section, dict) and isinstance(section.get(key), str):
-        path = Path(section[key]).expanduser()
-        section[key] = str(path if path.is_absolute() else base_dir / path)
+        section[key] = resolve_path(section[key], base_dir)
 
 
 def _resolve_paths(raw: dict[str, Any], base_dir: Path) -> None:

@@ -14,6 +14,12 @@ Port = Annotated[int, Field(ge=0, le=65535)]
 FilePath = Annotated[Path, Field(strict=False)]
 
 
+def resolve_path(text: str, base_dir: Path) -> str:
+    """A FilePath as written (`~` expanded), made absolute against base_dir when relative."""
+    path = Path(text).expanduser()
+    return str(path if path.is_absolute() else base_dir / path)
+
+
 class ServerSettings(StrictModel):
     """The listening sockets and process settings; SWITCHYARD_<KEY> variables override them."""
 

@@ -41,7 +41,7 @@ from switchyard.server.config_base import (
     error_lines,
     raise_errors,
 )
-from switchyard.server.config_sections import FilePath
+from switchyard.server.config_sections import FilePath, resolve_path
 from switchyard.server.config_yaml import load_yaml
 
 NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]*$"
@@ -253,8 +253,7 @@ def resolve_feature_paths(raw_features: Any, base_dir: Path) -> None:
         return
     for entity, path in seed_files.items():
         if isinstance(path, str):
-            expanded = Path(path).expanduser()
-            seed_files[entity] = str(expanded if expanded.is_absolute() else base_dir / expanded)
+            seed_files[entity] = resolve_path(path, base_dir)
 
 
 def parse_features(raw: Any, base_dir: Path, source: str) -> FeaturesConfig:
