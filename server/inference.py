@@ -138,18 +138,16 @@ class InferenceService:
 
     def model_metadata(self, name: str, version: str = "") -> ModelMetadata:
         target = self.resolve(name, version)
+        metadata = self._models.model_metadata(*_signature_version(target))
         if isinstance(target, ModelVersionTarget):
-            return self._models.model_metadata(target.model, target.version)
-        variant = target.primaries()[0]
-        metadata = self._models.model_metadata(variant.model, variant.version or "")
+            return metadata
         return dataclasses.replace(metadata, name=name, versions=())
 
     def model_config(self, name: str, version: str = "") -> ModelConfigSummary:
         target = self.resolve(name, version)
+        config = self._models.model_config(*_signature_version(target))
         if isinstance(target, ModelVersionTarget):
-            return self._models.model_config(target.model, target.version)
-        variant = target.primaries()[0]
-        config = self._models.model_config(variant.model, variant.version or "")
+            return config
         return dataclasses.replace(config, name=name)
 
     async def infer(self, request: InferRequest, routing_key: str | None = None) -> InferResponse:
@@ -159,3 +157,12 @@ class InferenceService:
         if isinstance(target, EndpointTarget):
             return await self._routing.infer(request, routing_key)
         return await self._models.infer_model(request)
+
+
+def _signature_version(target: Target) -> tuple[str, str]:
+    """The model version whose signature `target` answers with: its own, or an endpoint's
+    heaviest primary variant's."""
+    if isinstance(target, ModelVersionTarget):
+        return target.model, target.version
+    variant = target.primaries()[0]
+    return variant.model, variant.version or ""
