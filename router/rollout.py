@@ -1,32 +1,28 @@
-"""The progressive canary rollout of one endpoint, as a state machine driven by a clock.
+"""The progressive canary rollout of one endpoint, as pure transitions on a status value.
 
-    IDLE --start--> RUNNING (step 0) --tick: interval passed, checks pass--> next step ...
-    RUNNING --tick: a check fails--> ROLLED_BACK (canary 0%)
+    IDLE --start--> RUNNING (step 0) --judge: interval passed, checks pass--> next step ...
+    RUNNING --judge: a check fails--> ROLLED_BACK (canary 0%)
     RUNNING --abort--> ABORTED (canary 0%)
-    RUNNING --tick: last step passes--> COMPLETED (canary 100%, now the stable variant)
+    RUNNING --judge: last step passes--> COMPLETED (canary 100%, now the stable variant)
     any but COMPLETED --promote--> COMPLETED;  IDLE / ROLLED_BACK / ABORTED --start--> RUNNING
 
-Checks are judged on every tick, so a failing canary is rolled back as soon as it has enough
-requests, while advancing also waits for the step interval. Statistics are kept per step and
-reset when a step begins, so each step is judged on its own traffic. Every transition is one
-RolloutEvent, returned and passed to each subscriber; applying its `weights` to the routing
-table (and logging it, and exporting it as a metric) is the caller's job.
+The status lives in the control store, shared by every replica; these functions take it and
+the step's merged statistics and return the event that leads to the next one, or None. The
+checks are judged every time, so a failing canary is rolled back as soon as it has enough
+requests, while advancing also waits for the step interval. Each step is judged on its own
+traffic: the caller keeps statistics per step. Times are wall-clock seconds (time.time()),
+the one clock every replica shares.
 """
 
 from __future__ import annotations
 
-import logging
-import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
 
-from switchyard.router.latency_window import LatencyWindow
+from switchyard.router.latency_histogram import LatencyHistogram
 from switchyard.router.rollout_checks import Outcome, judge
 from switchyard.router.rollout_plan import RolloutPlan
 from switchyard.runtimes.errors import InvalidArgument
-
-log = logging.getLogger(__name__)
 
 
 class RolloutState(StrEnum):
@@ -38,148 +34,100 @@ class RolloutState(StrEnum):
 
 
 @dataclass(frozen=True, slots=True)
+class RolloutStatus:
+    state: RolloutState = RolloutState.IDLE
+    step: int | None = None  # index into plan.steps_percent while running
+    canary_percent: float = 0.0
+    step_started_s: float = 0.0  # wall clock
+
+
+IDLE = RolloutStatus()
+
+
+@dataclass(frozen=True, slots=True)
 class RolloutEvent:
-    time_s: float  # on the controller's (monotonic) clock
     endpoint: str
-    stable: str
-    canary: str
-    from_state: RolloutState
-    to_state: RolloutState
-    from_percent: float
-    to_percent: float
+    plan: RolloutPlan
+    before: RolloutStatus
+    after: RolloutStatus
     reason: str
 
     @property
     def weights(self) -> dict[str, float]:
         """The endpoint's weights after this event, in percent."""
-        return {self.stable: 100.0 - self.to_percent, self.canary: self.to_percent}
+        return rollout_weights(self.plan, self.after)
 
 
-class RolloutController:
-    def __init__(
-        self,
-        endpoint: str,
-        plan: RolloutPlan,
-        *,
-        clock: Callable[[], float] = time.monotonic,
-        max_samples: int = 10_000,
-    ) -> None:
+def rollout_weights(plan: RolloutPlan, status: RolloutStatus) -> dict[str, float]:
+    return {plan.stable: 100.0 - status.canary_percent, plan.canary: status.canary_percent}
+
+
+def stable_variant(plan: RolloutPlan, status: RolloutStatus) -> str:
+    """The variant serving as stable: the canary, once promoted."""
+    return plan.canary if status.state is RolloutState.COMPLETED else plan.stable
+
+
+class Rollout:
+    """The transitions of one endpoint's plan."""
+
+    def __init__(self, endpoint: str, plan: RolloutPlan) -> None:
         self.endpoint = endpoint
         self.plan = plan
-        self._clock = clock
-        self._state = RolloutState.IDLE
-        self._step = -1  # index into plan.steps_percent while running
-        self._percent = 0.0
-        self._step_started_s = 0.0
-        self._canary = LatencyWindow(max_samples)
-        self._stable = LatencyWindow(max_samples)
-        self._subscribers: list[Callable[[RolloutEvent], None]] = []
 
-    @property
-    def state(self) -> RolloutState:
-        return self._state
-
-    @property
-    def percent(self) -> float:
-        """The canary's current share of traffic, in percent."""
-        return self._percent
-
-    @property
-    def step_index(self) -> int | None:
-        return self._step if self._state is RolloutState.RUNNING else None
-
-    @property
-    def stable_variant(self) -> str:
-        """The variant serving as stable: the canary, once promoted."""
-        return self.plan.canary if self._state is RolloutState.COMPLETED else self.plan.stable
-
-    def weights(self) -> dict[str, float]:
-        return {self.plan.stable: 100.0 - self._percent, self.plan.canary: self._percent}
-
-    def subscribe(self, callback: Callable[[RolloutEvent], None]) -> None:
-        """Call `callback` with every event; its exceptions are logged, never raised here."""
-        self._subscribers.append(callback)
-
-    def record(self, variant: str, latency_s: float, ok: bool) -> None:
-        """One request served by `variant`; ignored unless running and it is canary or stable."""
-        if self._state is not RolloutState.RUNNING:
-            return
-        if variant == self.plan.canary:
-            self._canary.record(latency_s, ok)
-        elif variant == self.plan.stable:
-            self._stable.record(latency_s, ok)
-
-    def tick(self, now_s: float | None = None) -> RolloutEvent | None:
+    def judge(
+        self,
+        status: RolloutStatus,
+        canary: LatencyHistogram,
+        stable: LatencyHistogram,
+        now_s: float,
+    ) -> RolloutEvent | None:
         """Roll back on a failed check, or advance once the interval passed and checks pass."""
-        if self._state is not RolloutState.RUNNING:
+        if status.state is not RolloutState.RUNNING or status.step is None:
             return None
-        now_s = self._clock() if now_s is None else now_s
-        verdict = judge(self.plan, self._canary, self._stable)
+        verdict = judge(self.plan, canary, stable)
         if verdict.outcome is Outcome.FAIL:
-            return self._transition(now_s, RolloutState.ROLLED_BACK, -1, verdict.reason)
+            return self._event(status, now_s, RolloutState.ROLLED_BACK, None, verdict.reason)
         if verdict.outcome is Outcome.WAIT:
             return None
-        if now_s - self._step_started_s < self.plan.step_interval_s:
+        if now_s - status.step_started_s < self.plan.step_interval_s:
             return None
         steps = self.plan.steps_percent
-        reason = f"step {self._step + 1} of {len(steps)} passed: {verdict.reason}"
-        next_step = self._step + 1
+        reason = f"step {status.step + 1} of {len(steps)} passed: {verdict.reason}"
+        next_step = status.step + 1
         if next_step == len(steps) or steps[next_step] >= 100:
-            return self._transition(now_s, RolloutState.COMPLETED, -1, f"{reason}; promoted")
-        return self._transition(now_s, RolloutState.RUNNING, next_step, reason)
+            return self._event(status, now_s, RolloutState.COMPLETED, None, f"{reason}; promoted")
+        return self._event(status, now_s, RolloutState.RUNNING, next_step, reason)
 
-    def start(self, now_s: float | None = None) -> RolloutEvent:
-        if self._state in (RolloutState.RUNNING, RolloutState.COMPLETED):
+    def start(self, status: RolloutStatus, now_s: float) -> RolloutEvent:
+        if status.state in (RolloutState.RUNNING, RolloutState.COMPLETED):
             raise InvalidArgument(
-                f"rollout of endpoint '{self.endpoint}' cannot start: it is {self._state}"
+                f"rollout of endpoint '{self.endpoint}' cannot start: it is {status.state}"
             )
-        now_s = self._clock() if now_s is None else now_s
-        return self._transition(now_s, RolloutState.RUNNING, 0, "started")
+        return self._event(status, now_s, RolloutState.RUNNING, 0, "started")
 
-    def abort(
-        self, reason: str = "aborted by operator", now_s: float | None = None
-    ) -> RolloutEvent:
-        if self._state is not RolloutState.RUNNING:
+    def abort(self, status: RolloutStatus, now_s: float, reason: str) -> RolloutEvent:
+        if status.state is not RolloutState.RUNNING:
             raise InvalidArgument(
-                f"rollout of endpoint '{self.endpoint}' cannot abort: it is {self._state}"
+                f"rollout of endpoint '{self.endpoint}' cannot abort: it is {status.state}"
             )
-        now_s = self._clock() if now_s is None else now_s
-        return self._transition(now_s, RolloutState.ABORTED, -1, reason)
+        return self._event(status, now_s, RolloutState.ABORTED, None, reason)
 
-    def promote(
-        self, reason: str = "promoted by operator", now_s: float | None = None
-    ) -> RolloutEvent:
-        if self._state is RolloutState.COMPLETED:
+    def promote(self, status: RolloutStatus, now_s: float, reason: str) -> RolloutEvent:
+        if status.state is RolloutState.COMPLETED:
             raise InvalidArgument(f"rollout of endpoint '{self.endpoint}' is already complete")
-        now_s = self._clock() if now_s is None else now_s
-        return self._transition(now_s, RolloutState.COMPLETED, -1, reason)
+        return self._event(status, now_s, RolloutState.COMPLETED, None, reason)
 
-    def _transition(
-        self, now_s: float, state: RolloutState, step: int, reason: str
+    def _event(
+        self,
+        before: RolloutStatus,
+        now_s: float,
+        state: RolloutState,
+        step: int | None,
+        reason: str,
     ) -> RolloutEvent:
-        if state is RolloutState.RUNNING:
+        if step is not None:
             percent = self.plan.steps_percent[step]
         else:
             percent = 100.0 if state is RolloutState.COMPLETED else 0.0
-        event = RolloutEvent(
-            time_s=now_s,
-            endpoint=self.endpoint,
-            stable=self.plan.stable,
-            canary=self.plan.canary,
-            from_state=self._state,
-            to_state=state,
-            from_percent=self._percent,
-            to_percent=percent,
-            reason=reason,
-        )
-        self._state, self._step, self._percent = state, step, percent
-        self._step_started_s = now_s
-        self._canary.reset()
-        self._stable.reset()
-        for callback in list(self._subscribers):
-            try:
-                callback(event)
-            except Exception:
-                # One broken subscriber (a log sink) must not stall the rollout for the rest.
-                log.exception("rollout event subscriber failed for endpoint %s", self.endpoint)
-        return event
+        after = RolloutStatus(state, step, percent, now_s)
+        return RolloutEvent(self.endpoint, self.plan, before, after, reason)

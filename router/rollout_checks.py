@@ -6,7 +6,7 @@ import math
 from dataclasses import dataclass
 from enum import StrEnum
 
-from switchyard.router.latency_window import LatencyWindow
+from switchyard.router.latency_histogram import LatencyHistogram
 from switchyard.router.rollout_plan import RolloutPlan
 
 
@@ -22,7 +22,7 @@ class Verdict:
     reason: str
 
 
-def judge(plan: RolloutPlan, canary: LatencyWindow, stable: LatencyWindow) -> Verdict:
+def judge(plan: RolloutPlan, canary: LatencyHistogram, stable: LatencyHistogram) -> Verdict:
     """PASS when every configured check is judged and holds, FAIL at the first that fails.
 
     The canary is judged once it has `min_requests`; the checks relative to stable also wait
@@ -50,7 +50,7 @@ def judge(plan: RolloutPlan, canary: LatencyWindow, stable: LatencyWindow) -> Ve
 
 
 def _judge_against_stable(
-    plan: RolloutPlan, error_rate: float, p95_s: float | None, stable: LatencyWindow
+    plan: RolloutPlan, error_rate: float, p95_s: float | None, stable: LatencyHistogram
 ) -> Verdict | None:
     if stable.requests < plan.min_requests:
         return Verdict(

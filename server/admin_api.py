@@ -1,9 +1,14 @@
 """The admin REST API: read and change routing, drive rollouts. Bearer-token protected.
 
-Routes (all under /admin/v1):
-  GET  /endpoints                              endpoints, policies and rollout states
-  PUT  /endpoints/{name}/weights               body {"weights": {"stable": 90, "canary": 10}}
-  POST /endpoints/{name}/rollout/{action}      action: start | abort | promote
+Routes (all under /admin/v1), answered alike by every replica (the state is the control
+store's):
+  GET    /endpoints                            the table in force, its version, the
+                                               overrides, rollout states, the store
+  PUT    /endpoints/{name}/weights             body {"weights": {"stable": 90, "canary": 10}}
+  DELETE /endpoints/{name}/override            back to the config file's weights
+  POST   /endpoints/{name}/rollout/{action}    action: start | abort | promote
+  GET    /audit?limit=N                        the shared audit trail, oldest first
+  GET    /lease                                the replica judging rollouts now
 Every change is audited with its actor: the `X-Switchyard-Actor` header, else "admin".
 """
 
@@ -14,17 +19,18 @@ from typing import Any
 
 from switchyard.router.config import table_to_config
 from switchyard.runtimes.errors import InvalidArgument, NotFound
+from switchyard.server.control.plane import ControlPlane
 from switchyard.server.error_status import HttpError, require_method
 from switchyard.server.json_body import parse_object
-from switchyard.server.routing import RoutingService
 
 ACTOR_HEADER = b"x-switchyard-actor"
-ROLLOUT_ACTIONS = ("start", "abort", "promote")
+DEFAULT_AUDIT_LIMIT = 100
+MAX_AUDIT_LIMIT = 10_000
 
 
 class AdminApi:
-    def __init__(self, routing: RoutingService, token: str | None) -> None:
-        self._routing = routing
+    def __init__(self, control: ControlPlane, token: str | None) -> None:
+        self._control = control
         self._token = token
 
     def authorize(self, headers: dict[bytes, bytes]) -> None:
@@ -37,36 +43,55 @@ class AdminApi:
         if not hmac.compare_digest(given.encode(), self._token.encode()):
             raise HttpError(403, "the bearer token is not valid for the admin API")
 
-    def handle(
-        self, method: str, parts: list[str], headers: dict[bytes, bytes], body: bytes
+    async def handle(
+        self,
+        method: str,
+        parts: list[str],
+        headers: dict[bytes, bytes],
+        body: bytes,
+        query: dict[str, list[str]],
     ) -> dict[str, Any]:
         """Serve /admin/v1/{parts...}; the returned document is the 200 response."""
         actor = headers.get(ACTOR_HEADER, b"admin").decode("latin-1")[:100]
+        control = self._control
         if parts == ["endpoints"]:
             require_method(method, "GET")
             return {
-                "endpoints": table_to_config(self._routing.table),
-                "rollouts": self._routing.rollout_states(),
+                "version": control.version,
+                "endpoints": table_to_config(control.table),
+                "overrides": control.overrides(),
+                "rollouts": control.rollout_states(),
+                "control": {
+                    "store": control.store.description,
+                    "up": control.store_up,
+                    "replica": control.replica,
+                },
             }
+        if parts == ["audit"]:
+            require_method(method, "GET")
+            limit = _limit(query)
+            return {"entries": [e.to_document() for e in await control.audit_trail(limit)]}
         if len(parts) == 3 and parts[0] == "endpoints" and parts[2] == "weights":
             require_method(method, "PUT")
             weights = parse_object(body or b"{}").get("weights")
             if not isinstance(weights, dict):
                 raise InvalidArgument('body must be {"weights": {"<variant>": <number>, ...}}')
-            changes = self._routing.set_weights(parts[1], weights, actor)
-            return {"changes": changes}
+            return {"changes": await control.set_weights(parts[1], weights, actor)}
+        if len(parts) == 3 and parts[0] == "endpoints" and parts[2] == "override":
+            require_method(method, "DELETE")
+            return {"changes": await control.reset(parts[1], actor)}
         if len(parts) == 4 and parts[0] == "endpoints" and parts[2] == "rollout":
             require_method(method, "POST")
-            action = parts[3]
-            if action not in ROLLOUT_ACTIONS:
-                raise NotFound(f"unknown rollout action '{action}' (actions: {ROLLOUT_ACTIONS})")
-            controller = self._routing.rollout(parts[1])
-            reason = f"{action} by {actor}"
-            if action == "start":
-                event = controller.start()
-            elif action == "abort":
-                event = controller.abort(reason)
-            else:
-                event = controller.promote(reason)
-            return {"state": str(event.to_state), "canary_percent": event.to_percent}
+            status = await control.rollout_action(parts[1], parts[3], actor)
+            return {"state": str(status.state), "canary_percent": status.canary_percent}
+        if parts == ["lease"]:
+            require_method(method, "GET")
+            return {"holder": await control.lease_holder()}
         raise NotFound(f"no admin route /admin/v1/{'/'.join(parts)}")
+
+
+def _limit(query: dict[str, list[str]]) -> int:
+    text = query.get("limit", [str(DEFAULT_AUDIT_LIMIT)])[-1]
+    if not text.isdigit() or not 1 <= int(text) <= MAX_AUDIT_LIMIT:
+        raise InvalidArgument(f"limit must be a whole number from 1 to {MAX_AUDIT_LIMIT}")
+    return int(text)

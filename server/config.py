@@ -23,6 +23,7 @@ from switchyard.router.table import RoutingTable
 from switchyard.server.config_base import ConfigError, StrictModel, error_lines, raise_errors
 from switchyard.server.config_sections import (
     AdminSettings,
+    ControlSettings,
     RecommendSettings,
     RoutingSettings,
     ServerSettings,
@@ -39,6 +40,7 @@ __all__ = [
     "ENV_PREFIX",
     "AdminSettings",
     "ConfigError",
+    "ControlSettings",
     "ModelConfig",
     "ModelVersionConfig",
     "RecommendSettings",
@@ -69,6 +71,10 @@ class SwitchyardConfig(StrictModel):
         default_factory=RoutingSettings, description="The router's background work."
     )
     admin: AdminSettings = Field(default_factory=AdminSettings, description="The admin API.")
+    control: ControlSettings = Field(
+        default_factory=ControlSettings,
+        description="The store of routing state shared by every replica.",
+    )
     features: FeaturesConfig = Field(
         default_factory=FeaturesConfig, description="Online features: store, entities, inputs."
     )

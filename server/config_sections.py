@@ -82,6 +82,42 @@ class RoutingSettings(StrictModel):
     )
 
 
+class ControlSettings(StrictModel):
+    """Where the routing state every replica must agree on is kept: the weights set while
+    serving, running rollouts, the audit trail (docs/architecture.md, "Control store")."""
+
+    store: Literal["memory", "redis"] = Field(
+        default="memory",
+        description="memory: this process only, gone on restart; redis: shared by every "
+        "replica and kept across restarts.",
+    )
+    url: str = Field(
+        default="redis://127.0.0.1:6379/0",
+        pattern=r"^rediss?://",
+        description="The Redis of the redis store (it may be the feature store's).",
+    )
+    prefix: str = Field(
+        default="switchyard:",
+        min_length=1,
+        description="Start of every key the store writes: one per gateway deployment.",
+    )
+    timeout_s: float = Field(
+        default=0.5, gt=0, description="Seconds one store call may take before it fails."
+    )
+    resync_s: float = Field(
+        default=1.0,
+        gt=0,
+        description="Seconds between full reads of the store, on top of its change "
+        "notifications; also the retry pace while it is unreachable.",
+    )
+    lease_ttl_s: float = Field(
+        default=3.0,
+        gt=0,
+        description="Seconds the replica judging rollouts holds its lease without renewing "
+        "it; then another takes over.",
+    )
+
+
 class AdminSettings(StrictModel):
     """The admin REST API (/admin/v1/...) on the HTTP port; off unless a token is set."""
 

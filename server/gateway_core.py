@@ -1,6 +1,7 @@
 """Everything behind the ingresses, the same on every host (standalone and Ray Serve):
-models, data plane, router, the inference entry point, features and Recommend, admin API
-and config reloads. A host adds its transports around it and starts and stops it.
+models, data plane, router and its control plane, the inference entry point, features and
+Recommend, admin API and config reloads. A host adds its transports around it and starts
+and stops it.
 
 Built bottom-up, each part given what it calls: the data plane (model versions), the
 routing service (given the data plane's direct path), the entry point over both, and the
@@ -10,12 +11,18 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import secrets
+import socket
 from pathlib import Path
 
+from switchyard.router.router import Router
 from switchyard.server.admin_api import AdminApi
 from switchyard.server.audit_log import AuditLog
 from switchyard.server.config import SwitchyardConfig, routing_table
 from switchyard.server.config_reload import ConfigReloader
+from switchyard.server.control.factory import create_control_store
+from switchyard.server.control.plane import ControlPlane
 from switchyard.server.dataplane import DataPlane
 from switchyard.server.features.definitions import FeatureDefinitions
 from switchyard.server.features.factory import create_store
@@ -31,6 +38,11 @@ from switchyard.server.routing import RoutingService
 log = logging.getLogger(__name__)
 
 
+def replica_name() -> str:
+    """This process among the replicas: host, pid and a random tail (pids repeat in pods)."""
+    return f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(2)}"
+
+
 class GatewayCore:
     def __init__(
         self,
@@ -43,12 +55,19 @@ class GatewayCore:
         self.metrics = metrics
         self.repository = repository
         dataplane = DataPlane(repository, config.server.max_request_size_bytes)
-        self.routing = RoutingService(
+        router = Router(routing_table(config))
+        self.control = ControlPlane(
             routing_table(config),
-            dataplane.infer_model,
-            config.routing,
-            metrics.routing,
-            AuditLog(config.admin.audit_log_path),
+            router,
+            create_control_store(config.control),
+            config.control,
+            tick_s=config.routing.rollout_tick_s,
+            metrics=metrics.routing,
+            audit=AuditLog(config.admin.audit_log_path),
+            replica=replica_name(),
+        )
+        self.routing = RoutingService(
+            router, dataplane.infer_model, config.routing, metrics.routing, self.control.record
         )
         self.inference = InferenceService(dataplane, self.routing)
         definitions = FeatureDefinitions.from_config(config.features)
@@ -57,14 +76,21 @@ class GatewayCore:
             self.inference, definitions, self.feature_store, config.recommend
         )
         self._reloader = (
-            ConfigReloader(config_path, config, self.routing, config.routing.config_reload_s)
+            ConfigReloader(
+                config_path,
+                config,
+                self.control,
+                dataplane.check,
+                metrics.routing,
+                config.routing.config_reload_s,
+            )
             if config_path is not None and config.routing.config_reload_s > 0
             else None
         )
         self._reload_task: asyncio.Task[None] | None = None
 
     def rest_app(self) -> RestApp:
-        admin = AdminApi(self.routing, self.config.admin.token)
+        admin = AdminApi(self.control, self.config.admin.token)
         return RestApp(self.inference, self.metrics, admin, self.recommender)
 
     def oip_servicer(self) -> InferenceServicer:
@@ -77,7 +103,7 @@ class GatewayCore:
         """Load every model version and start the background work; then ready."""
         self.repository.load_all()
         await self.repository.start()
-        await self.routing.start()
+        await self.control.start()
         if self._reloader is not None:
             self._reload_task = asyncio.create_task(self._reloader.run_forever(), name="reload")
         self.inference.set_ready(True)
@@ -89,5 +115,6 @@ class GatewayCore:
             self._reload_task.cancel()
             await asyncio.gather(self._reload_task, return_exceptions=True)
         await self.routing.close()
+        await self.control.close()
         await self.repository.close(drain=True)
         await self.feature_store.close()

@@ -231,8 +231,42 @@ class RoutingMetrics:
         )
         self.table_changes = Counter(
             "switchyard_routing_table_changes",
-            "Routing table changes applied, by who made them.",
+            "Routing changes this replica made (committed, or read from its file), by actor.",
             ["actor"],
+            registry=registry,
+        )
+        self.table_version = Gauge(
+            "switchyard_routing_table_version",
+            "The control store's version this replica's routing table is at.",
+            registry=registry,
+        )
+        self.override_in_force = Gauge(
+            "switchyard_routing_override_in_force",
+            "1 where weights set while serving (admin, rollout) replace the file's.",
+            ["endpoint"],
+            registry=registry,
+        )
+        self.store_up = Gauge(
+            "switchyard_control_store_up",
+            "1 while the control store answers; 0: serving the last state read from it.",
+            registry=registry,
+        )
+        self.store_errors = Counter(
+            "switchyard_control_store_errors",
+            "Control store calls that failed, by operation.",
+            ["operation"],
+            registry=registry,
+        )
+        self.lease_held = Gauge(
+            "switchyard_control_lease_held",
+            "1 on the replica holding the lease to judge rollouts.",
+            ["replica"],
+            registry=registry,
+        )
+        self.config_reloads = Counter(
+            "switchyard_config_reloads",
+            "Config file changes seen, by result (applied, unchanged, invalid, refused).",
+            ["result"],
             registry=registry,
         )
 

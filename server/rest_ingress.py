@@ -13,6 +13,7 @@ import logging
 import zlib
 from collections.abc import Awaitable, Callable
 from typing import Any
+from urllib.parse import parse_qs
 
 import orjson
 
@@ -89,7 +90,9 @@ class RestApp:
             headers = dict(scope["headers"])
             self._admin.authorize(headers)  # before reading any body
             body = await self._read_body(headers, receive) if method in ("PUT", "POST") else b""
-            return Response.json(200, self._admin.handle(method, parts[2:], headers, body))
+            query = parse_qs(scope.get("query_string", b"").decode("latin-1"))
+            document = await self._admin.handle(method, parts[2:], headers, body, query)
+            return Response.json(200, document)
         if scope["path"] == REST_PATH and self._recommender is not None:
             require_method(method, "POST")
             return await self._recommend(scope, receive)

@@ -1,31 +1,26 @@
-"""Endpoints on the serving path: route each request, mirror shadows, drive rollouts.
+"""Endpoints on the serving path: route each request, run its variant, mirror shadows.
 
 Wraps the pure router (router/) with what needs the event loop and the models: running the
-chosen variant, mirroring to shadow variants in the background and comparing their answers,
-judging progressive rollouts on a supervised timer, and swapping the routing table
-atomically with an audit line for every change.
+chosen variant, and mirroring to shadow variants in the background and comparing their
+answers. The table the router decides on is the control plane's (server/control/).
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping
 
 import numpy as np
 
-from switchyard.router.audit import describe_changes
 from switchyard.router.comparison import Comparison, compare_outputs
 from switchyard.router.decision import RoutingDecision
 from switchyard.router.disagreement_log import Disagreement, DisagreementLog
 from switchyard.router.endpoint import VariantTarget
-from switchyard.router.rollout import RolloutController, RolloutEvent, RolloutState
 from switchyard.router.router import Router
 from switchyard.router.shadow_launcher import ShadowLauncher
 from switchyard.router.table import RoutingTable
-from switchyard.runtimes.errors import InvalidArgument, NotFound, SwitchyardError
-from switchyard.server.audit_log import AuditLog
+from switchyard.runtimes.errors import InvalidArgument, SwitchyardError
 from switchyard.server.config import RoutingSettings
 from switchyard.server.metrics import RoutingMetrics
 from switchyard.server.types import InferRequest, InferResponse
@@ -44,8 +39,9 @@ ModelCall = Callable[[InferRequest], Awaitable[InferResponse]]
 
 
 def _caller_fault(error: BaseException) -> bool:
-    """Errors that say nothing about a variant's health (bad input, unknown names)."""
-    return isinstance(error, InvalidArgument | NotFound)
+    """Errors that say nothing about the chosen variant's health: bad input. (The endpoint
+    was found, so a NotFound from here on is the variant's: its model is not loaded.)"""
+    return isinstance(error, InvalidArgument)
 
 
 def as_ranking(array: np.ndarray) -> np.ndarray:
@@ -54,20 +50,26 @@ def as_ranking(array: np.ndarray) -> np.ndarray:
     return array.reshape(1, -1) if array.ndim == 2 and array.shape[1] == 1 else array
 
 
+# Told of every request an endpoint's variant served: (endpoint, variant, latency_s, ok).
+OutcomeObserver = Callable[[str, str, float, bool], None]
+
+
 class RoutingService:
+    """Serves endpoints on the router's current table; the control plane (server/control/)
+    keeps that table and is told each primary outcome, for the rollouts it judges."""
+
     def __init__(
         self,
-        table: RoutingTable,
+        router: Router,
         call_model: ModelCall,
         settings: RoutingSettings,
         metrics: RoutingMetrics,
-        audit: AuditLog,
+        observe_outcome: OutcomeObserver,
     ) -> None:
-        self._router = Router(table)
+        self._router = router
         self._call_model = call_model
-        self._settings = settings
         self._metrics = metrics
-        self._audit = audit
+        self._observe_outcome = observe_outcome
         self._launcher = ShadowLauncher(timeout_s=settings.shadow_timeout_s)
         self._disagreements = (
             DisagreementLog(
@@ -78,103 +80,10 @@ class RoutingService:
             if settings.disagreement_log_path
             else None
         )
-        self._rollouts: dict[str, RolloutController] = {}
-        self._sync_rollouts(table)
-        self._ticker: asyncio.Task[None] | None = None
-
-    # Table -----------------------------------------------------------------------------
 
     @property
     def table(self) -> RoutingTable:
         return self._router.table
-
-    def apply(self, table: RoutingTable, actor: str, action: str) -> list[str]:
-        """Serve `table` from now on (one assignment: in-flight requests keep their
-        snapshot) and audit the change; returns the changed lines."""
-        old = self._router.swap(table)
-        changes = describe_changes(old, table)
-        self._sync_rollouts(table)
-        self._metrics.table_changes.labels(actor).inc()
-        self._audit.record(actor, action, changes)
-        return changes
-
-    def reload(self, table: RoutingTable, action: str) -> list[str]:
-        """Apply a table read from the config file. A running rollout keeps the weights it
-        set (its plan unchanged), so an unrelated edit does not reset its progress."""
-        for name, controller in self._rollouts.items():
-            spec = table.endpoints.get(name)
-            if (
-                controller.state is RolloutState.RUNNING
-                and spec
-                and spec.rollout == controller.plan
-            ):
-                table = table.with_weights(name, controller.weights())
-        if not describe_changes(self.table, table):
-            return []
-        return self.apply(table, "config-file", action)
-
-    def set_weights(self, endpoint: str, weights: Mapping[str, float], actor: str) -> list[str]:
-        controller = self._rollouts.get(endpoint)
-        if controller is not None and controller.state is RolloutState.RUNNING:
-            raise InvalidArgument(
-                f"endpoint '{endpoint}' is under a running rollout, which owns its weights; "
-                "abort or promote the rollout first"
-            )
-        return self.apply(self.table.with_weights(endpoint, weights), actor, "set weights")
-
-    # Rollouts --------------------------------------------------------------------------
-
-    def rollout(self, endpoint: str) -> RolloutController:
-        self.table.endpoint(endpoint)  # NotFound for unknown endpoints
-        controller = self._rollouts.get(endpoint)
-        if controller is None:
-            raise NotFound(f"endpoint '{endpoint}' has no rollout plan in its configuration")
-        return controller
-
-    def rollout_states(self) -> dict[str, dict[str, object]]:
-        return {
-            name: {
-                "state": str(c.state),
-                "canary_percent": c.percent,
-                "step": c.step_index,
-                "stable": c.stable_variant,
-                "canary": c.plan.canary,
-            }
-            for name, c in self._rollouts.items()
-        }
-
-    def _sync_rollouts(self, table: RoutingTable) -> None:
-        """A controller per endpoint with a plan; kept while its plan stays the same."""
-        for name, spec in table.endpoints.items():
-            current = self._rollouts.get(name)
-            if spec.rollout is None:
-                self._rollouts.pop(name, None)
-            elif current is None or current.plan != spec.rollout:
-                controller = RolloutController(name, spec.rollout)
-                controller.subscribe(self._on_rollout_event)
-                self._rollouts[name] = controller
-        for name in set(self._rollouts) - set(table.endpoints):
-            del self._rollouts[name]
-
-    def _on_rollout_event(self, event: RolloutEvent) -> None:
-        log.info(
-            "rollout of %s: %s -> %s, canary %s%% -> %s%% (%s)",
-            event.endpoint, event.from_state, event.to_state,
-            event.from_percent, event.to_percent, event.reason,
-        )  # fmt: skip
-        self._metrics.rollout_events.labels(event.endpoint, str(event.to_state)).inc()
-        self._metrics.rollout_canary_percent.labels(event.endpoint).set(event.to_percent)
-        table = self.table.with_weights(event.endpoint, event.weights)
-        self.apply(table, "rollout", f"rollout {event.to_state}: {event.reason}")
-
-    async def _tick_rollouts_forever(self) -> None:
-        while True:
-            await asyncio.sleep(self._settings.rollout_tick_s)
-            for controller in list(self._rollouts.values()):
-                try:
-                    controller.tick()
-                except Exception:  # a broken rollout must stop neither the loop nor the others
-                    log.exception("rollout tick failed for %s", controller.endpoint)
 
     # Serving ---------------------------------------------------------------------------
 
@@ -189,16 +98,15 @@ class RoutingService:
         )
         primary = decision.primary
         started_s = time.perf_counter()
-        controller = self._rollouts.get(decision.endpoint)
         try:
             response = await self._call_model(_for_variant(request, primary))
         except SwitchyardError as exc:
-            if controller is not None and not _caller_fault(exc):
-                controller.record(primary.name, time.perf_counter() - started_s, ok=False)
+            if not _caller_fault(exc):
+                latency_s = time.perf_counter() - started_s
+                self._observe_outcome(decision.endpoint, primary.name, latency_s, False)
             raise
         latency_s = time.perf_counter() - started_s
-        if controller is not None:
-            controller.record(primary.name, latency_s, ok=True)
+        self._observe_outcome(decision.endpoint, primary.name, latency_s, True)
         self._metrics.routed.labels(decision.endpoint, primary.name, str(decision.reason)).inc()
         if decision.shadows:
             outputs = {output.name: output.data for output in response.outputs}
@@ -268,13 +176,7 @@ class RoutingService:
 
     # Lifecycle -------------------------------------------------------------------------
 
-    async def start(self) -> None:
-        self._ticker = asyncio.create_task(self._tick_rollouts_forever(), name="rollout-ticker")
-
     async def close(self) -> None:
-        if self._ticker is not None:
-            self._ticker.cancel()
-            await asyncio.gather(self._ticker, return_exceptions=True)
         await self._launcher.close()
         if self._disagreements is not None:
             self._disagreements.close()

@@ -1,0 +1,1 @@
+"""The control store and the control plane: routing state every replica agrees on."""

@@ -1,0 +1,505 @@
+"""The control plane of one replica: keeps its routing table in step with the shared store.
+
+The table in force is the config file's base with the store's overrides laid on it
+(server/control/state.py). This replica:
+  - installs every change any replica commits, within a second: the store's notification
+    wakes the sync loop, which also resyncs every `resync_s` in case one was lost;
+  - commits the changes it is asked for (the admin API, on any replica) with a
+    compare-and-set on the endpoint's revision, auditing each once, by the replica that made
+    it;
+  - counts rollout traffic per step and variant in mergeable histograms and adds them to the
+    store every tick; the one replica holding the lease judges every running rollout on the
+    merged numbers and commits the step it decides;
+  - keeps serving the last table it had while the store cannot be reached (it says so in a
+    metric and the log) and resyncs when it returns. No request waits on the store.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+from switchyard.router.audit import describe_changes
+from switchyard.router.latency_histogram import LatencyHistogram
+from switchyard.router.rollout import (
+    IDLE,
+    Rollout,
+    RolloutEvent,
+    RolloutState,
+    RolloutStatus,
+    stable_variant,
+)
+from switchyard.router.rollout_plan import RolloutPlan
+from switchyard.router.router import Router
+from switchyard.router.table import RoutingTable
+from switchyard.runtimes.errors import InvalidArgument, NotFound, Unavailable
+from switchyard.server.audit_log import AuditLog
+from switchyard.server.config_sections import ControlSettings
+from switchyard.server.control.state import (
+    AuditEntry,
+    ControlSnapshot,
+    EndpointRecord,
+    Override,
+    applies,
+    base_fingerprint,
+    table_in_force,
+)
+from switchyard.server.control.store import ControlStore, ControlStoreError
+from switchyard.server.metrics import RoutingMetrics
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+ROLLOUT_ACTIONS = ("start", "abort", "promote")
+COMMIT_ATTEMPTS = 3  # compare-and-set retries when another replica wrote the same endpoint
+FILE_AUDIT_DEDUP_S = 60.0  # every replica applies a file edit; one audits it
+
+# A running rollout as this replica counts it: the record revision that began its step.
+_Running = tuple[int, RolloutPlan]
+
+
+class ControlPlane:
+    def __init__(
+        self,
+        base: RoutingTable,
+        router: Router,
+        store: ControlStore,
+        settings: ControlSettings,
+        *,
+        tick_s: float,
+        metrics: RoutingMetrics,
+        audit: AuditLog,
+        replica: str,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.replica = replica
+        self.store = store
+        self._router = router
+        self._settings = settings
+        self._tick_s = tick_s
+        self._metrics = metrics
+        self._audit = audit
+        self._clock = clock
+        self._base = base
+        self._snapshot = ControlSnapshot()
+        self._running: dict[str, _Running] = {}
+        self._pending: dict[tuple[str, int, str], LatencyHistogram] = {}
+        self._check_base = True  # after loading a base, void records get reset once
+        self._store_up = True
+        self._changed = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+        metrics.store_up.set(1)
+        self._install(self._snapshot)
+
+    # Reading ---------------------------------------------------------------------------
+
+    @property
+    def table(self) -> RoutingTable:
+        return self._router.table
+
+    @property
+    def version(self) -> int:
+        return self._snapshot.version
+
+    @property
+    def store_up(self) -> bool:
+        return self._store_up
+
+    def overrides(self) -> dict[str, dict[str, Any]]:
+        """The overrides in force, by endpoint, with who set them and when."""
+        return {
+            name: {
+                "weights": dict(record.override.weights),
+                "actor": record.override.actor,
+                "reason": record.override.reason,
+                "time": _iso(record.override.time_s),
+            }
+            for name, record in self._applying_records().items()
+            if record.override is not None
+        }
+
+    def rollout_states(self) -> dict[str, dict[str, object]]:
+        return {
+            name: {
+                "state": str(status.state),
+                "canary_percent": status.canary_percent,
+                "step": status.step,
+                "stable": stable_variant(plan, status),
+                "canary": plan.canary,
+            }
+            for name, plan, status in self._rollout_statuses()
+        }
+
+    async def lease_holder(self) -> str | None:
+        return await _confirmed(self._call("lease", self.store.lease_holder()))
+
+    async def audit_trail(self, limit: int) -> list[AuditEntry]:
+        return await _confirmed(self._call("audit", self.store.audit_trail(limit)))
+
+    # The serving path ------------------------------------------------------------------
+
+    def record(self, endpoint: str, variant: str, latency_s: float, ok: bool) -> None:
+        """One request an endpoint's variant served; counted if a rollout judges it."""
+        running = self._running.get(endpoint)
+        if running is None:
+            return
+        revision, plan = running
+        if variant == plan.canary:
+            role = "canary"
+        elif variant == plan.stable:
+            role = "stable"
+        else:
+            return
+        key = (endpoint, revision, role)
+        histogram = self._pending.get(key)
+        if histogram is None:
+            histogram = self._pending[key] = LatencyHistogram()
+        histogram.record(latency_s, ok)
+
+    # Changes ---------------------------------------------------------------------------
+
+    async def set_weights(self, endpoint: str, weights: dict[str, Any], actor: str) -> list[str]:
+        spec = self._base.with_weights(endpoint, weights).endpoint(endpoint)  # validates
+
+        def change(current: EndpointRecord) -> tuple[EndpointRecord, str]:
+            if current.rollout.state is RolloutState.RUNNING:
+                raise InvalidArgument(
+                    f"endpoint '{endpoint}' is under a running rollout, which owns its "
+                    "weights; abort or promote the rollout first"
+                )
+            override = Override(dict(spec.weights), actor, "set weights", self._clock())
+            return _replace(current, override=override), "set weights"
+
+        return await self._commit(endpoint, actor, change)
+
+    async def reset(self, endpoint: str, actor: str) -> list[str]:
+        """Back to the file's weights: the override and the rollout's state are dropped."""
+
+        def change(current: EndpointRecord) -> tuple[EndpointRecord, str]:
+            if current.rollout.state is RolloutState.RUNNING:
+                raise InvalidArgument(
+                    f"endpoint '{endpoint}' is under a running rollout; abort it first"
+                )
+            return EndpointRecord(current.base_fingerprint), "reset to the config file"
+
+        return await self._commit(endpoint, actor, change)
+
+    async def rollout_action(self, endpoint: str, action: str, actor: str) -> RolloutStatus:
+        if action not in ROLLOUT_ACTIONS:
+            raise NotFound(f"unknown rollout action '{action}' (actions: {ROLLOUT_ACTIONS})")
+        rollout = self._rollout(endpoint)
+        events: list[RolloutEvent] = []
+
+        def change(current: EndpointRecord) -> tuple[EndpointRecord, str]:
+            now_s, reason = self._clock(), f"{action} by {actor}"
+            if action == "start":
+                event = rollout.start(current.rollout, now_s)
+            elif action == "abort":
+                event = rollout.abort(current.rollout, now_s, reason)
+            else:
+                event = rollout.promote(current.rollout, now_s, reason)
+            events.append(event)
+            return _rollout_record(current, event, actor, now_s)
+
+        await self._commit(endpoint, actor, change)
+        self._count_event(events[-1])
+        return events[-1].after
+
+    async def load_base(self, base: RoutingTable, reason: str) -> list[str]:
+        """Serve a new base from the config file; returns its changes to the old base.
+
+        An edit that leaves an endpoint's variants, weights and plan alone leaves its
+        override and rollout in force; one that changes them resets that endpoint's record
+        (at the next sync, with a compare-and-set: one replica does it and audits it).
+        """
+        changes = describe_changes(self._base, base)
+        if not changes:
+            return []
+        self._base = base
+        self._install(self._snapshot)
+        self._check_base = True
+        self._changed.set()
+        self._metrics.table_changes.labels("config-file").inc()
+        entry = AuditEntry("config-file", reason, tuple(changes), self.replica)
+        key = hashlib.sha256("\n".join(changes).encode()).hexdigest()[:24]
+        with contextlib.suppress(ControlStoreError):
+            if await self._call("audit", self.store.audit_once(key, entry, FILE_AUDIT_DEDUP_S)):
+                self._audit.write(entry)
+        return changes
+
+    # Lifecycle -------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Read the shared state (serving the file's if the store does not answer), then
+        keep in step with it."""
+        with contextlib.suppress(ControlStoreError):
+            await self._resync()
+        self._tasks = [
+            asyncio.create_task(self._forever(self._sync_once), name="control-sync"),
+            asyncio.create_task(self._forever(self._watch_once), name="control-watch"),
+            asyncio.create_task(self._forever(self._tick_once), name="control-tick"),
+        ]
+
+    async def close(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        with contextlib.suppress(ControlStoreError):
+            await self._call("flush", self._flush_stats())
+        await self.store.close()
+
+    # Inside ----------------------------------------------------------------------------
+
+    def _install(self, snapshot: ControlSnapshot) -> None:
+        """Serve the table `snapshot` makes on the current base (one assignment)."""
+        self._snapshot = snapshot
+        self._router.swap(table_in_force(self._base, snapshot))
+        records = self._applying_records()
+        self._running = {
+            name: (record.revision, plan)
+            for name, record in records.items()
+            if record.rollout.state is RolloutState.RUNNING
+            and (plan := self._base.endpoints[name].rollout) is not None
+        }
+        metrics = self._metrics
+        metrics.table_version.set(snapshot.version)
+        for name in self._base.endpoints:
+            record = records.get(name)
+            metrics.override_in_force.labels(name).set(
+                int(record is not None and record.override is not None)
+            )
+        for name, _, status in self._rollout_statuses():
+            metrics.rollout_canary_percent.labels(name).set(status.canary_percent)
+
+    def _applying_records(self) -> dict[str, EndpointRecord]:
+        """The store's records that apply to this replica's base."""
+        return {
+            name: record
+            for name, record in self._snapshot.endpoints.items()
+            if (spec := self._base.endpoints.get(name)) is not None and applies(record, spec)
+        }
+
+    def _rollout_statuses(self) -> list[tuple[str, RolloutPlan, RolloutStatus]]:
+        records = self._applying_records()
+        return [
+            (name, spec.rollout, record.rollout if (record := records.get(name)) else IDLE)
+            for name, spec in self._base.endpoints.items()
+            if spec.rollout is not None
+        ]
+
+    def _rollout(self, endpoint: str) -> Rollout:
+        plan = self._base.endpoint(endpoint).rollout  # NotFound for unknown endpoints
+        if plan is None:
+            raise NotFound(f"endpoint '{endpoint}' has no rollout plan in its configuration")
+        return Rollout(endpoint, plan)
+
+    def _current(self, endpoint: str) -> EndpointRecord:
+        """The endpoint's record to change: the store's, or a fresh one on this base (at the
+        store's revision, so a void record is replaced, not merged)."""
+        spec = self._base.endpoint(endpoint)
+        record = self._snapshot.endpoints.get(endpoint)
+        if record is not None and applies(record, spec):
+            return record
+        revision = record.revision if record is not None else 0
+        return EndpointRecord(base_fingerprint(spec), revision=revision)
+
+    async def _commit(
+        self,
+        endpoint: str,
+        actor: str,
+        change: Callable[[EndpointRecord], tuple[EndpointRecord, str]],
+    ) -> list[str]:
+        """Apply `change` to the endpoint's latest record with a compare-and-set, audit it
+        and install it here; other replicas install it on the store's notification."""
+        for _ in range(COMMIT_ATTEMPTS):
+            await _confirmed(self._resync())
+            current = self._current(endpoint)
+            record, action = change(current)
+            changes = self._changes_if(endpoint, record)
+            entry = AuditEntry(actor, action, tuple(changes), self.replica)
+            committed = self.store.commit(endpoint, current.revision, record, entry)
+            if await _confirmed(self._call("commit", committed)) is not None:
+                self._audit.write(entry)
+                self._metrics.table_changes.labels(actor).inc()
+                await _confirmed(self._resync())
+                return changes
+        raise Unavailable(
+            f"endpoint '{endpoint}' was changed by other replicas {COMMIT_ATTEMPTS} times "
+            "while this change was made; nothing was changed, retry it"
+        )
+
+    def _changes_if(self, endpoint: str, record: EndpointRecord) -> list[str]:
+        """The table lines `record` would change on this replica, for the audit trail."""
+        after = ControlSnapshot(
+            self._snapshot.version, {**self._snapshot.endpoints, endpoint: record}
+        )
+        return describe_changes(self.table, table_in_force(self._base, after))
+
+    async def _resync(self) -> None:
+        self._install(await self._call("snapshot", self.store.snapshot()))
+        if self._check_base:
+            self._check_base = False
+            await self._reset_void_records()
+
+    async def _reset_void_records(self) -> None:
+        """Records laid on another base than this replica's file: the file changed those
+        endpoints' variants, weights or plan, so their overrides and rollouts end."""
+        for name, record in list(self._snapshot.endpoints.items()):
+            spec = self._base.endpoints.get(name)
+            if spec is None or applies(record, spec):
+                continue
+            if record.override is None and record.rollout.state is RolloutState.IDLE:
+                continue
+            fresh = EndpointRecord(base_fingerprint(spec))
+            action = "reset: the config file changed the endpoint's variants, weights or plan"
+            changes = self._changes_if(name, fresh)
+            entry = AuditEntry("config-file", action, tuple(changes), self.replica)
+            if await self._call("commit", self.store.commit(name, record.revision, fresh, entry)):
+                self._audit.write(entry)
+        self._install(await self._call("snapshot", self.store.snapshot()))
+
+    async def _sync_once(self) -> None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._changed.wait(), self._settings.resync_s)
+        self._changed.clear()
+        with contextlib.suppress(ControlStoreError):
+            await self._resync()
+
+    async def _watch_once(self) -> None:
+        try:
+            await self._call("watch", self.store.watch(self._changed.set))
+        except ControlStoreError:
+            await asyncio.sleep(self._settings.resync_s)  # and subscribe again
+
+    async def _tick_once(self) -> None:
+        await asyncio.sleep(self._tick_s)
+        try:
+            await self._flush_stats()
+            held = await self._call("lease", self.store.hold_lease(self.replica, self._lease_s))
+            self._metrics.lease_held.labels(self.replica).set(int(held))
+            if held:
+                await self._judge_rollouts()
+        except ControlStoreError:
+            self._metrics.lease_held.labels(self.replica).set(0)
+
+    @property
+    def _lease_s(self) -> float:
+        return self._settings.lease_ttl_s
+
+    async def _flush_stats(self) -> None:
+        """Add this replica's counts since the last flush to the store's. Counts that could
+        not be written are kept for the next flush while their step runs."""
+        pending, self._pending = self._pending, {}
+        error: ControlStoreError | None = None
+        for key, histogram in pending.items():
+            if error is None:
+                try:
+                    await self._call(
+                        "stats", self.store.add_stats(_stats_key(*key), histogram.counts())
+                    )
+                    continue
+                except ControlStoreError as exc:
+                    error = exc
+            endpoint, revision, _ = key
+            if self._running.get(endpoint, (None,))[0] == revision:
+                self._pending.setdefault(key, LatencyHistogram()).merge(histogram)
+        if error is not None:
+            raise error
+
+    async def _judge_rollouts(self) -> None:
+        now_s = self._clock()
+        for endpoint, (revision, plan) in list(self._running.items()):
+            record = self._snapshot.endpoints[endpoint]
+            merged = []
+            for role in ("canary", "stable"):
+                key = _stats_key(endpoint, revision, role)
+                merged.append(
+                    LatencyHistogram.from_counts(await self._call("stats", self.store.stats(key)))
+                )
+            canary, stable = merged
+            event = Rollout(endpoint, plan).judge(record.rollout, canary, stable, now_s)
+            if event is None:
+                continue
+            new_record, action = _rollout_record(record, event, "rollout", now_s)
+            changes = self._changes_if(endpoint, new_record)
+            entry = AuditEntry("rollout", action, tuple(changes), self.replica)
+            committed = self.store.commit(endpoint, record.revision, new_record, entry)
+            if await self._call("commit", committed) is not None:
+                self._audit.write(entry)
+                self._metrics.table_changes.labels("rollout").inc()
+                self._count_event(event)
+                await self._resync()
+
+    def _count_event(self, event: RolloutEvent) -> None:
+        before, after = event.before, event.after
+        log.info(
+            "rollout of %s: %s -> %s, canary %s%% -> %s%% (%s)",
+            event.endpoint, before.state, after.state,
+            before.canary_percent, after.canary_percent, event.reason,
+        )  # fmt: skip
+        self._metrics.rollout_events.labels(event.endpoint, str(after.state)).inc()
+
+    async def _call(self, operation: str, call: Awaitable[T]) -> T:
+        """A store call; its failure is counted and logged once per outage, then raised."""
+        try:
+            result = await call
+        except ControlStoreError as exc:
+            self._metrics.store_errors.labels(operation).inc()
+            if self._store_up:
+                self._store_up = False
+                self._metrics.store_up.set(0)
+                log.warning(
+                    "control store %s unreachable (%s): serving the last state, version %d",
+                    self.store.description, exc, self._snapshot.version,
+                )  # fmt: skip
+            raise
+        if not self._store_up:
+            self._store_up = True
+            self._metrics.store_up.set(1)
+            log.info("control store %s reachable again: resyncing", self.store.description)
+            self._changed.set()
+        return result
+
+    async def _forever(self, step: Callable[[], Awaitable[None]]) -> None:
+        while True:
+            try:
+                await step()
+            except Exception:  # a broken step must not end the loop: the next one may work
+                log.exception("control plane step %s failed", step.__name__)
+                await asyncio.sleep(self._tick_s)
+
+
+async def _confirmed(call: Awaitable[T]) -> T:
+    """A store call made for a caller (the admin API): an outage is its 503."""
+    try:
+        return await call
+    except ControlStoreError as exc:
+        raise Unavailable(
+            f"the control store cannot be reached ({exc}); the change was not confirmed: "
+            "check GET /admin/v1/endpoints and retry"
+        ) from None
+
+
+def _replace(record: EndpointRecord, *, override: Override | None) -> EndpointRecord:
+    return EndpointRecord(record.base_fingerprint, override, record.rollout, record.revision)
+
+
+def _rollout_record(
+    current: EndpointRecord, event: RolloutEvent, actor: str, now_s: float
+) -> tuple[EndpointRecord, str]:
+    action = f"rollout {event.after.state}: {event.reason}"
+    override = Override(event.weights, actor, action, now_s)
+    return EndpointRecord(current.base_fingerprint, override, event.after), action
+
+
+def _stats_key(endpoint: str, revision: int, role: str) -> str:
+    return f"{endpoint}:{revision}:{role}"
+
+
+def _iso(time_s: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time_s))

@@ -1,0 +1,180 @@
+"""The shared control store on Redis: every replica reads and writes the same keys.
+
+Keys, all under the configured prefix:
+  version               counter, one more for every commit
+  endpoints             hash: endpoint -> its record (JSON)
+  revisions             hash: endpoint -> the version of its record's last write
+  changes               pub/sub channel: the new version after every commit
+  audit                 stream of audit entries, about AUDIT_TRAIL_LENGTH kept
+  stats:<key>           hash of counts every replica adds to (a rollout step's window)
+  lease                 the replica judging rollouts, set NX with an expiry, renewed
+  once:<key>            set NX with an expiry: an audit entry already written
+
+A commit is one Lua script (compare the revision, write, count, audit, publish), so two
+replicas deciding at once never both win. Redis must keep its data across its own restarts
+(AOF or RDB persistence): a store that comes back empty returns every replica to the file.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Callable, Mapping
+from typing import Any
+from urllib.parse import urlsplit
+
+from redis.asyncio import Redis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import RedisError
+
+from switchyard.server.control.state import AuditEntry, ControlSnapshot, EndpointRecord
+from switchyard.server.control.store import AUDIT_TRAIL_LENGTH, STATS_TTL_S, ControlStoreError
+
+_COMMIT = """
+local revision = tonumber(redis.call('HGET', KEYS[2], ARGV[1]) or '0')
+if revision ~= tonumber(ARGV[2]) then return -1 end
+local version = redis.call('INCR', KEYS[1])
+redis.call('HSET', KEYS[2], ARGV[1], version)
+redis.call('HSET', KEYS[3], ARGV[1], ARGV[3])
+redis.call('XADD', KEYS[4], 'MAXLEN', '~', ARGV[5], '*', 'entry', ARGV[4])
+redis.call('PUBLISH', KEYS[5], version)
+return version
+"""
+
+_HOLD_LEASE = """
+if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then return 1 end
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  redis.call('PEXPIRE', KEYS[1], ARGV[2])
+  return 1
+end
+return 0
+"""
+
+_AUDIT_ONCE = """
+if not redis.call('SET', KEYS[1], '1', 'NX', 'PX', ARGV[1]) then return 0 end
+redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[3], '*', 'entry', ARGV[2])
+return 1
+"""
+
+
+class RedisControlStore:
+    def __init__(self, url: str, prefix: str, timeout_s: float) -> None:
+        parts = urlsplit(url)
+        self.description = f"redis at {parts.hostname}:{parts.port or 6379}{parts.path}"
+        self._prefix = prefix
+        options: dict[str, Any] = {
+            "socket_connect_timeout": timeout_s,
+            # No retries inside redis-py: the control plane retries on its own schedule.
+            "retry": Retry(NoBackoff(), 0),
+        }
+        self._client = Redis.from_url(url, socket_timeout=timeout_s, **options)
+        # Pub/sub waits for messages as long as there are none: no read timeout there.
+        self._watch_client = Redis.from_url(url, socket_timeout=None, **options)
+        self._commit = self._client.register_script(_COMMIT)
+        self._hold_lease = self._client.register_script(_HOLD_LEASE)
+        self._audit_once = self._client.register_script(_AUDIT_ONCE)
+
+    def _key(self, name: str) -> str:
+        return self._prefix + name
+
+    async def snapshot(self) -> ControlSnapshot:
+        async with _store_errors(), self._client.pipeline(transaction=True) as pipe:
+            pipe.get(self._key("version"))
+            pipe.hgetall(self._key("revisions"))
+            pipe.hgetall(self._key("endpoints"))
+            version, revisions, records = await pipe.execute()
+        endpoints = {
+            name.decode(): EndpointRecord.from_json(text, int(revisions.get(name, 0)))
+            for name, text in records.items()
+        }
+        return ControlSnapshot(int(version or 0), endpoints)
+
+    async def commit(
+        self, endpoint: str, expected_revision: int, record: EndpointRecord, audit: AuditEntry
+    ) -> int | None:
+        keys = [self._key(k) for k in ("version", "revisions", "endpoints", "audit", "changes")]
+        args: list[str | int] = [
+            endpoint,
+            expected_revision,
+            record.to_json(),
+            audit.to_json(),
+            AUDIT_TRAIL_LENGTH,
+        ]
+        async with _store_errors():
+            version = int(await self._commit(keys=keys, args=args))
+        return version if version >= 0 else None
+
+    async def add_stats(self, key: str, counts: Mapping[str, int]) -> None:
+        name = self._key(f"stats:{key}")
+        async with _store_errors(), self._client.pipeline(transaction=True) as pipe:
+            for field, count in counts.items():
+                pipe.hincrby(name, field, count)
+            pipe.pexpire(name, int(STATS_TTL_S * 1000))
+            await pipe.execute()
+
+    async def stats(self, key: str) -> dict[str, int]:
+        async with _store_errors():
+            counts = await self._client.hgetall(self._key(f"stats:{key}"))
+        return {_text(field): int(count) for field, count in counts.items()}
+
+    async def hold_lease(self, holder: str, ttl_s: float) -> bool:
+        async with _store_errors():
+            held = await self._hold_lease(
+                keys=[self._key("lease")], args=[holder, int(ttl_s * 1000)]
+            )
+        return bool(held)
+
+    async def lease_holder(self) -> str | None:
+        async with _store_errors():
+            holder = await self._client.get(self._key("lease"))
+        return _text(holder) if holder is not None else None
+
+    async def audit_once(self, key: str, audit: AuditEntry, ttl_s: float) -> bool:
+        keys = [self._key(f"once:{key}"), self._key("audit")]
+        args: list[str | int] = [int(ttl_s * 1000), audit.to_json(), AUDIT_TRAIL_LENGTH]
+        async with _store_errors():
+            return bool(await self._audit_once(keys=keys, args=args))
+
+    async def audit_trail(self, limit: int) -> list[AuditEntry]:
+        if limit <= 0:
+            return []
+        async with _store_errors():
+            entries = await self._client.xrevrange(self._key("audit"), count=limit)
+        return [
+            AuditEntry.from_json(fields[b"entry"])
+            for _, fields in reversed(entries or [])
+            if fields is not None
+        ]
+
+    async def watch(self, on_change: Callable[[], None]) -> None:
+        pubsub = self._watch_client.pubsub(ignore_subscribe_messages=True)
+        try:
+            async with _store_errors():
+                await pubsub.subscribe(self._key("changes"))
+                # Whatever changed while nobody listened is read by the resync this starts.
+                on_change()
+                while True:
+                    message = await pubsub.get_message(timeout=1.0)
+                    if message is not None:
+                        on_change()
+        finally:
+            await asyncio.shield(pubsub.aclose())  # type: ignore[no-untyped-call]
+
+    async def close(self) -> None:
+        await self._client.aclose()
+        await self._watch_client.aclose()
+
+
+def _text(value: bytes | str) -> str:
+    # Replies are bytes (decode_responses is off); redis-py types them as either.
+    return value.decode() if isinstance(value, bytes) else value
+
+
+@contextlib.asynccontextmanager
+async def _store_errors() -> AsyncIterator[None]:
+    """Redis and socket errors as ControlStoreError, the one error the control plane handles."""
+    try:
+        yield
+    except (RedisError, OSError) as error:
+        raise ControlStoreError(f"{type(error).__name__}: {error}") from error

@@ -1,0 +1,142 @@
+"""What every replica must agree on about routing, as plain records, and the table it makes.
+
+The config file gives each endpoint its base (variants, weights, rollout plan). On top of it,
+the control store keeps one EndpointRecord per endpoint that has been changed while serving:
+an admin's weights or a rollout step (an Override, with who and when) and the rollout's
+status. A record remembers the fingerprint of the base it was laid on; it applies only on
+that base, and a file edit that changes the endpoint's variants, weights or plan resets it
+(`ControlPlane`). Every record carries the store's revision of its last write, which is
+also the control version at that moment.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from switchyard.router.config import endpoint_to_config
+from switchyard.router.endpoint import EndpointSpec
+from switchyard.router.rollout import IDLE, RolloutState, RolloutStatus
+from switchyard.router.table import RoutingTable
+
+
+@dataclass(frozen=True, slots=True)
+class Override:
+    """Weights set while serving, in place of the file's."""
+
+    weights: Mapping[str, float]
+    actor: str
+    reason: str
+    time_s: float  # wall clock
+
+
+@dataclass(frozen=True, slots=True)
+class EndpointRecord:
+    base_fingerprint: str
+    override: Override | None = None
+    rollout: RolloutStatus = IDLE
+    revision: int = 0  # the store's; 0 for a record it does not hold yet
+
+    def to_json(self) -> str:
+        """The record as the store holds it (its revision is the store's to keep)."""
+        document: dict[str, Any] = {"base": self.base_fingerprint, "override": None}
+        if self.override is not None:
+            o = self.override
+            document["override"] = {
+                "weights": dict(o.weights),
+                "actor": o.actor,
+                "reason": o.reason,
+                "time_s": o.time_s,
+            }
+        r = self.rollout
+        document["rollout"] = {
+            "state": str(r.state),
+            "step": r.step,
+            "canary_percent": r.canary_percent,
+            "step_started_s": r.step_started_s,
+        }
+        return json.dumps(document, sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str | bytes, revision: int) -> EndpointRecord:
+        document = json.loads(text)
+        override = document.get("override")
+        rollout = document["rollout"]
+        return cls(
+            base_fingerprint=document["base"],
+            override=Override(
+                weights={name: float(w) for name, w in override["weights"].items()},
+                actor=override["actor"],
+                reason=override["reason"],
+                time_s=float(override["time_s"]),
+            )
+            if override
+            else None,
+            rollout=RolloutStatus(
+                RolloutState(rollout["state"]),
+                rollout["step"],
+                float(rollout["canary_percent"]),
+                float(rollout["step_started_s"]),
+            ),
+            revision=revision,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class ControlSnapshot:
+    version: int = 0  # counts every change the store has taken
+    endpoints: Mapping[str, EndpointRecord] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class AuditEntry:
+    """One routing decision, written once to the shared trail by the replica that made it."""
+
+    actor: str
+    action: str
+    changes: tuple[str, ...]
+    replica: str
+    time: str = field(default_factory=lambda: time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
+
+    def to_document(self) -> dict[str, Any]:
+        return {
+            "time": self.time,
+            "actor": self.actor,
+            "action": self.action,
+            "changes": list(self.changes),
+            "replica": self.replica,
+        }
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_document())
+
+    @classmethod
+    def from_json(cls, text: str | bytes) -> AuditEntry:
+        d = json.loads(text)
+        return cls(d["actor"], d["action"], tuple(d["changes"]), d["replica"], d["time"])
+
+
+def base_fingerprint(spec: EndpointSpec) -> str:
+    """What an override depends on in the file: the endpoint's variants, weights and plan.
+    Shadows, routing keys and override hints may change under it."""
+    config = endpoint_to_config(spec)
+    kept = {key: config.get(key) for key in ("variants", "weights", "rollout")}
+    return hashlib.sha256(json.dumps(kept, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def applies(record: EndpointRecord, spec: EndpointSpec) -> bool:
+    return record.base_fingerprint == base_fingerprint(spec)
+
+
+def table_in_force(base: RoutingTable, snapshot: ControlSnapshot) -> RoutingTable:
+    """The file's table with every override laid on the base it was made for."""
+    table = base
+    for name, record in snapshot.endpoints.items():
+        spec = base.endpoints.get(name)
+        if spec is not None and record.override is not None and applies(record, spec):
+            table = table.with_weights(name, record.override.weights)
+    return table
