@@ -73,7 +73,10 @@ class RoutingSettings(StrictModel):
         description="Seconds after which a shadow call still running is cancelled and counted.",
     )
     rollout_tick_s: float = Field(
-        default=1.0, gt=0, description="Seconds between two judgements of running rollouts."
+        default=1.0,
+        gt=0,
+        description="Seconds between two judgements of running rollouts; also how often "
+        "each replica adds its rollout counts to the control store.",
     )
     config_reload_s: float = Field(
         default=2.0,

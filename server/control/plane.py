@@ -227,9 +227,12 @@ class ControlPlane:
         self._metrics.table_changes.labels("config-file").inc()
         entry = AuditEntry("config-file", reason, tuple(changes), self.replica)
         key = hashlib.sha256("\n".join(changes).encode()).hexdigest()[:24]
-        with contextlib.suppress(ControlStoreError):
-            if await self._call("audit", self.store.audit_once(key, entry, FILE_AUDIT_DEDUP_S)):
-                self._audit.write(entry)
+        try:
+            first = await self._call("audit", self.store.audit_once(key, entry, FILE_AUDIT_DEDUP_S))
+        except ControlStoreError:
+            first = True  # the shared trail misses it; this replica's own log must not
+        if first:
+            self._audit.write(entry)
         return changes
 
     # Lifecycle -------------------------------------------------------------------------

@@ -59,14 +59,17 @@ def features_section(prefix: str, **store: Any) -> dict[str, Any]:
 
 
 class RedisServer:
-    """A redis-server of this test's own, without persistence, to stop and start at will."""
+    """A redis-server of this test's own, to stop and start at will: without persistence,
+    or, `persistent`, with an append-only file in `workdir` that keeps the data across a
+    stop and a start (same port, same folder)."""
 
-    def __init__(self, workdir: Path) -> None:
+    def __init__(self, workdir: Path, *, persistent: bool = False) -> None:
         binary = shutil.which("redis-server")
         if binary is None:
             raise RuntimeError("redis-server is not installed")
         self._binary = binary
         self._workdir = workdir
+        self._persistent = persistent
         self.port = free_port()
         self._process: subprocess.Popen[bytes] | None = None
 
@@ -75,7 +78,11 @@ class RedisServer:
         return f"redis://127.0.0.1:{self.port}/0"
 
     def start(self, ready_timeout_s: float = 10.0) -> None:
-        options = ["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
+        options = ["--bind", "127.0.0.1", "--save", ""]
+        if self._persistent:
+            options += ["--appendonly", "yes", "--appendfsync", "always"]
+        else:
+            options += ["--appendonly", "no"]
         self._process = subprocess.Popen(
             [self._binary, "--port", str(self.port), *options, "--dir", str(self._workdir)],
             stdout=subprocess.DEVNULL,

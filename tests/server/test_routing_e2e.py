@@ -569,3 +569,111 @@ def test_config_reload_under_load_fails_no_request(
     assert failures == []
     assert len(variants) > 50
     assert "config change ignored" in gateway.log()
+
+
+def wait_for_reloads(gateway: Gateway, result: str, count: int, timeout_s: float = 10) -> None:
+    """Until the gateway has counted `count` config reloads with `result`."""
+    deadline = time.monotonic() + timeout_s
+    seen = 0.0
+    while time.monotonic() < deadline:
+        seen = metric_sum(scrape_metrics(gateway), "switchyard_config_reloads_total", result=result)
+        if seen >= count:
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"{seen} reloads with result {result}, not {count}:\n{gateway.log()}")
+
+
+def served_variants(gateway: Gateway, endpoint: str, count: int = 20) -> set[str]:
+    variants = set()
+    for _ in range(count):
+        status, _, body = infer(gateway, endpoint)
+        assert status == 200, body
+        variants.add(body["parameters"]["switchyard_variant"])
+    return variants
+
+
+def test_a_reload_naming_an_unloaded_model_or_version_is_refused_whole(
+    model_paths: dict[str, str], tmp_path: Path
+) -> None:
+    gateway = start_gateway(base_config(model_paths, tmp_path), tmp_path)
+    config_path = tmp_path / "switchyard.yaml"
+    try:
+        _, _, before = admin(gateway, "GET", "/endpoints")
+        written = yaml.safe_load(config_path.read_text())
+        # Declared in the new file, but a reload loads no model: nothing serves them.
+        written["models"].append(
+            {"name": "fresh", "versions": [{"version": "1", "path": model_paths["v1"]}]}
+        )
+        written["models"][0]["versions"].append({"version": "9", "path": model_paths["v2"]})
+        recs = written["endpoints"][0]
+        recs["variants"] = {"stable": {"model": "ranker", "version": "9"}, "canary": {"model": "fresh"}}
+        written["endpoints"][1]["weights"] = {"only": 5}  # valid on its own: refused with the rest
+        config_path.write_text(yaml.safe_dump(written))
+        wait_for_reloads(gateway, "refused", 1)
+        assert served_variants(gateway, "recs") <= {"stable", "canary"}  # every answer a 200
+        _, _, after = admin(gateway, "GET", "/endpoints")
+        assert after["endpoints"] == before["endpoints"] and after["version"] == before["version"]
+        log = gateway.log()
+        assert "config change refused" in log
+        assert "endpoints.recs.variants.canary: model 'fresh' not found" in log
+        assert "endpoints.recs.variants.stable: model 'ranker' has no version '9'" in log
+    finally:
+        gateway.stop()
+
+
+def test_admin_weights_outlive_unrelated_edits_until_the_file_changes_the_endpoint(
+    model_paths: dict[str, str], tmp_path: Path
+) -> None:
+    gateway = start_gateway(base_config(model_paths, tmp_path), tmp_path)
+    config_path = tmp_path / "switchyard.yaml"
+    written = yaml.safe_load(config_path.read_text())
+
+    def edit(change: Callable[[dict[str, Any]], None]) -> None:
+        change(written)
+        config_path.write_text(yaml.safe_dump(written))
+
+    try:
+        status, _, _ = admin(
+            gateway, "PUT", "/endpoints/recs/weights", {"weights": {"stable": 0, "canary": 1}}
+        )
+        assert status == 200 and served_variants(gateway, "recs") == {"canary"}
+        # Not an endpoints edit at all, then another endpoint's: the override stays.
+        edit(lambda w: w["server"].update(log_level="warning"))
+        wait_for_reloads(gateway, "unchanged", 1)
+        edit(lambda w: w["endpoints"][2]["shadow"].update(fraction=0.5))
+        wait_for_reloads(gateway, "applied", 1)
+        assert served_variants(gateway, "recs") == {"canary"}
+        _, _, listing = admin(gateway, "GET", "/endpoints")
+        assert listing["overrides"]["recs"]["actor"] == "alice"
+        assert listing["overrides"]["recs"]["weights"] == {"stable": 0, "canary": 1}
+        # An edit of recs's own weights replaces the override: the file is in force again.
+        edit(lambda w: w["endpoints"][0].update(weights={"stable": 1, "canary": 0}))
+        wait_for_reloads(gateway, "applied", 2)
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline and served_variants(gateway, "recs", 5) != {"stable"}:
+            time.sleep(0.1)
+        assert served_variants(gateway, "recs") == {"stable"}
+        _, _, listing = admin(gateway, "GET", "/endpoints")
+        assert "recs" not in listing["overrides"]
+        # And an explicit reset through the admin API does the same.
+        admin(gateway, "PUT", "/endpoints/recs/weights", {"weights": {"canary": 1}})
+        assert served_variants(gateway, "recs") == {"canary"}
+        status, _, body = admin(gateway, "DELETE", "/endpoints/recs/override")
+        assert status == 200 and body["changes"] == [
+            "endpoints.recs.weights.canary: 1 -> 0",
+            "endpoints.recs.weights.stable: 0 -> 1",
+        ]
+        assert served_variants(gateway, "recs") == {"stable"}
+        _, _, trail = admin(gateway, "GET", "/audit")
+        actions = [(e["actor"], e["action"]) for e in trail["entries"]]
+        assert actions == [
+            ("alice", "set weights"),
+            ("config-file", "reload switchyard.yaml"),
+            ("config-file", "reload switchyard.yaml"),
+            ("config-file", actions[3][1]),
+            ("alice", "set weights"),
+            ("alice", "reset to the config file"),
+        ]
+        assert actions[3][1].startswith("reset: the config file changed")
+    finally:
+        gateway.stop()
