@@ -48,6 +48,7 @@ from switchyard.server.control.state import (
     applies,
     base_fingerprint,
     table_in_force,
+    utc_text,
 )
 from switchyard.server.control.store import ControlStore, ControlStoreError
 from switchyard.server.metrics import RoutingMetrics
@@ -117,7 +118,7 @@ class ControlPlane:
                 "weights": dict(record.override.weights),
                 "actor": record.override.actor,
                 "reason": record.override.reason,
-                "time": _iso(record.override.time_s),
+                "time": utc_text(record.override.time_s),
             }
             for name, record in self._applying_records().items()
             if record.override is not None
@@ -502,7 +503,3 @@ def _rollout_record(
 
 def _stats_key(endpoint: str, revision: int, role: str) -> str:
     return f"{endpoint}:{revision}:{role}"
-
-
-def _iso(time_s: float) -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time_s))

@@ -120,6 +120,11 @@ class AuditEntry:
         return cls(d["actor"], d["action"], tuple(d["changes"]), d["replica"], d["time"])
 
 
+def utc_text(time_s: float) -> str:
+    """A wall-clock time as the audit trail and the admin API write it."""
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time_s))
+
+
 def base_fingerprint(spec: EndpointSpec) -> str:
     """What an override depends on in the file: the endpoint's variants, weights and plan.
     Shadows, routing keys and override hints may change under it."""
