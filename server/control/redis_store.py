@@ -26,6 +26,7 @@ from urllib.parse import urlsplit
 from redis.asyncio import Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 
 from switchyard.server.control.state import AuditEntry, ControlSnapshot, EndpointRecord
@@ -65,8 +66,11 @@ class RedisControlStore:
         self._prefix = prefix
         options: dict[str, Any] = {
             "socket_connect_timeout": timeout_s,
-            # No retries inside redis-py: the control plane retries on its own schedule.
-            "retry": Retry(NoBackoff(), 0),
+            # One retry, on a fresh connection, for a broken one only: a pooled connection
+            # that outlived a Redis restart fails its first use (redis-py 8 hands it out
+            # unchecked). Timeouts are not retried: the control plane retries on its own
+            # schedule, and a call must stay within timeout_s.
+            "retry": Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)),
         }
         self._client = Redis.from_url(url, socket_timeout=timeout_s, **options)
         # Pub/sub waits for messages as long as there are none: no read timeout there.

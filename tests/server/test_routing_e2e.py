@@ -606,7 +606,10 @@ def test_a_reload_naming_an_unloaded_model_or_version_is_refused_whole(
         )
         written["models"][0]["versions"].append({"version": "9", "path": model_paths["v2"]})
         recs = written["endpoints"][0]
-        recs["variants"] = {"stable": {"model": "ranker", "version": "9"}, "canary": {"model": "fresh"}}
+        recs["variants"] = {
+            "stable": {"model": "ranker", "version": "9"},
+            "canary": {"model": "fresh"},
+        }
         written["endpoints"][1]["weights"] = {"only": 5}  # valid on its own: refused with the rest
         config_path.write_text(yaml.safe_dump(written))
         wait_for_reloads(gateway, "refused", 1)
