@@ -65,7 +65,31 @@ def start_gateway(
     """Write `config` with free ports, run `switchyard serve --config`, wait until ready.
 
     `command` replaces how `switchyard` is invoked (default: this interpreter running the
-    CLI module), `cwd` the folder it runs in."""
+    CLI module), `cwd` the folder it runs in. A port another process took between our
+    finding it free and the gateway binding it is a race of the test, not a failure: the
+    start is tried again on other ports."""
+    for _ in range(BIND_ATTEMPTS - 1):
+        try:
+            return _start_once(config, workdir, ready_timeout_s, command, cwd)
+        except _PortTaken:
+            pass
+    return _start_once(config, workdir, ready_timeout_s, command, cwd)
+
+
+BIND_ATTEMPTS = 3
+
+
+class _PortTaken(RuntimeError):
+    """The gateway exited because one of its ports was taken."""
+
+
+def _start_once(
+    config: dict[str, Any],
+    workdir: Path,
+    ready_timeout_s: float,
+    command: list[str] | None,
+    cwd: Path,
+) -> Gateway:
     ports = {"http_port": free_port(), "grpc_port": free_port(), "metrics_port": free_port()}
     config = {**config, "server": {**config.get("server", {}), "host": "127.0.0.1", **ports}}
     config_path = workdir / "switchyard.yaml"
@@ -83,7 +107,9 @@ def start_gateway(
     deadline = time.monotonic() + ready_timeout_s
     while time.monotonic() < deadline:
         if process.poll() is not None:
-            raise RuntimeError(f"gateway exited with {process.returncode}:\n{gateway.log()}")
+            log = gateway.log()
+            error = _PortTaken if "cannot bind" in log else RuntimeError
+            raise error(f"gateway exited with {process.returncode}:\n{log}")
         if http_ok(f"http://{gateway.http_url}/v2/health/ready"):
             return gateway
         time.sleep(0.1)

@@ -254,7 +254,7 @@ class ControlPlane:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         with contextlib.suppress(ControlStoreError):
-            await self._call("flush", self._flush_stats())
+            await self._flush_stats()  # this replica's last counts still judge the step
         await self.store.close()
 
     # Inside ----------------------------------------------------------------------------
@@ -347,8 +347,8 @@ class ControlPlane:
     async def _resync(self) -> None:
         self._install(await self._call("snapshot", self.store.snapshot()))
         if self._check_base:
-            self._check_base = False
             await self._reset_void_records()
+            self._check_base = False  # not before: a store error retries it next sync
 
     async def _reset_void_records(self) -> None:
         """Records laid on another base than this replica's file: the file changed those
@@ -384,16 +384,13 @@ class ControlPlane:
         await asyncio.sleep(self._tick_s)
         try:
             await self._flush_stats()
-            held = await self._call("lease", self.store.hold_lease(self.replica, self._lease_s))
+            lease = self.store.hold_lease(self.replica, self._settings.lease_ttl_s)
+            held = await self._call("lease", lease)
             self._metrics.lease_held.labels(self.replica).set(int(held))
             if held:
                 await self._judge_rollouts()
         except ControlStoreError:
             self._metrics.lease_held.labels(self.replica).set(0)
-
-    @property
-    def _lease_s(self) -> float:
-        return self._settings.lease_ttl_s
 
     async def _flush_stats(self) -> None:
         """Add this replica's counts since the last flush to the store's. Counts that could
