@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
+import time
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -25,6 +27,8 @@ AUTO_PROVIDER_PREFERENCE = (
     "CPUExecutionProvider",
 )
 CPU_PROVIDER = "CPUExecutionProvider"
+# About what a thread-pool hop costs here: submit, wake a thread, hand the result back.
+DEFAULT_INLINE_BELOW_S = 0.0002
 
 ORT_TYPE_TO_OIP = {
     "tensor(bool)": "BOOL",
@@ -53,6 +57,10 @@ class OrtOptions:
     # Sessions run concurrently from this many threads; ONNX Runtime releases the GIL.
     max_concurrent_runs: int = 1
     warmup: bool = True
+    # Runs that take less than this (a moving average) run on the event loop itself: for a
+    # model of microseconds, handing it to a thread costs more than the run. 0: always a
+    # thread.
+    inline_below_s: float = DEFAULT_INLINE_BELOW_S
 
 
 def resolve_providers(requested: Sequence[str], available: Sequence[str]) -> list[str]:
@@ -86,8 +94,13 @@ def _warmup_inputs(specs: Sequence[TensorSpec]) -> dict[str, np.ndarray]:
     return feeds
 
 
+# Weight of the newest run in the moving average that decides where runs go.
+_RUN_TIME_SMOOTHING = 0.1
+
+
 class OnnxRuntimeModel(Runtime):
-    """One ONNX model in one InferenceSession, run from a small thread pool."""
+    """One ONNX model in one InferenceSession, run from a small thread pool, or on the event
+    loop while its runs are faster than a thread hop (`inline_below_s`)."""
 
     def __init__(self, model_path: Path, options: OrtOptions, model_label: str) -> None:
         self._path = model_path
@@ -98,6 +111,8 @@ class OnnxRuntimeModel(Runtime):
         self._executor = ThreadPoolExecutor(
             max_workers=options.max_concurrent_runs, thread_name_prefix=f"ort-{model_label}"
         )
+        self._run_s = math.inf  # moving average; unknown until runs are timed
+        self._inline = False
 
     def load(self) -> ModelSignature:
         if not self._path.is_file():
@@ -168,9 +183,34 @@ class OnnxRuntimeModel(Runtime):
         output_names: Sequence[str],
         deadline_s: float | None = None,  # a started session.run cannot be interrupted
     ) -> dict[str, np.ndarray]:
-        loop = asyncio.get_running_loop()
-        results = await loop.run_in_executor(self._executor, self._run, inputs, output_names)
+        if self._inline:
+            results, run_s = self._timed_run(inputs, output_names)
+        else:
+            loop = asyncio.get_running_loop()
+            results, run_s = await loop.run_in_executor(
+                self._executor, self._timed_run, inputs, output_names
+            )
+        self._observe_run(run_s)
         return dict(zip(output_names, results, strict=True))
+
+    def _observe_run(self, run_s: float) -> None:
+        """Move runs onto the loop once they average under the limit, and off it at once
+        when one takes longer (a larger batch, a slower input), so the loop is never held
+        long; halfway back down is needed to return (no flapping at the limit)."""
+        limit_s = self._options.inline_below_s
+        average_s = run_s if math.isinf(self._run_s) else self._run_s
+        self._run_s = average_s + _RUN_TIME_SMOOTHING * (run_s - average_s)
+        if run_s >= limit_s:
+            self._inline = False
+        elif self._run_s < limit_s / 2:
+            self._inline = True
+
+    def _timed_run(
+        self, inputs: Mapping[str, np.ndarray], output_names: Sequence[str]
+    ) -> tuple[list[np.ndarray], float]:
+        started_s = time.perf_counter()
+        results = self._run(inputs, output_names)
+        return results, time.perf_counter() - started_s
 
     def close(self) -> None:
         self._executor.shutdown(wait=True, cancel_futures=True)

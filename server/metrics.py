@@ -114,6 +114,9 @@ class ServerMetrics:
             registry=self.registry,
         )
         self.routing = RoutingMetrics(self.registry)
+        # labels() hashes and locks on every call: the serving path looks children up here.
+        self._request_children: dict[tuple[str, str, str, str], tuple[Counter, Histogram]] = {}
+        self._in_flight_children: dict[str, Gauge] = {}
 
     def batch_observer(self, model: str, version: str) -> BatchObserver:
         return _PrometheusBatchObserver(self, model, version)
@@ -122,7 +125,9 @@ class ServerMetrics:
     def track(self, protocol: str, model_label: Callable[[str], str]) -> Iterator[RequestLabels]:
         """Count, time and label one inference request; the body fills in the labels."""
         labels = RequestLabels()
-        in_flight = self.in_flight.labels(protocol)
+        in_flight = self._in_flight_children.get(protocol)
+        if in_flight is None:
+            in_flight = self._in_flight_children[protocol] = self.in_flight.labels(protocol)
         in_flight.inc()
         started_s = time.perf_counter()
         error: BaseException | None = None
@@ -133,10 +138,15 @@ class ServerMetrics:
             raise
         finally:
             in_flight.dec()
-            model = model_label(labels.model)
-            version = labels.version or "unresolved"
-            self.requests.labels(model, version, protocol, status_code(error)).inc()
-            self.latency_s.labels(model, version, protocol).observe(time.perf_counter() - started_s)
+            key = (model_label(labels.model), labels.version or "unresolved", protocol)
+            children = self._request_children.get((*key, status_code(error)))
+            if children is None:
+                children = self._request_children[(*key, status_code(error))] = (
+                    self.requests.labels(*key, status_code(error)),
+                    self.latency_s.labels(*key),
+                )
+            children[0].inc()
+            children[1].observe(time.perf_counter() - started_s)
 
 
 class _PrometheusBatchObserver(BatchObserver):

@@ -8,7 +8,7 @@ from typing import ClassVar, Literal
 from pydantic import Field, model_validator
 
 from switchyard.runtimes.batcher import BatchingOptions
-from switchyard.runtimes.ort_runtime import OrtOptions
+from switchyard.runtimes.ort_runtime import DEFAULT_INLINE_BELOW_S, OrtOptions
 from switchyard.server.autoscaling.config import AutoscalingConfig
 from switchyard.server.config_base import Name, StrictModel, VersionName
 from switchyard.server.config_sections import FilePath
@@ -34,6 +34,12 @@ class OnnxRuntimeOptions(StrictModel):
         default=0, ge=0, description="Threads across operators; 0: ONNX Runtime's default."
     )
     warmup: bool = Field(default=True, description="Run the model once at load, before serving.")
+    inline_below_s: float = Field(
+        default=DEFAULT_INLINE_BELOW_S,
+        ge=0,
+        description="Runs averaging less than this many seconds run on the event loop, not a "
+        "thread (a thread hop costs more than a tiny model); 0: always a thread.",
+    )
 
     def to_runtime_options(self, concurrent_runs: int) -> OrtOptions:
         return OrtOptions(
@@ -42,6 +48,7 @@ class OnnxRuntimeOptions(StrictModel):
             inter_op_threads=self.inter_op_threads,
             max_concurrent_runs=concurrent_runs,
             warmup=self.warmup,
+            inline_below_s=self.inline_below_s,
         )
 
 

@@ -1,7 +1,10 @@
 from __future__ import annotations
 
 import asyncio
+import threading
+import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnxruntime as ort
@@ -90,3 +93,63 @@ def test_unusable_accelerator_falls_back_to_cpu(
         assert "not in this onnxruntime build" in caplog.text
     assert "runs on" in caplog.text
     model.close()
+
+
+class TracedRuns:
+    """Records the thread each run of `model` runs on; `slow` makes runs take 60 ms."""
+
+    def __init__(self, model: OnnxRuntimeModel, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.model = model
+        self.slow = False
+        self._real_run = model._run
+        self._threads: list[str] = []
+        monkeypatch.setattr(model, "_run", self._run)
+
+    def _run(self, inputs: Any, output_names: Any) -> list[np.ndarray]:
+        self._threads.append(threading.current_thread().name)
+        if self.slow:
+            time.sleep(0.06)
+        return self._real_run(inputs, output_names)
+
+    def threads(self, runs: int) -> list[str]:
+        """Where each of `runs` consecutive infers ran."""
+        feeds = {"features": np.zeros((1, 16), np.float32)}
+
+        async def infer() -> None:
+            for _ in range(runs):
+                await self.model.infer(feeds, ["score"])
+
+        del self._threads[:]
+        asyncio.run(infer())
+        return list(self._threads)
+
+
+def test_fast_runs_move_onto_the_event_loop_and_a_slow_one_moves_them_off(
+    demo_model_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    loop_thread = threading.main_thread().name
+    model = OnnxRuntimeModel(demo_model_path, OrtOptions(inline_below_s=0.05), "ranker:1")
+    model.load()
+    try:
+        runs = TracedRuns(model, monkeypatch)
+        first = runs.threads(5)
+        assert first[0].startswith("ort-ranker:1")  # unknown cost: a thread first
+        assert first[-1] == loop_thread  # fast: on the loop
+        runs.slow = True
+        assert runs.threads(2) == [loop_thread, first[0]]  # one slow run moves them off
+        runs.slow = False
+        assert runs.threads(1)[0].startswith("ort-ranker:1")  # its average is still high
+    finally:
+        model.close()
+
+
+def test_inline_below_zero_keeps_every_run_on_a_thread(
+    demo_model_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    model = OnnxRuntimeModel(demo_model_path, OrtOptions(inline_below_s=0.0), "ranker:1")
+    model.load()
+    try:
+        threads = TracedRuns(model, monkeypatch).threads(5)
+        assert all(name.startswith("ort-ranker:1") for name in threads), threads
+    finally:
+        model.close()
