@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import abc
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -27,12 +27,19 @@ class ModelSignature:
     outputs: tuple[TensorSpec, ...]
     # The most rows one call may carry, when the runtime has a limit (Triton's config does).
     max_batch_size: int | None = None
+    # By name, for the look-ups every request makes.
+    _inputs_by_name: Mapping[str, TensorSpec] = field(init=False, repr=False, compare=False)
+    _outputs_by_name: Mapping[str, TensorSpec] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_inputs_by_name", {spec.name: spec for spec in self.inputs})
+        object.__setattr__(self, "_outputs_by_name", {spec.name: spec for spec in self.outputs})
 
     def input(self, name: str) -> TensorSpec | None:
-        return next((spec for spec in self.inputs if spec.name == name), None)
+        return self._inputs_by_name.get(name)
 
     def output(self, name: str) -> TensorSpec | None:
-        return next((spec for spec in self.outputs if spec.name == name), None)
+        return self._outputs_by_name.get(name)
 
 
 class Runtime(abc.ABC):
