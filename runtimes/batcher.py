@@ -227,6 +227,7 @@ class DynamicBatcher:
         self._timer: asyncio.Task[None] | None = None
         self._timer_at = math.inf
         self._batch_tasks: set[asyncio.Task[None]] = set()
+        self._callers_running: set[asyncio.Task[object]] = set()  # see _run_now
 
     @property
     def max_batch_size(self) -> int:
@@ -276,6 +277,8 @@ class DynamicBatcher:
             )
         future: asyncio.Future[Outputs] = asyncio.get_running_loop().create_future()
         request = _Request(inputs, rows, key, next(self._seq), now_s, deadline_s, future)
+        if self._runs_at_once():
+            return await self._run_now(request)
         self._enqueue(request)
         try:
             return await future
@@ -305,8 +308,43 @@ class DynamicBatcher:
             tasks = [t for t in (self._scheduler, self._timer, *self._batch_tasks) if t]
             for task in tasks:
                 task.cancel()  # batch tasks fail their requests in _batch_done
+            for caller in self._callers_running:
+                caller.cancel()  # _run_now answers them Unavailable
             await asyncio.gather(*tasks, return_exceptions=True)
             self._closed.set()
+
+    def _runs_at_once(self) -> bool:
+        """Nothing waits, an instance is free and there is no queue delay: the scheduler
+        would dispatch this request alone at once, so its caller runs it, sparing it the
+        hops through the scheduler and a batch task. (A model of microseconds that runs on
+        the event loop then completes the request without yielding.) Requests arriving while
+        it runs queue and batch as usual."""
+        return (
+            self._delay_s == 0
+            and not self._queued
+            and self._in_flight < self._options.instance_count
+        )
+
+    async def _run_now(self, request: _Request) -> Outputs:
+        caller = asyncio.current_task()
+        assert caller is not None  # infer() is always awaited in a task
+        request.queued = False
+        self._notify(self._observer.request_dequeued, 0.0)
+        self._in_flight += 1
+        self._callers_running.add(caller)
+        try:
+            await self._run_batch([request])
+        except asyncio.CancelledError:
+            # close() without drain cancelled this run: say so, as to batched requests; a
+            # cancellation of the caller's own is passed on.
+            if self._closing and caller.uncancel() == 0:
+                raise Unavailable(f"model '{self._label}' is shutting down") from None
+            raise
+        finally:
+            self._callers_running.discard(caller)
+            self._in_flight -= 1
+            self._wakeup.set()  # whatever queued meanwhile may go now
+        return request.future.result()  # or the error the run set
 
     # --- the queue ---
 

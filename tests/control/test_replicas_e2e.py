@@ -67,11 +67,12 @@ def replica_config(paths: dict[str, str], redis_url: str, prefix: str) -> dict[s
                 "default_version": "1",
                 "runtime_options": threads,
             },
-            # A 1 us timeout: every request expires in the queue (DEADLINE_EXCEEDED).
+            # A 1 us timeout behind a 10 ms queue delay: every request expires in the queue
+            # (DEADLINE_EXCEEDED).
             {
                 "name": "ranker_expiring",
                 "versions": [{"version": "1", "path": paths["v1"]}],
-                "batching": {"timeout_s": 0.000001},
+                "batching": {"timeout_s": 0.000001, "max_queue_delay_s": 0.01},
                 "runtime_options": threads,
             },
         ],

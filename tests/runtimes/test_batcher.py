@@ -216,12 +216,51 @@ def test_concurrent_requests_share_a_batch_and_get_their_own_rows() -> None:
         clock = ManualClock()
         runtime = FakeRuntime()
         batcher = await started(runtime, options(), clock)
+        runtime.gate.clear()
+        first = asyncio.create_task(batcher.infer({"x": rows_of(9, 1)}))
+        await settle()
+        # The first found the batcher idle and runs at once; these arrive while it runs.
         inputs = [rows_of(i, rows) for i, rows in enumerate((1, 2, 3))]
-        results = await asyncio.gather(*(batcher.infer({"x": x}) for x in inputs))
-        assert runtime.batch_rows == [6]
+        waiting = asyncio.gather(*(batcher.infer({"x": x}) for x in inputs))
+        await settle()
+        runtime.gate.set()
+        results = await waiting
+        assert_result(await first, rows_of(9, 1))
+        assert runtime.batch_rows == [1, 6]
         for result, x in zip(results, inputs, strict=True):
             assert_result(result, x)
         await batcher.close()
+        assert_no_other_tasks()
+
+    run(scenario)
+
+
+def test_a_request_to_an_idle_batcher_runs_at_once_in_its_callers_task() -> None:
+    async def scenario() -> None:
+        clock = ManualClock()
+        runtime = FakeRuntime()
+        seen: list[tuple[int, int]] = []
+
+        class Observer(BatchObserver):
+            def batch_executed(self, rows: int, requests: int, compute_s: float) -> None:
+                seen.append((rows, requests))
+
+        batcher = await started(runtime, options(), clock, observer=Observer())
+        tasks_before = len(asyncio.all_tasks())
+        for i in range(3):  # one after another: each finds the batcher idle
+            assert_result(await batcher.infer({"x": rows_of(i, 2)}), rows_of(i, 2))
+            assert len(asyncio.all_tasks()) == tasks_before  # no batch task was made
+        assert runtime.batch_rows == [2, 2, 2] and seen == [(2, 1)] * 3
+        # With a queue delay, requests wait for company as configured.
+        delayed = await started(FakeRuntime(), options(max_queue_delay_us=1000), clock)
+        task = asyncio.create_task(delayed.infer({"x": rows_of(0, 1)}))
+        await settle()
+        assert delayed.queue_depth == 1 and not task.done()
+        clock.advance(0.001)
+        await settle()
+        assert_result(await task, rows_of(0, 1))
+        await batcher.close()
+        await delayed.close()
         assert_no_other_tasks()
 
     run(scenario)
@@ -232,18 +271,18 @@ def test_the_runtime_gets_the_latest_deadline_of_its_batch() -> None:
         clock = ManualClock()
         runtime = FakeRuntime()
         batcher = await started(runtime, options(), clock)
-        await asyncio.gather(
-            batcher.infer({"x": rows_of(0, 1)}, deadline_s=5.0),
-            batcher.infer({"x": rows_of(1, 1)}, deadline_s=9.0),
-        )
-        await asyncio.gather(
-            batcher.infer({"x": rows_of(2, 1)}, deadline_s=5.0),
-            batcher.infer({"x": rows_of(3, 1)}),  # a caller with no deadline: none for all
-        )
-        assert runtime.deadlines == [9.0, None]
+        for pair in ((5.0, 9.0), (5.0, None)):  # a caller with no deadline: none for all
+            runtime.gate.clear()
+            first = asyncio.create_task(batcher.infer({"x": rows_of(0, 1)}))  # runs at once
+            await settle()
+            waiting = asyncio.gather(
+                *(batcher.infer({"x": rows_of(1, 1)}, deadline_s=d) for d in pair)
+            )
+            await settle()
+            runtime.gate.set()
+            await asyncio.gather(first, waiting)
+        assert runtime.deadlines == [None, 9.0, None, None]
         await batcher.close()
-
-    run(scenario)
 
 
 def test_partial_batch_waits_for_the_queue_delay_and_no_longer() -> None:
@@ -600,21 +639,21 @@ def test_a_cancelled_caller_leaves_the_queue_and_leaks_nothing() -> None:
         runtime = FakeRuntime()
         batcher = await started(runtime, options(max_batch_size=2), clock)
         runtime.gate.clear()
-        running = [asyncio.create_task(batcher.infer({"x": rows_of(i, 1)})) for i in (0, 1)]
+        running = asyncio.create_task(batcher.infer({"x": rows_of(0, 1)}))  # runs at once
         await settle()
-        queued = [asyncio.create_task(batcher.infer({"x": rows_of(i, 1)})) for i in (2, 3, 4)]
+        queued = [asyncio.create_task(batcher.infer({"x": rows_of(i, 1)})) for i in (1, 2, 3)]
         await settle()
         assert batcher.queue_depth == 3
         queued[1].cancel()  # still queued
-        running[0].cancel()  # already in a running batch: its result is dropped
+        running.cancel()  # already running: its run is cancelled with it
         await settle()
-        assert batcher.queue_depth == 2
+        # The instance is free again: the two left share the next batch.
+        assert batcher.queue_depth == 0 and runtime.batch_rows == [1, 2]
         runtime.gate.set()
-        assert_result(await running[1], rows_of(1, 1))
-        assert_result(await queued[0], rows_of(2, 1))
-        assert_result(await queued[2], rows_of(4, 1))
-        assert queued[1].cancelled() and running[0].cancelled()
-        assert runtime.seen_ids() == {0, 1, 2, 4}
+        assert_result(await queued[0], rows_of(1, 1))
+        assert_result(await queued[2], rows_of(3, 1))
+        assert queued[1].cancelled() and running.cancelled()
+        assert runtime.seen_ids() == {0, 1, 3}
         await batcher.close()
         assert_no_other_tasks()
 

@@ -62,11 +62,12 @@ def base_config(paths: dict[str, str], workdir: Path, **routing: Any) -> dict[st
                 "versions": [{"version": "1", "path": paths["v1"]}],
                 "batching": {"max_batch_size": 1024, "max_queue_delay_s": 2.0},
             },
-            # A 1 us timeout: every request expires in the queue (DEADLINE_EXCEEDED).
+            # A 1 us timeout behind a 10 ms queue delay: every request expires in the queue
+            # (DEADLINE_EXCEEDED).
             {
                 "name": "ranker_expiring",
                 "versions": [{"version": "1", "path": paths["v1"]}],
-                "batching": {"timeout_s": 0.000001},
+                "batching": {"timeout_s": 0.000001, "max_queue_delay_s": 0.01},
             },
             # Takes `x`, not `features`: every call routed to it fails.
             {"name": "wrong_input", "versions": [{"version": "1", "path": paths["slow_input"]}]},
