@@ -8,7 +8,9 @@ when it cannot grow any more (it reached max_batch_size or the largest preferred
 next request does not fit); otherwise it waits until its oldest request has waited
 max_queue_delay_us and then dispatches the largest batch that fits max_batch_size. Among the
 groups ready to go, the one whose oldest request is oldest goes first. max_batch_size 0 turns
-batching off: each request runs alone, still queued, bounded and deadline-checked.
+batching off: each request runs alone, still queued, bounded and deadline-checked. With no
+queue delay, a request that finds nothing waiting and an instance free is what the scheduler
+would dispatch alone at once: its caller runs it directly, without the scheduler's hops.
 
 Time comes from an injected Clock so that tests drive the queue delay and deadlines by hand.
 """
