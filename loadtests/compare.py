@@ -50,6 +50,7 @@ TARGETS = {
     "echo": "(1) grpc.aio echo server",
     "ort": "(2) ONNX Runtime in process",
     "standalone": "(3) Switchyard standalone",
+    "standalone-workers": "(3w) Switchyard standalone, workers: auto",
     "ray": "(4) Switchyard on Ray Serve",
     "plain-ray": "(5) plain Ray Serve + @serve.batch",
     "triton": "(6) Triton (PyTriton)",
@@ -246,6 +247,7 @@ def starters(settings: Settings) -> dict[str, Callable[[Path, Path], targets.Ser
     return {
         "echo": targets.start_echo,
         "standalone": targets.start_standalone,
+        "standalone-workers": partial(targets.start_standalone, workers="auto"),
         "ray": targets.start_switchyard_ray,
         "plain-ray": partial(
             targets.start_plain_ray,

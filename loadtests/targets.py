@@ -15,6 +15,7 @@ import signal
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,6 +33,7 @@ READY_TIMEOUT_S = 60.0
 RAY_READY_TIMEOUT_S = 180.0  # a local Ray, Serve's controller, proxies and replicas
 STOP_TIMEOUT_S = 30.0
 LOG_TAIL_CHARS = 3000
+LOCAL_REDIS_URL = "redis://127.0.0.1:6379/0"  # what the test command starts
 
 
 class TargetUnavailable(RuntimeError):
@@ -148,10 +150,17 @@ def start_echo(model_path: Path, workdir: Path) -> Server:
     return _spawn("echo", command, workdir, port, None)
 
 
-def start_standalone(model_path: Path, workdir: Path) -> Server:
+def start_standalone(model_path: Path, workdir: Path, workers: int | str = 1) -> Server:
+    """`switchyard serve` on the demo; `workers` > 1 (or auto) shares the routing state in a
+    Redis control store on the local Redis, under a prefix of its own."""
     started_s = time.monotonic()
+    config = demo_serving_config(model_path)
+    if workers != 1:
+        config["server"] = {**config.get("server", {}), "workers": workers}
+        prefix = f"switchyard-compare:{uuid.uuid4().hex[:8]}:"
+        config["control"] = {"store": "redis", "url": LOCAL_REDIS_URL, "prefix": prefix}
     try:
-        gateway = start_gateway(demo_serving_config(model_path), workdir)
+        gateway = start_gateway(config, workdir)
     except RuntimeError as exc:
         raise TargetUnavailable(str(exc)[-LOG_TAIL_CHARS:]) from exc
     try:
