@@ -28,7 +28,9 @@ def _worker_count_or_auto(value: Any) -> Any:
     raise ValueError("must be an integer >= 1 or auto")
 
 
-Workers = Annotated[Annotated[int, Field(ge=1)] | Literal["auto"], BeforeValidator(_worker_count_or_auto)]
+Workers = Annotated[
+    Annotated[int, Field(ge=1)] | Literal["auto"], BeforeValidator(_worker_count_or_auto)
+]
 
 
 class ServerSettings(StrictModel):
