@@ -19,8 +19,10 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import grpc
 import pytest
 import yaml
+from tritonclient.grpc import service_pb2, service_pb2_grpc
 
 from loadtests.gateway_process import (
     Gateway,
@@ -32,7 +34,7 @@ from loadtests.gateway_process import (
 )
 from switchyard.server.config import ConfigError, parse_config
 from tests.server.test_cli import run_cli
-from tests.server.test_routing_e2e import infer
+from tests.server.test_routing_e2e import ROW, infer
 
 REDIS_URL = "redis://127.0.0.1:6379/0"
 WORKER_HEADER = "x-switchyard-worker"
@@ -128,11 +130,24 @@ def test_taken_port_exits_1(tmp_path: Path, demo_model_path: Path) -> None:
             assert "Traceback" not in result.stderr
 
 
+def grpc_infer_on_a_new_channel(gateway: Gateway) -> None:
+    with grpc.insecure_channel(gateway.grpc_url) as channel:
+        stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)
+        message = service_pb2.ModelInferRequest(model_name="ranker")
+        tensor = message.inputs.add(name="features", datatype="FP32", shape=[1, 16])
+        tensor.contents.fp32_contents.extend(ROW)
+        assert stub.ModelInfer(message, timeout=10).model_version == "1"
+
+
 def test_both_workers_answer_and_metrics_add_up(workers: Gateway) -> None:
     seen = answering_workers(workers, 50)
     assert set(seen) == {"0", "1"}, seen
+    for _ in range(20):
+        grpc_infer_on_a_new_channel(workers)
     text = scrape_metrics(workers)
-    assert metric_sum(text, "switchyard_requests_total", model="ranker", status="ok") == 50
+    ok = {"model": "ranker", "status": "ok"}
+    assert metric_sum(text, "switchyard_requests_total", protocol="rest", **ok) == 50
+    assert metric_sum(text, "switchyard_requests_total", protocol="grpc", **ok) == 20
     assert metric_sum(text, "switchyard_requests_in_flight") == 0
 
 
