@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import http.client
 import os
+import shutil
 import signal
 import socket
 import threading
@@ -204,3 +205,29 @@ def test_sigterm_under_load_drains_every_worker(workers: Gateway) -> None:
     log = workers.log()
     assert log.count("switchyard.server.app: switchyard stopped") == 2
     assert log.rstrip().endswith("switchyard.server.workers: switchyard stopped")
+
+
+def test_a_worker_that_cannot_start_fails_the_start(tmp_path: Path) -> None:
+    config = tmp_path / "c.yaml"
+    raw = workers_config(tmp_path / "absent.onnx", http_port=free_port(), grpc_port=free_port())
+    config.write_text(yaml.safe_dump(raw))
+    result = run_cli("serve", "--config", str(config))
+    assert result.returncode == 1
+    assert "absent.onnx" in result.stderr and "during start-up" in result.stderr
+
+
+def test_a_crash_looping_worker_stops_the_supervisor(demo_model_path: Path, tmp_path: Path) -> None:
+    model = tmp_path / "ranker.onnx"
+    shutil.copy(demo_model_path, model)
+    gateway = start_gateway(workers_config(model), tmp_path)
+    try:
+        wait_for(lambda: "switchyard ready: 2 workers" in gateway.log(), what="both ready")
+        model.unlink()  # every new worker now fails to load its model
+        os.kill(worker_pids(gateway)[0], signal.SIGKILL)
+        assert gateway.process.wait(90) == 1
+    finally:
+        gateway.stop()
+    log = gateway.log()
+    assert "exited 5 times in a row before it was ready; stopping" in log
+    # The other worker was told to drain (the failing ones never got that far).
+    assert "switchyard.server.app: signal received, shutting down" in log
