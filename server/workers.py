@@ -222,6 +222,8 @@ class Supervisor:
             os.close(write_fd)
         worker.process = process
         log.info("worker %d started: pid %d", worker.index, process.pid)
+        if self._stopping.is_set():  # started while the others were told to stop
+            process.send_signal(signal.SIGTERM)
         with open(read_fd, "rb", buffering=0) as ready_pipe:
             line = await asyncio.to_thread(ready_pipe.readline)  # b"" if it exits first
         if line == READY_LINE:
@@ -254,9 +256,10 @@ class Supervisor:
         _, pending = await asyncio.wait(tasks, timeout=limit_s) if tasks else (set(), set())
         if pending:
             log.error("workers still running %.0f s after SIGTERM: killed", limit_s)
-            for process in processes:
-                with contextlib.suppress(ProcessLookupError):
-                    process.kill()
+            for worker in self._workers:
+                if worker.process is not None and worker.process.returncode is None:
+                    with contextlib.suppress(ProcessLookupError):
+                        worker.process.kill()
             await asyncio.wait(pending)
             self._fail(1)
         for process in processes:
