@@ -29,7 +29,7 @@ from switchyard.server.rest_ingress import Receive, RestApp, Scope, Send
 log = logging.getLogger(__name__)
 
 
-class _EmbeddedUvicorn(uvicorn.Server):
+class EmbeddedUvicorn(uvicorn.Server):
     """uvicorn inside our loop: signals are the host's to handle, not uvicorn's."""
 
     @contextlib.contextmanager
@@ -108,7 +108,7 @@ class StandaloneServer:
         self._signals = AutoscalingSignals(self.metrics.registry)
         self._signal_task: asyncio.Task[None] | None = None
         self._grpc_server: grpc.aio.Server | None = None
-        self._http_servers: list[_EmbeddedUvicorn] = []
+        self._http_servers: list[EmbeddedUvicorn] = []
         self._http_tasks: list[asyncio.Task[None]] = []
         self.http_port = self.grpc_port = self.metrics_port = 0
 
@@ -139,7 +139,7 @@ class StandaloneServer:
             apps = [(_WorkerHeader(self.core.rest_app(), self.worker), http_socket)]
         await self._grpc_server.start()
         for app, sock in apps:
-            server = _EmbeddedUvicorn(
+            server = EmbeddedUvicorn(
                 uvicorn.Config(
                     app,
                     http="httptools",

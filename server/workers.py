@@ -40,7 +40,7 @@ import uvloop
 from prometheus_client import CollectorRegistry, Counter, make_asgi_app
 from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
 
-from switchyard.server.app import _EmbeddedUvicorn, bind_socket, serve_until_signalled
+from switchyard.server.app import EmbeddedUvicorn, bind_socket, serve_until_signalled
 from switchyard.server.config import SwitchyardConfig
 
 log = logging.getLogger(__name__)
@@ -122,7 +122,7 @@ class Supervisor:
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, self._stopping.set)
         held: list[socket.socket] = []
-        metrics_server: _EmbeddedUvicorn | None = None
+        metrics_server: EmbeddedUvicorn | None = None
         metrics_task: asyncio.Task[None] | None = None
         self._metrics_dir = tempfile.mkdtemp(prefix="switchyard-metrics-")
         try:
@@ -136,7 +136,7 @@ class Supervisor:
             self.http_port, self.grpc_port = (sock.getsockname()[1] for sock in held)
             self.metrics_port = metrics_socket.getsockname()[1]
             MultiProcessCollector(self._registry, path=self._metrics_dir)  # type: ignore[no-untyped-call]
-            metrics_server = _EmbeddedUvicorn(
+            metrics_server = EmbeddedUvicorn(
                 uvicorn.Config(
                     make_asgi_app(self._registry),
                     http="httptools",
