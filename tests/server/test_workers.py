@@ -231,3 +231,11 @@ def test_a_crash_looping_worker_stops_the_supervisor(demo_model_path: Path, tmp_
     assert "exited 5 times in a row before it was ready; stopping" in log
     # The other worker was told to drain (the failing ones never got that far).
     assert "switchyard.server.app: signal received, shutting down" in log
+
+
+def test_workers_are_for_the_standalone_engine(demo_model_path: Path, tmp_path: Path) -> None:
+    config = tmp_path / "c.yaml"
+    config.write_text(yaml.safe_dump(workers_config(demo_model_path)))
+    result = run_cli("serve", "--config", str(config), "--engine", "ray")
+    assert result.returncode == 2
+    assert "server.workers is for the standalone engine" in result.stderr
