@@ -8,6 +8,7 @@ shared local Redis, under a fresh prefix per test.
 from __future__ import annotations
 
 import http.client
+import json
 import os
 import shutil
 import signal
@@ -22,6 +23,7 @@ from typing import Any
 
 import grpc
 import pytest
+import redis
 import yaml
 from tritonclient.grpc import service_pb2, service_pb2_grpc
 
@@ -33,6 +35,8 @@ from loadtests.gateway_process import (
     scrape_metrics,
     start_gateway,
 )
+from loadtests.recommend_setup import demo_features, gateway_config
+from switchyard.demo.paths import artifacts_dir
 from switchyard.server.config import ConfigError, parse_config
 from tests.server.test_cli import run_cli
 from tests.server.test_routing_e2e import ROW, infer
@@ -41,10 +45,27 @@ REDIS_URL = "redis://127.0.0.1:6379/0"
 WORKER_HEADER = "x-switchyard-worker"
 
 
-def workers_config(model_path: Path, store: str = "redis", **server: Any) -> dict[str, Any]:
+@pytest.fixture
+def prefix() -> Iterator[str]:
+    """A control store prefix of this test's own, its keys deleted afterwards."""
+    prefix = f"switchyard-workers:{uuid.uuid4().hex[:8]}:"
+    yield prefix
+    client = redis.Redis.from_url(REDIS_URL)
+    keys = list(client.scan_iter(match=prefix + "*", count=1000))
+    if keys:
+        client.delete(*keys)
+    client.close()
+
+
+def workers_config(model_path: Path, prefix: str, **server: Any) -> dict[str, Any]:
     config = demo_model_config(model_path, workers=2, **server)
-    config["control"] = {"store": store, "url": REDIS_URL, "prefix": f"sy-workers-{uuid.uuid4()}:"}
+    config["control"] = {"store": "redis", "url": REDIS_URL, "prefix": prefix}
     return config
+
+
+def wait_until_all_ready(gateway: Gateway) -> None:
+    # The first ready worker answers the health check; the supervisor says when both are.
+    wait_for(lambda: "switchyard ready: 2 workers" in gateway.log(), what="both workers ready")
 
 
 def wait_for(condition: Any, timeout_s: float = 60.0, what: str = "condition") -> None:
@@ -61,12 +82,19 @@ def worker_pids(gateway: Gateway) -> list[int]:
 
 
 @pytest.fixture
-def workers(demo_model_path: Path, tmp_path: Path) -> Iterator[Gateway]:
-    gateway = start_gateway(workers_config(demo_model_path), tmp_path)
-    # The first ready worker answers the health check; the supervisor says when both are.
-    wait_for(lambda: "switchyard ready: 2 workers" in gateway.log(), what="both workers ready")
+def workers(demo_model_path: Path, tmp_path: Path, prefix: str) -> Iterator[Gateway]:
+    gateway = start_gateway(workers_config(demo_model_path, prefix), tmp_path)
+    wait_until_all_ready(gateway)
     yield gateway
     gateway.stop()
+
+
+def unlabelled(text: str, name: str) -> float | None:
+    """The value of the sample `name` without labels, None if absent."""
+    for line in text.splitlines():
+        if line.startswith(name + " "):
+            return float(line.split()[1])
+    return None
 
 
 def answering_workers(gateway: Gateway, requests: int) -> Counter[str]:
@@ -115,7 +143,7 @@ def test_workers_with_the_memory_store_are_refused(
     assert "Traceback" not in result.stderr
 
 
-def test_taken_port_exits_1(tmp_path: Path, demo_model_path: Path) -> None:
+def test_taken_port_exits_1(tmp_path: Path, demo_model_path: Path, prefix: str) -> None:
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
@@ -124,7 +152,7 @@ def test_taken_port_exits_1(tmp_path: Path, demo_model_path: Path) -> None:
             server = {"host": "127.0.0.1", "http_port": free_port(), "grpc_port": free_port(),
                       "metrics_port": free_port(), key: port}  # fmt: skip
             config = tmp_path / f"{key}.yaml"
-            config.write_text(yaml.safe_dump(workers_config(demo_model_path, **server)))
+            config.write_text(yaml.safe_dump(workers_config(demo_model_path, prefix, **server)))
             result = run_cli("serve", "--config", str(config))
             assert result.returncode == 1, result.stderr
             assert f"cannot bind 127.0.0.1:{port}" in result.stderr
@@ -207,21 +235,23 @@ def test_sigterm_under_load_drains_every_worker(workers: Gateway) -> None:
     assert log.rstrip().endswith("switchyard.server.workers: switchyard stopped")
 
 
-def test_a_worker_that_cannot_start_fails_the_start(tmp_path: Path) -> None:
+def test_a_worker_that_cannot_start_fails_the_start(tmp_path: Path, prefix: str) -> None:
     config = tmp_path / "c.yaml"
-    raw = workers_config(tmp_path / "absent.onnx", http_port=free_port(), grpc_port=free_port())
+    raw = workers_config(tmp_path / "absent.onnx", prefix, http_port=free_port())
     config.write_text(yaml.safe_dump(raw))
     result = run_cli("serve", "--config", str(config))
     assert result.returncode == 1
     assert "absent.onnx" in result.stderr and "during start-up" in result.stderr
 
 
-def test_a_crash_looping_worker_stops_the_supervisor(demo_model_path: Path, tmp_path: Path) -> None:
+def test_a_crash_looping_worker_stops_the_supervisor(
+    demo_model_path: Path, tmp_path: Path, prefix: str
+) -> None:
     model = tmp_path / "ranker.onnx"
     shutil.copy(demo_model_path, model)
-    gateway = start_gateway(workers_config(model), tmp_path)
+    gateway = start_gateway(workers_config(model, prefix), tmp_path)
     try:
-        wait_for(lambda: "switchyard ready: 2 workers" in gateway.log(), what="both ready")
+        wait_until_all_ready(gateway)
         model.unlink()  # every new worker now fails to load its model
         os.kill(worker_pids(gateway)[0], signal.SIGKILL)
         assert gateway.process.wait(90) == 1
@@ -233,9 +263,44 @@ def test_a_crash_looping_worker_stops_the_supervisor(demo_model_path: Path, tmp_
     assert "switchyard.server.app: signal received, shutting down" in log
 
 
-def test_workers_are_for_the_standalone_engine(demo_model_path: Path, tmp_path: Path) -> None:
+def test_workers_are_for_the_standalone_engine(
+    demo_model_path: Path, tmp_path: Path, prefix: str
+) -> None:
     config = tmp_path / "c.yaml"
-    config.write_text(yaml.safe_dump(workers_config(demo_model_path)))
+    config.write_text(yaml.safe_dump(workers_config(demo_model_path, prefix)))
     result = run_cli("serve", "--config", str(config), "--engine", "ray")
     assert result.returncode == 2
     assert "server.workers is for the standalone engine" in result.stderr
+
+
+def test_feature_store_counters_add_up(demo_model_path: Path, tmp_path: Path, prefix: str) -> None:
+    """A worker's feature counters reach the metrics port too (synced once a second)."""
+    seeds = {entity: str(artifacts_dir() / f"{entity}s.csv") for entity in ("user", "item")}
+    config = gateway_config(
+        demo_model_path, demo_features("", {"kind": "memory", "seed_files": seeds})
+    )
+    config = {**config, **workers_config(demo_model_path, prefix)}
+    gateway = start_gateway(config, tmp_path)
+    try:
+        wait_until_all_ready(gateway)
+        seen: Counter[str] = Counter()
+        body = json.dumps({"endpoint": "recs", "user_id": "u1", "candidate_ids": ["i1", "i2"]})
+        for _ in range(20):
+            connection = http.client.HTTPConnection("127.0.0.1", gateway.http_port, timeout=30)
+            connection.request("POST", "/v1/recommend", body=body)
+            response = connection.getresponse()
+            assert response.status == 200, response.read()
+            seen[response.getheader(WORKER_HEADER) or ""] += 1
+            connection.close()
+        assert set(seen) == {"0", "1"}, seen
+
+        def counted() -> bool:
+            text = scrape_metrics(gateway)
+            return (
+                unlabelled(text, "switchyard_features_fetches_total") == 20
+                and unlabelled(text, "switchyard_features_entities_requested_total") == 60
+            )
+
+        wait_for(counted, timeout_s=5, what="20 fetches of 3 entities counted")
+    finally:
+        gateway.stop()
