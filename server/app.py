@@ -5,10 +5,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import signal
 import socket
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import grpc
 import uvicorn
@@ -20,13 +22,14 @@ from switchyard.server.autoscaling.metrics import AutoscalingSignals
 from switchyard.server.config import SwitchyardConfig
 from switchyard.server.gateway_core import GatewayCore
 from switchyard.server.grpc_ingress import create_grpc_server
-from switchyard.server.metrics import FeatureStatsCollector, ServerMetrics
+from switchyard.server.metrics import FeatureStatsCollector, FeatureStatsCounters, ServerMetrics
 from switchyard.server.repository import ModelRepository
+from switchyard.server.rest_ingress import Receive, RestApp, Scope, Send
 
 log = logging.getLogger(__name__)
 
 
-class _EmbeddedUvicorn(uvicorn.Server):
+class EmbeddedUvicorn(uvicorn.Server):
     """uvicorn inside our loop: signals are the host's to handle, not uvicorn's."""
 
     @contextlib.contextmanager
@@ -34,59 +37,109 @@ class _EmbeddedUvicorn(uvicorn.Server):
         yield
 
 
-def _bind(host: str, port: int) -> socket.socket:
-    """A listening TCP socket; binding here (not in uvicorn) makes a taken port an error."""
+def bind_socket(
+    host: str, port: int, *, share_port: bool = False, listen: bool = True
+) -> socket.socket:
+    """A listening TCP socket; binding here (not in uvicorn) makes a taken port an error.
+    `share_port`: SO_REUSEPORT, so that every worker process listens on the port and the
+    kernel spreads new connections over them; `listen=False` only holds the port."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    if share_port:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
     try:
         sock.bind((host, port))
     except OSError as exc:
         sock.close()
         raise OSError(f"cannot bind {host}:{port}: {exc.strerror}") from None
-    sock.listen(2048)
+    if listen:
+        sock.listen(2048)
     sock.setblocking(False)
     return sock
 
 
-class StandaloneServer:
-    """Owns every part of one gateway process and starts and stops them in order."""
+WORKER_HEADER = "x-switchyard-worker"
 
-    def __init__(self, config: SwitchyardConfig, config_path: Path | None = None) -> None:
+
+class _WorkerHeader:
+    """Names the worker process that answered each REST response (x-switchyard-worker)."""
+
+    def __init__(self, app: RestApp, worker: int) -> None:
+        self._app = app
+        self._header = (WORKER_HEADER.encode(), str(worker).encode())
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        async def send_with_header(message: dict[str, Any]) -> None:
+            if message["type"] == "http.response.start":
+                message = {**message, "headers": [*message.get("headers", []), self._header]}
+            await send(message)
+
+        await self._app(scope, receive, send_with_header)
+
+
+class StandaloneServer:
+    """Owns every part of one gateway process and starts and stops them in order.
+
+    `worker`: this process is worker N of a supervisor (server/workers.py): it shares the
+    gRPC and REST ports with the other workers, names itself in an x-switchyard-worker
+    header and serves no metrics port (the supervisor serves everyone's)."""
+
+    def __init__(
+        self,
+        config: SwitchyardConfig,
+        config_path: Path | None = None,
+        *,
+        worker: int | None = None,
+    ) -> None:
         self.config = config
+        self.worker = worker
         self.metrics = ServerMetrics()
         self.core = GatewayCore(
             config, config_path, self.metrics, ModelRepository(config.models, self.metrics)
         )
-        self.metrics.registry.register(FeatureStatsCollector(self.core.feature_store.stats))
+        self._feature_counters: FeatureStatsCounters | None = None
+        if worker is None:
+            self.metrics.registry.register(FeatureStatsCollector(self.core.feature_store.stats))
+        else:
+            stats = self.core.feature_store.stats
+            self._feature_counters = FeatureStatsCounters(stats, self.metrics.registry)
+        self._feature_task: asyncio.Task[None] | None = None
         self._signals = AutoscalingSignals(self.metrics.registry)
         self._signal_task: asyncio.Task[None] | None = None
         self._grpc_server: grpc.aio.Server | None = None
-        self._http_servers: list[_EmbeddedUvicorn] = []
+        self._http_servers: list[EmbeddedUvicorn] = []
         self._http_tasks: list[asyncio.Task[None]] = []
         self.http_port = self.grpc_port = self.metrics_port = 0
 
     async def start(self) -> None:
         settings = self.config.server
         await self.core.start()
+        shared = self.worker is not None
         self._grpc_server, self.grpc_port = create_grpc_server(
             self.core.oip_servicer(),
             settings.host,
             settings.grpc_port,
             settings.max_request_size_bytes,
             settings.max_concurrent_rpcs,
+            share_port=shared,
         )
         add_RecommenderServicer_to_server(self.core.recommend_servicer(), self._grpc_server)
-        http_socket = _bind(settings.host, settings.http_port)
-        metrics_socket = _bind(settings.host, settings.metrics_port)
+        http_socket = bind_socket(settings.host, settings.http_port, share_port=shared)
         self.http_port = http_socket.getsockname()[1]
-        self.metrics_port = metrics_socket.getsockname()[1]
+        apps: list[tuple[Callable[..., object], socket.socket]]
+        if self.worker is None:
+            metrics_socket = bind_socket(settings.host, settings.metrics_port)
+            self.metrics_port = metrics_socket.getsockname()[1]
+            apps = [
+                (self.core.rest_app(), http_socket),
+                (make_asgi_app(self.metrics.registry), metrics_socket),
+            ]
+        else:
+            apps = [(_WorkerHeader(self.core.rest_app(), self.worker), http_socket)]
         await self._grpc_server.start()
-        for app, sock in (
-            (self.core.rest_app(), http_socket),
-            (make_asgi_app(self.metrics.registry), metrics_socket),
-        ):
-            server = _EmbeddedUvicorn(
+        for app, sock in apps:
+            server = EmbeddedUvicorn(
                 uvicorn.Config(
                     app,
                     http="httptools",
@@ -105,11 +158,26 @@ class StandaloneServer:
                 raise RuntimeError("an HTTP server stopped during start-up")
             await asyncio.sleep(0.01)
         self._signal_task = asyncio.create_task(self._export_autoscaling_signal_forever())
-        log.info(
-            "switchyard ready: REST on %s:%d, gRPC on %s:%d, metrics on %s:%d",
-            settings.host, self.http_port, settings.host, self.grpc_port,
-            settings.host, self.metrics_port,
-        )  # fmt: skip
+        if self.worker is None:
+            log.info(
+                "switchyard ready: REST on %s:%d, gRPC on %s:%d, metrics on %s:%d",
+                settings.host, self.http_port, settings.host, self.grpc_port,
+                settings.host, self.metrics_port,
+            )  # fmt: skip
+        else:
+            self._feature_task = asyncio.create_task(self._sync_feature_counters_forever())
+            log.info(
+                "worker %d ready (pid %d): REST on %s:%d, gRPC on %s:%d",
+                self.worker, os.getpid(), settings.host, self.http_port,
+                settings.host, self.grpc_port,
+            )  # fmt: skip
+
+    async def _sync_feature_counters_forever(self) -> None:
+        """A worker's feature store counters reach its metrics files once a second."""
+        assert self._feature_counters is not None
+        while True:
+            await asyncio.sleep(1.0)
+            self._feature_counters.sync()
 
     async def _export_autoscaling_signal_forever(self) -> None:
         """This pod's share of the replicas each autoscaled model version needs, for an HPA
@@ -132,26 +200,37 @@ class StandaloneServer:
     async def stop(self) -> None:
         """Stop taking requests, let in-flight ones finish within the grace period, release."""
         self.core.inference.set_ready(False)
-        if self._signal_task is not None:
-            self._signal_task.cancel()
-            await asyncio.gather(self._signal_task, return_exceptions=True)
+        for task in (self._signal_task, self._feature_task):
+            if task is not None:
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
         if self._grpc_server is not None:
             await self._grpc_server.stop(self.config.server.shutdown_grace_s)
         for server in self._http_servers:
             server.should_exit = True
         await asyncio.gather(*self._http_tasks, return_exceptions=True)
         await self.core.stop()
+        if self._feature_counters is not None:
+            self._feature_counters.sync()
         log.info("switchyard stopped")
 
 
-async def serve_until_signalled(config: SwitchyardConfig, config_path: Path | None) -> None:
-    server = StandaloneServer(config, config_path)
+async def serve_until_signalled(
+    config: SwitchyardConfig,
+    config_path: Path | None,
+    *,
+    worker: int | None = None,
+    on_ready: Callable[[], None] | None = None,
+) -> None:
+    server = StandaloneServer(config, config_path, worker=worker)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     try:
         await server.start()
+        if on_ready is not None:
+            on_ready()
         await stop.wait()
         log.info("signal received, shutting down")
     finally:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -28,16 +29,29 @@ def _serve(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(f"switchyard: {exc}", file=sys.stderr)
         return 2
+    worker = os.environ.get("SWITCHYARD_WORKER_INDEX")  # set by the supervisor (workers.py)
     logging.basicConfig(
         level=config.server.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+        if worker is None
+        else f"%(asctime)s %(levelname)s [worker {worker}] %(name)s: %(message)s",
     )
     if args.engine == "ray":
+        if config.server.workers != 1:
+            print("switchyard: server.workers is for the standalone engine", file=sys.stderr)
+            return 2
         return serve_on_ray(config, config_path)
     from switchyard.server.app import run_standalone
 
     try:
-        run_standalone(config, config_path)
+        if worker is None and config.server.workers == 1:
+            run_standalone(config, config_path)  # one process: no supervisor at all
+            return 0
+        from switchyard.server.workers import run_supervisor, run_worker
+
+        if worker is None:
+            return run_supervisor(config, config_path)
+        run_worker(config, config_path, int(worker))
     except (ModelLoadError, InvalidArgument, OSError) as exc:  # InvalidArgument: feature files
         print(f"switchyard: {exc}", file=sys.stderr)
         return 1

@@ -20,7 +20,13 @@ from pydantic import Field, PrivateAttr, ValidationError, model_validator
 
 from switchyard.demo.paths import DEMO_CONFIG_PATH, config_base_dir
 from switchyard.router.table import RoutingTable
-from switchyard.server.config_base import ConfigError, StrictModel, error_lines, raise_errors
+from switchyard.server.config_base import (
+    ConfigError,
+    StrictModel,
+    error_details,
+    error_lines,
+    raise_errors,
+)
 from switchyard.server.config_sections import (
     AdminSettings,
     ControlSettings,
@@ -95,6 +101,25 @@ class SwitchyardConfig(StrictModel):
         raise_errors("endpoints", errors)
         if table is not None:
             self._routing_table = table
+        return self
+
+    @model_validator(mode="after")
+    def _one_routing_state_across_workers(self) -> SwitchyardConfig:
+        # Each worker process would own its own memory store: weights set through one worker
+        # and rollouts judged by each would disagree. Redis makes every worker a replica.
+        # "auto" is refused too, so that a config's validity does not depend on the machine.
+        if self.server.workers != 1 and self.control.store == "memory":
+            raise_errors(
+                "control",
+                [
+                    error_details(
+                        ("control", "store"),
+                        f"server.workers: {self.server.workers} needs `control.store: redis` "
+                        "(each worker process would keep its own memory store)",
+                        self.control.store,
+                    )
+                ],
+            )
         return self
 
 

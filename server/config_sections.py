@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import Field
+from pydantic import BeforeValidator, Field
 
 from switchyard.server.config_base import StrictModel
 
@@ -18,6 +19,18 @@ def resolve_path(text: str, base_dir: Path) -> str:
     """A FilePath as written (`~` expanded), made absolute against base_dir when relative."""
     path = Path(text).expanduser()
     return str(path if path.is_absolute() else base_dir / path)
+
+
+def _worker_count_or_auto(value: Any) -> Any:
+    # One message instead of one per member of the union (int, "auto").
+    if value == "auto" or (isinstance(value, int) and not isinstance(value, bool) and value >= 1):
+        return value
+    raise ValueError("must be an integer >= 1 or auto")
+
+
+Workers = Annotated[
+    Annotated[int, Field(ge=1)] | Literal["auto"], BeforeValidator(_worker_count_or_auto)
+]
 
 
 class ServerSettings(StrictModel):
@@ -52,6 +65,19 @@ class ServerSettings(StrictModel):
         gt=0,
         description="Seconds between exports of the autoscaling signal of autoscaled models.",
     )
+    workers: Workers = Field(
+        default=1,
+        description="Gateway processes sharing the gRPC and REST ports (SO_REUSEPORT) under "
+        "one supervisor; auto: one per usable core. More than 1 needs `control.store: redis`.",
+    )
+
+    def worker_count(self) -> int:
+        """`workers` as a number: auto is the cores this process may run on."""
+        if self.workers != "auto":
+            return self.workers
+        if hasattr(os, "sched_getaffinity"):
+            return len(os.sched_getaffinity(0)) or 1
+        return os.cpu_count() or 1
 
 
 class RoutingSettings(StrictModel):

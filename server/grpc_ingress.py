@@ -247,15 +247,19 @@ def create_grpc_server(
     port: int,
     max_message_bytes: int,
     max_concurrent_rpcs: int,
+    *,
+    share_port: bool = False,
 ) -> tuple[grpc.aio.Server, int]:
-    """A grpc.aio server bound to host:port; returns it and the port actually bound."""
+    """A grpc.aio server bound to host:port; returns it and the port actually bound.
+    `share_port`: SO_REUSEPORT, for worker processes that all listen on one port."""
     server = grpc.aio.server(
         maximum_concurrent_rpcs=max_concurrent_rpcs,
         options=[
             ("grpc.max_receive_message_length", max_message_bytes),
             ("grpc.max_send_message_length", max_message_bytes),
-            # Fail loudly when the port is taken instead of sharing it with another process.
-            ("grpc.so_reuseport", 0),
+            # Fail loudly when the port is taken instead of sharing it with another process
+            # (workers share it on purpose; their supervisor checked that it was free).
+            ("grpc.so_reuseport", int(share_port)),
         ],
     )
     pb_grpc.add_GRPCInferenceServiceServicer_to_server(servicer, server)

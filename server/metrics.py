@@ -1,4 +1,11 @@
-"""Prometheus metrics of the serving path, on their own registry (one per server)."""
+"""Prometheus metrics of the serving path, on their own registry (one per server).
+
+With `server.workers` > 1 every worker writes its metrics to prometheus_client's multiprocess
+files and the supervisor's metrics port adds them up (server/workers.py). Each gauge's
+`multiprocess_mode` says how its workers' values combine (ignored with one process): live
+counts add up (livesum); states show the worst worker (livemax; livemin for "up" and the
+table version, so a lagging worker shows).
+"""
 
 from __future__ import annotations
 
@@ -64,6 +71,7 @@ class ServerMetrics:
             "Inference requests being served now.",
             ["protocol"],
             registry=self.registry,
+            multiprocess_mode="livesum",
         )
 
         model_labels = ["model", "version"]
@@ -100,6 +108,7 @@ class ServerMetrics:
             "Requests waiting in the batcher's queue.",
             model_labels,
             registry=self.registry,
+            multiprocess_mode="livesum",
         )
         self.refused = Counter(
             "switchyard_refused_requests",
@@ -112,6 +121,7 @@ class ServerMetrics:
             "Circuit breaker of a remote runtime: 0 closed, 1 half-open, 2 open.",
             model_labels,
             registry=self.registry,
+            multiprocess_mode="livemax",
         )
         self.routing = RoutingMetrics(self.registry)
         # labels() hashes and locks on every call: the serving path looks children up here.
@@ -238,6 +248,7 @@ class RoutingMetrics:
             "The canary's share of an endpoint's traffic under its rollout, in percent.",
             ["endpoint"],
             registry=registry,
+            multiprocess_mode="livemax",
         )
         self.table_changes = Counter(
             "switchyard_routing_table_changes",
@@ -249,17 +260,20 @@ class RoutingMetrics:
             "switchyard_routing_table_version",
             "The control store's version this replica's routing table is at.",
             registry=registry,
+            multiprocess_mode="livemin",
         )
         self.override_in_force = Gauge(
             "switchyard_routing_override_in_force",
             "1 where weights set while serving (admin, rollout) replace the file's.",
             ["endpoint"],
             registry=registry,
+            multiprocess_mode="livemax",
         )
         self.store_up = Gauge(
             "switchyard_control_store_up",
             "1 while the control store answers; 0: serving the last state read from it.",
             registry=registry,
+            multiprocess_mode="livemin",
         )
         self.store_errors = Counter(
             "switchyard_control_store_errors",
@@ -272,6 +286,7 @@ class RoutingMetrics:
             "1 on the replica holding the lease to judge rollouts.",
             ["replica"],
             registry=registry,
+            multiprocess_mode="livesum",
         )
         self.config_reloads = Counter(
             "switchyard_config_reloads",
@@ -295,3 +310,27 @@ class FeatureStatsCollector(Collector):
                 f"Online feature store: {item.name.replace('_', ' ')}.",
                 value=getattr(self._stats, item.name),
             )
+
+
+class FeatureStatsCounters:
+    """FeatureStatsCollector's counters as plain Counters, for worker processes: a collector
+    runs in the process scraped, and a worker is never scraped (its supervisor reads the
+    multiprocess files), so a worker adds what its store counted since the last `sync`."""
+
+    def __init__(self, stats: FeatureStats, registry: CollectorRegistry) -> None:
+        self._stats = stats
+        self._exported = FeatureStats()
+        self._counters = {
+            item.name: Counter(
+                f"switchyard_features_{item.name}",
+                f"Online feature store: {item.name.replace('_', ' ')}.",
+                registry=registry,
+            )
+            for item in dataclasses.fields(stats)
+        }
+
+    def sync(self) -> None:
+        for name, counter in self._counters.items():
+            value = getattr(self._stats, name)
+            counter.inc(value - getattr(self._exported, name))
+            setattr(self._exported, name, value)

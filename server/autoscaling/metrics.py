@@ -40,24 +40,29 @@ LABELS = ("deployment", "variant")
 
 
 class AutoscalingSignals:
+    # Across worker processes (server.workers > 1): the pod needs what its workers need
+    # together (livesum), and its latency is its slowest worker's (livemax).
     def __init__(self, registry: CollectorRegistry) -> None:
         self.latency_ratio = Gauge(
             "switchyard_autoscaling_latency_ratio",
             "Observed latency percentile over its target (1 is on target; 0 without traffic).",
             LABELS,
             registry=registry,
+            multiprocess_mode="livemax",
         )
         self.replicas_needed = Gauge(
             "switchyard_autoscaling_replicas_needed",
             "Replicas that hold the latency target at the load seen, unrounded.",
             LABELS,
             registry=registry,
+            multiprocess_mode="livesum",
         )
         self.desired_replicas = Gauge(
             "switchyard_autoscaling_desired_replicas",
             "Replicas the latency policy decided on.",
             LABELS,
             registry=registry,
+            multiprocess_mode="livemax",
         )
 
     def export(
