@@ -24,6 +24,7 @@ from switchyard.server.config_base import ConfigError, StrictModel, error_lines,
 from switchyard.server.config_sections import (
     AdminSettings,
     ControlSettings,
+    RayHostSettings,
     RecommendSettings,
     RoutingSettings,
     ServerSettings,
@@ -43,6 +44,7 @@ __all__ = [
     "ControlSettings",
     "ModelConfig",
     "ModelVersionConfig",
+    "RayHostSettings",
     "RecommendSettings",
     "RoutingSettings",
     "ServerSettings",
@@ -80,6 +82,9 @@ class SwitchyardConfig(StrictModel):
     )
     recommend: RecommendSettings = Field(
         default_factory=RecommendSettings, description="The Recommend API."
+    )
+    ray: RayHostSettings = Field(
+        default_factory=RayHostSettings, description="The Ray host's ingress deployment."
     )
 
     # The endpoints compiled into the router's immutable table, once, at validation.

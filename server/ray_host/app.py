@@ -1,7 +1,8 @@
 """The Serve application of a config file: run on a local Ray, or rendered for `serve deploy`.
 
-One application: the ingress deployment (`ingress`), bound to one variant deployment per
-model version (`<model>:<version>`), whose handles it receives in its constructor.
+One application: the ingress deployment (`ingress`), which runs the co-located models
+(`ray.placement: ingress`) itself, bound to one variant deployment per version of every
+other model (`<model>:<version>`), whose handles it receives in its constructor.
 
 Every Ray worker must import our packages (server, router, runtimes, protos) under their own
 names: Serve's gRPC proxy pickles each request message to hand it to the ingress, the
@@ -28,6 +29,7 @@ from switchyard.server.ray_host.deployments import (
     APP_NAME,
     GRPC_SERVICER_FUNCTIONS,
     INGRESS_NAME,
+    deployed_models,
     ingress_options,
     variant_name,
     variant_options,
@@ -47,13 +49,13 @@ def build_app(config: SwitchyardConfig, config_path: Path | None = None) -> Appl
     # works the same, but is typed as returning the decorator).
     variant = serve.deployment()(VariantReplica)
     variants = {}
-    for model in config.models:
+    for model in deployed_models(config):
         options = variant_options(model)
         for version in model.versions:
             name = variant_name(model.name, version.version)
             variants[name] = variant.options(name=name, **options).bind(model, version.version)
     ingress = serve.deployment()(serve.ingress()(IngressReplica))
-    return ingress.options(name=INGRESS_NAME, **ingress_options()).bind(
+    return ingress.options(name=INGRESS_NAME, **ingress_options(config)).bind(
         config, variants, None if config_path is None else str(config_path)
     )
 
@@ -109,8 +111,8 @@ def run_on_local_ray(config: SwitchyardConfig, config_path: Path | None = None) 
 
 def serve_config(config: SwitchyardConfig, config_path: Path) -> dict[str, Any]:
     """The Serve config (ServeDeploySchema) that deploys what build_app builds."""
-    deployments = [{"name": INGRESS_NAME, **ingress_options()}]
-    for model in config.models:
+    deployments = [{"name": INGRESS_NAME, **ingress_options(config)}]
+    for model in deployed_models(config):
         options = variant_options(model)
         for version in model.versions:
             deployments.append({"name": variant_name(model.name, version.version), **options})

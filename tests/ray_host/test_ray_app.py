@@ -1,5 +1,6 @@
-"""The Ray Serve host on a real local Ray: the same answers as the standalone host over
-Serve's gRPC and HTTP proxies, and a slow variant that autoscales on its latency.
+"""The Ray Serve host on a real local Ray, two ingress replicas with co-located models beside
+deployed ones: the same answers as the standalone host over Serve's gRPC and HTTP proxies,
+and a slow variant that autoscales on its latency.
 
 One Ray and one Serve application for the whole module (Ray takes seconds to start), beside
 a standalone gateway serving the same config file.
@@ -29,7 +30,13 @@ from tritonclient.utils import InferenceServerException
 from loadtests.gateway_process import Gateway, free_port, start_gateway
 from switchyard.protos import recommend_pb2, recommend_pb2_grpc
 from switchyard.server.config import load_config
-from tests.ray_host.support import PAIR_MODEL, SLOW_MODEL, app_config
+from tests.ray_host.support import (
+    INGRESS_REPLICAS,
+    LOCAL_PAIR_MODEL,
+    PAIR_MODEL,
+    SLOW_MODEL,
+    app_config,
+)
 from tests.slow_model import build_slow_model
 
 ray = pytest.importorskip("ray")
@@ -226,10 +233,35 @@ def test_bad_input_gets_the_statuses_standalone_gives(ray_app: RayApp, standalon
         (("ranker", [bad_shape]), "StatusCode.INVALID_ARGUMENT", "tensor 'features': shape"),
         # Refused by the variant's batcher, in another process: its own message comes back.
         ((PAIR_MODEL, uneven), "StatusCode.INVALID_ARGUMENT", "disagree on the batch"),
+        # Refused by the co-located batcher, in the ingress replica.
+        ((LOCAL_PAIR_MODEL, uneven), "StatusCode.INVALID_ARGUMENT", "disagree on the batch"),
     ):
         status, message = grpc_error(ray_client, *args)
         assert (status, message) == grpc_error(standalone_client, *args)
         assert status == code and fragment in message and "Traceback" not in message
+
+
+def test_two_ingress_replicas_run_the_colocated_models_without_deployments(
+    ray_app: RayApp,
+) -> None:
+    deployments = serve.status().applications[APP_NAME].deployments
+    # ranker and pair_local run inside the ingress replicas: no deployment of their own.
+    assert set(deployments) == {"ingress", f"{SLOW_MODEL}:1", f"{PAIR_MODEL}:1"}
+    assert running_replicas("ingress") == INGRESS_REPLICAS
+
+
+def test_colocated_and_deployed_versions_of_one_model_answer_alike(ray_app: RayApp) -> None:
+    rng = np.random.default_rng(7)
+    a, b = (rng.standard_normal((3, 4)).astype(np.float32) for _ in range(2))
+    tensors = []
+    for name, data in (("a", a), ("b", b)):
+        tensors.append(triton_grpc.InferInput(name, [3, 4], "FP32"))
+        tensors[-1].set_data_from_numpy(data)
+    client = triton_grpc.InferenceServerClient(ray_app.grpc_url)
+    # Several calls each: Serve's proxy spreads them over both ingress replicas.
+    for _ in range(8):
+        for model in (LOCAL_PAIR_MODEL, PAIR_MODEL):
+            np.testing.assert_array_equal(client.infer(model, tensors).as_numpy("z"), a + b)
 
 
 def running_replicas(deployment: str) -> int:
