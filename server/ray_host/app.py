@@ -16,6 +16,8 @@ from __future__ import annotations
 import logging
 import signal
 import threading
+import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +32,7 @@ from switchyard.server.ray_host.deployments import (
     GRPC_SERVICER_FUNCTIONS,
     INGRESS_NAME,
     deployed_models,
+    fast_path_env,
     ingress_options,
     variant_name,
     variant_options,
@@ -41,6 +44,18 @@ log = logging.getLogger(__name__)
 
 BUILDER_IMPORT_PATH = f"{__name__}:app_builder"
 CONFIG_PATH_ARG = "config_path"
+# The controller publishes the replicas' direct-ingress ports shortly after they run.
+TARGETS_TIMEOUT_S = 10.0
+
+
+@dataclass(frozen=True, slots=True)
+class IngressEndpoint:
+    """Where clients reach one ingress replica directly (Serve's direct ingress)."""
+
+    protocol: str  # "HTTP" or "gRPC"
+    host: str
+    port: int
+    replica: str
 
 
 def build_app(config: SwitchyardConfig, config_path: Path | None = None) -> Application:
@@ -77,9 +92,42 @@ def _grpc_options(settings: ServerSettings) -> dict[str, Any]:
     return {"port": settings.grpc_port, "grpc_servicer_functions": list(GRPC_SERVICER_FUNCTIONS)}
 
 
-def start_on_local_ray(config: SwitchyardConfig, config_path: Path | None = None) -> None:
+def _direct_ingress_endpoints() -> list[IngressEndpoint]:
+    # Serve's instance details (the dashboard's /api/serve/applications/) list target groups:
+    # the replicas' own ports under direct ingress, else the proxies (config ports).
+    details = serve.context._get_global_client().get_serve_details()
+    proxies = {(p["node_ip"], p["actor_id"]) for p in details.get("proxies", {}).values()}
+    endpoints = []
+    for group in details.get("target_groups", []):
+        if group.get("app_name") != APP_NAME:
+            continue
+        for target in group["targets"]:
+            if (target["ip"], target["instance_id"]) in proxies or "proxy" in target["name"]:
+                continue
+            endpoints.append(
+                IngressEndpoint(group["protocol"], target["ip"], target["port"], target["name"])
+            )
+    return sorted(endpoints, key=lambda e: (e.protocol, e.port))
+
+
+def ingress_endpoints(replicas: int, timeout_s: float = TARGETS_TIMEOUT_S) -> list[IngressEndpoint]:
+    """The ingress replicas' direct-ingress ports (empty without direct ingress), once the
+    controller lists `replicas` of them per protocol, or what it lists after `timeout_s`."""
+    deadline_s = time.monotonic() + timeout_s
+    while True:
+        endpoints = _direct_ingress_endpoints()
+        per_protocol = [sum(e.protocol == p for e in endpoints) for p in {"HTTP", "gRPC"}]
+        if min(per_protocol) >= replicas or time.monotonic() > deadline_s:
+            return endpoints
+        time.sleep(0.2)
+
+
+def start_on_local_ray(
+    config: SwitchyardConfig, config_path: Path | None = None
+) -> list[IngressEndpoint]:
     """Deploy on the Ray this process is connected to, or on a local one started here, with
-    Serve's proxies on the config's HTTP and gRPC ports; returns once the app is running."""
+    Serve's proxies on the config's HTTP and gRPC ports; returns once the app is running,
+    with the ports of the ingress replicas themselves under Serve's direct ingress."""
     if not ray.is_initialized():
         ray.init()
     settings = config.server
@@ -89,6 +137,15 @@ def start_on_local_ray(config: SwitchyardConfig, config_path: Path | None = None
         "switchyard on Ray Serve: REST on %s:%d, gRPC on port %d",
         settings.host, settings.http_port, settings.grpc_port,
     )  # fmt: skip
+    endpoints = (
+        ingress_endpoints(config.ray.ingress_replicas) if fast_path_env(config, local=True) else []
+    )
+    for endpoint in endpoints:
+        log.info(
+            "ingress replica %s: %s on %s:%d",
+            endpoint.replica, endpoint.protocol, endpoint.host, endpoint.port,
+        )  # fmt: skip
+    return endpoints
 
 
 def run_on_local_ray(config: SwitchyardConfig, config_path: Path | None = None) -> None:
@@ -116,18 +173,21 @@ def serve_config(config: SwitchyardConfig, config_path: Path) -> dict[str, Any]:
         options = variant_options(model)
         for version in model.versions:
             deployments.append({"name": variant_name(model.name, version.version), **options})
+    application: dict[str, Any] = {
+        "name": APP_NAME,
+        "route_prefix": "/",
+        "import_path": BUILDER_IMPORT_PATH,
+        "args": {CONFIG_PATH_ARG: str(config_path.resolve())},
+    }
+    env_vars = fast_path_env(config, local=False)
+    if env_vars:
+        # The replicas' side of the fast path; the controller's needs the same variables in
+        # the cluster's own environment (render_serve_config's header says so).
+        application["runtime_env"] = {"env_vars": env_vars}
     return {
         "http_options": _http_options(config.server),
         "grpc_options": _grpc_options(config.server),
-        "applications": [
-            {
-                "name": APP_NAME,
-                "route_prefix": "/",
-                "import_path": BUILDER_IMPORT_PATH,
-                "args": {CONFIG_PATH_ARG: str(config_path.resolve())},
-                "deployments": deployments,
-            }
-        ],
+        "applications": [{**application, "deployments": deployments}],
     }
 
 
@@ -139,4 +199,12 @@ def render_serve_config(config: SwitchyardConfig, config_path: Path) -> str:
         "# config file (and the model files it names) at the paths below; the options here\n"
         "# win over the config file's, so edit them here (ray_actor_options, num_replicas).\n"
     )
+    if fast_path_env(config, local=False):
+        header += (
+            "# Serve's fast path (RAY_SERVE_THROUGHPUT_OPTIMIZED=1, direct ingress) is read by\n"
+            "# every Ray process, the Serve controller included: set it in the environment of\n"
+            "# every Ray container (KubeRay: the pods' env), not only in runtime_env below.\n"
+            "# Clients then reach the ingress replicas on their own ports (HTTP 30000-31000,\n"
+            "# gRPC 40000-41000): on Kubernetes through a Service over the ingress pods.\n"
+        )
     return header + yaml.safe_dump(serve_config(config, config_path), sort_keys=False)
