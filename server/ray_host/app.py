@@ -92,30 +92,51 @@ def _grpc_options(settings: ServerSettings) -> dict[str, Any]:
     return {"port": settings.grpc_port, "grpc_servicer_functions": list(GRPC_SERVICER_FUNCTIONS)}
 
 
-def _direct_ingress_endpoints() -> list[IngressEndpoint]:
-    # Serve's instance details (the dashboard's /api/serve/applications/) list target groups:
-    # the replicas' own ports under direct ingress, else the proxies (config ports).
-    details = serve.context._get_global_client().get_serve_details()
-    proxies = {(p["node_ip"], p["actor_id"]) for p in details.get("proxies", {}).values()}
-    endpoints = []
-    for group in details.get("target_groups", []):
-        if group.get("app_name") != APP_NAME:
-            continue
-        for target in group["targets"]:
-            if (target["ip"], target["instance_id"]) in proxies or "proxy" in target["name"]:
-                continue
-            endpoints.append(
-                IngressEndpoint(group["protocol"], target["ip"], target["port"], target["name"])
+def _protocol_name(protocol: Any) -> str:
+    # Serve's RequestProtocol is a str Enum ("HTTP", "gRPC"), or its value once serialised.
+    return str(getattr(protocol, "value", protocol))
+
+
+WILDCARD_HOSTS = frozenset({"0.0.0.0", "::", ""})
+
+
+def _reachable_host(protocol: str, node_ip: str, http_host: str) -> str:
+    # A replica's HTTP server listens on the config's host (Serve's HTTPOptions.host), its
+    # gRPC server on every interface; Serve lists the node's IP for both.
+    if protocol == "HTTP" and http_host not in WILDCARD_HOSTS:
+        return http_host
+    return node_ip
+
+
+def _direct_ingress_endpoints(http_host: str) -> list[IngressEndpoint]:
+    # Serve's instance details list target groups: under direct ingress, an application's
+    # are its ingress replicas' own ports; the proxies' (the config's ports) have no app_name.
+    client = serve.context._get_global_client()
+    if client is None:  # not connected to Serve: nothing to list
+        return []
+    details = client.get_serve_details()
+    return sorted(
+        (
+            IngressEndpoint(
+                protocol, _reachable_host(protocol, t["ip"], http_host), t["port"], t["name"]
             )
-    return sorted(endpoints, key=lambda e: (e.protocol, e.port))
+            for group in details.get("target_groups", [])
+            if group.get("app_name") == APP_NAME
+            for protocol in [_protocol_name(group["protocol"])]
+            for t in group["targets"]
+        ),
+        key=lambda e: (e.protocol, e.port),
+    )
 
 
-def ingress_endpoints(replicas: int, timeout_s: float = TARGETS_TIMEOUT_S) -> list[IngressEndpoint]:
+def ingress_endpoints(
+    replicas: int, http_host: str, timeout_s: float = TARGETS_TIMEOUT_S
+) -> list[IngressEndpoint]:
     """The ingress replicas' direct-ingress ports (empty without direct ingress), once the
     controller lists `replicas` of them per protocol, or what it lists after `timeout_s`."""
     deadline_s = time.monotonic() + timeout_s
     while True:
-        endpoints = _direct_ingress_endpoints()
+        endpoints = _direct_ingress_endpoints(http_host)
         per_protocol = [sum(e.protocol == p for e in endpoints) for p in {"HTTP", "gRPC"}]
         if min(per_protocol) >= replicas or time.monotonic() > deadline_s:
             return endpoints
@@ -137,9 +158,11 @@ def start_on_local_ray(
         "switchyard on Ray Serve: REST on %s:%d, gRPC on port %d",
         settings.host, settings.http_port, settings.grpc_port,
     )  # fmt: skip
-    endpoints = (
-        ingress_endpoints(config.ray.ingress_replicas) if fast_path_env(config, local=True) else []
-    )
+    if not fast_path_env(config, local=True):
+        return []
+    options = ingress_options(config)
+    replicas = options.get("num_replicas") or options["autoscaling_config"]["min_replicas"]
+    endpoints = ingress_endpoints(replicas, settings.host)
     for endpoint in endpoints:
         log.info(
             "ingress replica %s: %s on %s:%d",

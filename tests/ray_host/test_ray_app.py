@@ -41,8 +41,8 @@ from tests.slow_model import build_slow_model
 
 ray = pytest.importorskip("ray")
 serve = pytest.importorskip("ray.serve")
-from switchyard.server.ray_host.app import start_on_local_ray  # noqa: E402
-from switchyard.server.ray_host.deployments import APP_NAME  # noqa: E402
+from switchyard.server.ray_host.app import IngressEndpoint, start_on_local_ray  # noqa: E402
+from switchyard.server.ray_host.deployments import APP_NAME, fast_path_env  # noqa: E402
 
 # Our config sets metrics_interval_s, which Ray 2.60 still reads but has deprecated.
 pytestmark = pytest.mark.filterwarnings("ignore:The `metrics_interval_s`:DeprecationWarning")
@@ -52,8 +52,12 @@ ITEMS = [f"i{n}" for n in range(0, 200, 7)]
 
 @dataclass(frozen=True)
 class RayApp:
-    http_port: int
+    http_port: int  # Serve's proxies
     grpc_port: int
+    endpoints: tuple[IngressEndpoint, ...] = ()  # the ingress replicas' own (direct ingress)
+
+    def replica_urls(self, protocol: str) -> list[str]:
+        return [f"{e.host}:{e.port}" for e in self.endpoints if e.protocol == protocol]
 
     @property
     def http_url(self) -> str:
@@ -72,18 +76,23 @@ def config(demo_model_path: Path, tmp_path_factory: pytest.TempPathFactory) -> d
 
 @pytest.fixture(scope="module")
 def ray_app(config: dict[str, Any], tmp_path_factory: pytest.TempPathFactory) -> Iterator[RayApp]:
-    app = RayApp(http_port=free_port(), grpc_port=free_port())
-    server = {"host": "127.0.0.1", "http_port": app.http_port, "grpc_port": app.grpc_port}
+    http_port, grpc_port = free_port(), free_port()
+    server = {"host": "127.0.0.1", "http_port": http_port, "grpc_port": grpc_port}
     path = tmp_path_factory.mktemp("ray") / "switchyard.yaml"
     path.write_text(yaml.safe_dump({**config, "server": server}))
-    # Logical CPUs: replicas reserve CPUs, and this machine may have only 2.
-    ray.init(num_cpus=8, include_dashboard=False, log_to_driver=False)
-    try:
-        start_on_local_ray(load_config(path), path)
-        yield app
-    finally:
-        serve.shutdown()
-        ray.shutdown()
+    loaded = load_config(path)
+    with pytest.MonkeyPatch.context() as env:
+        # Serve's fast path, as `switchyard serve --engine ray` sets it before Ray starts.
+        for name, value in fast_path_env(loaded, local=True).items():
+            env.setenv(name, value)
+        # Logical CPUs: replicas reserve CPUs, and this machine may have only 2.
+        ray.init(num_cpus=8, include_dashboard=False, log_to_driver=False)
+        try:
+            endpoints = start_on_local_ray(loaded, path)
+            yield RayApp(http_port, grpc_port, tuple(endpoints))
+        finally:
+            serve.shutdown()
+            ray.shutdown()
 
 
 @pytest.fixture(scope="module")
@@ -248,6 +257,32 @@ def test_two_ingress_replicas_run_the_colocated_models_without_deployments(
     # ranker and pair_local run inside the ingress replicas: no deployment of their own.
     assert set(deployments) == {"ingress", f"{SLOW_MODEL}:1", f"{PAIR_MODEL}:1"}
     assert running_replicas("ingress") == INGRESS_REPLICAS
+
+
+def test_each_ingress_replica_answers_as_standalone_on_its_own_ports(
+    ray_app: RayApp,
+    standalone: Gateway,
+    direct_session: ort.InferenceSession,
+    features: np.ndarray,
+) -> None:
+    grpc_urls, http_urls = ray_app.replica_urls("gRPC"), ray_app.replica_urls("HTTP")
+    assert len(grpc_urls) == len(http_urls) == INGRESS_REPLICAS, ray_app.endpoints
+    (score,) = direct_session.run(["score"], {"features": features})
+    (standalone_client,) = grpc_clients(standalone.grpc_url)
+    bad_shape = triton_grpc.InferInput("features", [2, 15], "FP32")
+    bad_shape.set_data_from_numpy(np.zeros((2, 15), np.float32))
+    for client in grpc_clients(*grpc_urls):
+        result = client.infer("ranker", [features_input(features)])
+        np.testing.assert_array_equal(result.as_numpy("score"), score)
+        assert client.get_model_metadata("recs", as_json=True) == (
+            standalone_client.get_model_metadata("recs", as_json=True)
+        )
+        for args in (("nope", [bad_shape]), ("ranker", [bad_shape])):
+            assert grpc_error(client, *args) == grpc_error(standalone_client, *args)
+    for url in http_urls:
+        rest = triton_http.InferenceServerClient(url)
+        result = rest.infer("ranker", [features_input(features, triton_http)])
+        np.testing.assert_array_equal(result.as_numpy("score"), score)
 
 
 def test_colocated_and_deployed_versions_of_one_model_answer_alike(ray_app: RayApp) -> None:

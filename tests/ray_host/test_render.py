@@ -30,6 +30,7 @@ from switchyard.server.ray_host.app import app_builder, render_serve_config, ser
 from switchyard.server.ray_host.deployments import (
     INGRESS_MAX_ONGOING_REQUESTS,
     deployed_models,
+    fast_path_env,
     ingress_options,
     ingress_policy_model,
 )
@@ -63,6 +64,8 @@ def test_rendered_serve_config_deploys_the_app_with_the_latency_policy(config_pa
     (app,) = document["applications"]
     assert app["import_path"] == "switchyard.server.ray_host.app:app_builder"
     assert app["args"] == {"config_path": str(config_path.resolve())}
+    # Serve's fast path for the replicas; no local draining override on a cluster.
+    assert app["runtime_env"] == {"env_vars": {"RAY_SERVE_THROUGHPUT_OPTIMIZED": "1"}}
     assert (
         "switchyard.protos.open_inference_pb2_grpc.add_GRPCInferenceServiceServicer_to_server"
         in (document["grpc_options"]["grpc_servicer_functions"])
@@ -153,6 +156,19 @@ def test_a_colocated_autoscaled_model_scales_the_ingress_with_the_strictest_targ
     ServeDeploySchema.model_validate(document)
     (app,) = document["applications"]
     assert [d["name"] for d in app["deployments"]] == ["ingress", "own:1"]
+
+
+def test_fast_path_off_renders_no_serve_flags(tmp_path: Path) -> None:
+    config = parsed(tmp_path, {"models": [model_config()], "ray": {"fast_path": False}})
+    assert fast_path_env(config, local=True) == {}
+    (app,) = serve_config(config, tmp_path / "switchyard.yaml")["applications"]
+    assert "runtime_env" not in app
+    assert "RAY_SERVE_THROUGHPUT_OPTIMIZED" not in render_serve_config(config, tmp_path / "c.yaml")
+    on = parsed(tmp_path, {"models": [model_config()]})
+    assert fast_path_env(on, local=True) == {
+        "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1",
+        "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": "0",
+    }
 
 
 def test_the_ray_section_is_checked_by_key(tmp_path: Path) -> None:
