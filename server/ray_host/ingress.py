@@ -8,7 +8,9 @@ expect: their errors become statuses set on Serve's context, and the reply is th
 empty message, as Serve wants (raising instead would log each client error as a crash).
 
 REST: Serve's HTTP proxy hands ASGI requests to the app `__serve_build_asgi_app__` returns:
-the standalone RestApp, admin API and Recommend included.
+the standalone RestApp, admin API and Recommend included, and GET /metrics: the replica's
+own Switchyard metrics in Prometheus' text format (a replica has no port of its own for
+them; under direct ingress each replica's HTTP port is scrapeable on its own).
 
 Models: a ModelRepository whose co-located versions (`ray.placement: ingress`) are loaded
 here as standalone loads them (runtime and batcher in this replica: no second Serve hop),
@@ -31,6 +33,7 @@ from typing import Any, NoReturn
 
 import grpc
 from google.protobuf.message import Message
+from prometheus_client import make_asgi_app
 from ray.serve.handle import DeploymentHandle
 
 from switchyard.protos import open_inference_pb2 as pb
@@ -48,7 +51,7 @@ from switchyard.server.repository import (
     VersionLoader,
     load_model_version,
 )
-from switchyard.server.rest_ingress import RestApp
+from switchyard.server.rest_ingress import Receive, RestApp, Scope, Send
 
 log = logging.getLogger(__name__)
 
@@ -83,6 +86,23 @@ class _RayCallContext:
 
 
 Rpc = Callable[[Any, Any], Awaitable[Message]]
+METRICS_PATH = "/metrics"
+
+
+class RestWithMetrics:
+    """The REST app, with GET /metrics answered from the replica's metrics registry."""
+
+    def __init__(self, rest: RestApp, metrics: ServerMetrics) -> None:
+        self._rest = rest
+        self._metrics: Callable[[Scope, Receive, Send], Awaitable[None]] = make_asgi_app(
+            metrics.registry
+        )
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["path"] == METRICS_PATH:
+            await self._metrics(scope, receive, send)
+        else:
+            await self._rest(scope, receive, send)
 
 
 def ingress_loader(remote: VersionLoader, metrics: ServerMetrics) -> VersionLoader:
@@ -123,7 +143,8 @@ class IngressReplica:
         # Each version's signature, asked once: metadata RPCs then need no round trip.
         infos = await asyncio.gather(*(handle.info.remote() for handle in variants.values()))
         self._max_request_size_bytes = config.server.max_request_size_bytes
-        metrics = ServerMetrics()  # not exported under Ray: Serve has its own metrics
+        # This replica's requests, routing and co-located batchers; served on GET /metrics.
+        metrics = ServerMetrics()
         remote = remote_loader(variants, dict(zip(variants, infos, strict=True)))
         loader = ingress_loader(remote, metrics)
         policy_model = ingress_policy_model(config)
@@ -136,7 +157,7 @@ class IngressReplica:
         )
         self._oip = self.core.oip_servicer()
         self._recommend = self.core.recommend_servicer()
-        self._rest = self.core.rest_app()
+        self._rest = RestWithMetrics(self.core.rest_app(), metrics)
         await self.core.start()
         log.info("switchyard ingress ready: %d model versions", len(self.core.repository.models()))
 
@@ -150,7 +171,7 @@ class IngressReplica:
         ]
         return to_autoscaling_metrics(merged_stats(snapshots)) if snapshots else {}
 
-    def __serve_build_asgi_app__(self) -> RestApp:
+    def __serve_build_asgi_app__(self) -> RestWithMetrics:
         return self._rest
 
     # gRPC: Serve's proxy calls these by RPC name, passing `grpc_context` by keyword.

@@ -283,6 +283,21 @@ def test_each_ingress_replica_answers_as_standalone_on_its_own_ports(
         rest = triton_http.InferenceServerClient(url)
         result = rest.infer("ranker", [features_input(features, triton_http)])
         np.testing.assert_array_equal(result.as_numpy("score"), score)
+        # Each replica's own Switchyard metrics: its requests, and its co-located batcher's.
+        host, port = url.rsplit(":", 1)
+        connection = http.client.HTTPConnection(host, int(port), timeout=30)
+        connection.request("GET", "/metrics")
+        response = connection.getresponse()
+        assert response.status == 200
+        samples = response.read().decode().splitlines()
+        for metric, labels in (
+            ("switchyard_requests_total", ('model="ranker"', 'protocol="rest"')),
+            ("switchyard_batch_size_rows_count", ('model="ranker"', 'version="1"')),
+        ):
+            assert any(
+                line.startswith(metric + "{") and all(label in line for label in labels)
+                for line in samples
+            ), (metric, samples)
 
 
 def test_colocated_and_deployed_versions_of_one_model_answer_alike(ray_app: RayApp) -> None:
