@@ -1,7 +1,7 @@
 """The config the Ray host tests serve: the demo (ranker, endpoint, features) co-located in
-two ingress replicas, a slow model in a deployment of its own whose latency autoscaling has
-windows of seconds, so that scaling shows within a test, and a two-input model both
-co-located and deployed."""
+two ingress replicas, a slow model both in a deployment of its own and co-located, each
+autoscaled on latency with windows of seconds, so that scaling shows within a test (the
+co-located one scales the ingress), and a two-input model both co-located and deployed."""
 
 from __future__ import annotations
 
@@ -19,6 +19,18 @@ SLOW_MODEL = "slow"
 PAIR_MODEL = "pair"  # placement deployment
 LOCAL_PAIR_MODEL = "pair_local"  # the same model, co-located
 INGRESS_REPLICAS = 2
+# Co-located and autoscaled: its policy scales the ingress deployment, from 2 replicas.
+LOCAL_SLOW_MODEL = "slow_local"
+LOCAL_SLOW_AUTOSCALING = {
+    "target_latency_s": 0.03,
+    "min_replicas": INGRESS_REPLICAS,
+    "max_replicas": INGRESS_REPLICAS + 1,
+    "max_ongoing_requests": 8,
+    "upscale_stabilization_s": 1.0,
+    "downscale_stabilization_s": 2.0,
+    "scale_up_period_s": 1.0,
+    "scale_down_period_s": 1.0,
+}
 # The slow model takes about 20 ms a call on one core; four closed-loop callers keep a single
 # replica's p95 several times over the target, and without traffic the policy asks for 1.
 SLOW_AUTOSCALING = {
@@ -82,12 +94,21 @@ def app_config(demo_model_path: Path, slow_model_path: Path, workdir: Path) -> d
                 "ray": {"placement": "deployment", "num_cpus": 0.25},
             },
             {
+                "name": LOCAL_SLOW_MODEL,
+                "versions": [{"version": "1", "path": str(slow_model_path)}],
+                "runtime_options": {"intra_op_threads": 1},
+                "batching": {"max_batch_size": 0},
+                "autoscaling": LOCAL_SLOW_AUTOSCALING,
+                "ray": {**SLOW_RAY, "placement": "ingress"},
+            },
+            {
                 "name": LOCAL_PAIR_MODEL,
                 "versions": [{"version": "1", "path": str(pair_model_path)}],
             },
         ],
         "endpoints": demo["endpoints"],
         "features": features,
-        # 0.5 CPU each: the tests' Ray has 8 logical CPUs for every replica.
+        # 0.5 CPU each: the tests' Ray has 8 logical CPUs for every replica. LOCAL_SLOW_MODEL's
+        # policy scales the ingress, from INGRESS_REPLICAS: ingress_replicas does not apply.
         "ray": {"ingress_replicas": INGRESS_REPLICAS, "ingress_num_cpus": 0.5},
     }

@@ -33,6 +33,7 @@ from switchyard.server.config import load_config
 from tests.ray_host.support import (
     INGRESS_REPLICAS,
     LOCAL_PAIR_MODEL,
+    LOCAL_SLOW_MODEL,
     PAIR_MODEL,
     SLOW_MODEL,
     app_config,
@@ -334,9 +335,10 @@ def wait_for_replicas(
     raise AssertionError(f"{deployment}: {count} replicas after {timeout_s} s")
 
 
-def test_slow_variant_scales_up_under_load_and_back_down_after(ray_app: RayApp) -> None:
-    deployment = f"{SLOW_MODEL}:1"
-    assert running_replicas(deployment) == 1
+def drive_until(
+    ray_app: RayApp, model: str, callers: int, deployment: str, done: Callable[[int], bool]
+) -> int:
+    """Closed-loop callers of `model` until `deployment` has `done` replicas; their count."""
     stop = threading.Event()
     failures: list[BaseException] = []
 
@@ -346,21 +348,36 @@ def test_slow_variant_scales_up_under_load_and_back_down_after(ray_app: RayApp) 
         tensor.set_data_from_numpy(np.ones((1, 4), np.float32))
         while not stop.is_set():
             try:
-                client.infer(SLOW_MODEL, [tensor])
+                client.infer(model, [tensor])
             except Exception as exc:
                 failures.append(exc)
                 return
 
-    callers = [threading.Thread(target=closed_loop) for _ in range(4)]
-    for caller in callers:
-        caller.start()
+    threads = [threading.Thread(target=closed_loop) for _ in range(callers)]
+    for thread in threads:
+        thread.start()
     try:
-        replicas, _ = wait_for_replicas(deployment, lambda n: n >= 2, timeout_s=60)
+        replicas, _ = wait_for_replicas(deployment, done, timeout_s=60)
     finally:
         stop.set()
-        for caller in callers:
-            caller.join()
+        for thread in threads:
+            thread.join()
     assert not failures, failures
+    return replicas
+
+
+def test_slow_variant_scales_up_under_load_and_back_down_after(ray_app: RayApp) -> None:
+    deployment = f"{SLOW_MODEL}:1"
+    assert running_replicas(deployment) == 1
+    replicas = drive_until(ray_app, SLOW_MODEL, 4, deployment, lambda n: n >= 2)
     assert 2 <= replicas <= 3  # the policy's max_replicas
     # No traffic: the policy asks for min_replicas once the stats window has emptied.
     wait_for_replicas(deployment, lambda n: n == 1, timeout_s=60)
+
+
+def test_colocated_slow_model_scales_the_ingress_up_and_back_down(ray_app: RayApp) -> None:
+    assert running_replicas("ingress") == INGRESS_REPLICAS  # the policy's min_replicas
+    # Six callers over two replicas of a one-call-at-a-time model: p95 well over 30 ms.
+    replicas = drive_until(ray_app, LOCAL_SLOW_MODEL, 6, "ingress", lambda n: n > INGRESS_REPLICAS)
+    assert replicas == INGRESS_REPLICAS + 1  # the policy's max_replicas
+    wait_for_replicas("ingress", lambda n: n == INGRESS_REPLICAS, timeout_s=60)

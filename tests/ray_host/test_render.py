@@ -15,6 +15,7 @@ from switchyard.server.autoscaling.ray_adapter import POLICY_PATH
 from switchyard.server.config import ConfigError, SwitchyardConfig, load_config
 from tests.ray_host.support import (
     INGRESS_REPLICAS,
+    LOCAL_SLOW_AUTOSCALING,
     SLOW_AUTOSCALING,
     SLOW_MODEL,
     SLOW_RAY,
@@ -71,10 +72,15 @@ def test_rendered_serve_config_deploys_the_app_with_the_latency_policy(config_pa
         in (document["grpc_options"]["grpc_servicer_functions"])
     )
     deployments = {d["name"]: d for d in app["deployments"]}
-    # ranker and pair_local are co-located in the ingress: no deployments of their own.
+    # ranker, slow_local and pair_local are co-located in the ingress: no deployments.
     assert set(deployments) == {"ingress", f"{SLOW_MODEL}:1", "pair:1"}
-    assert deployments["ingress"]["num_replicas"] == INGRESS_REPLICAS
-    assert deployments["ingress"]["ray_actor_options"] == {"num_cpus": 0.5}
+    ingress = deployments["ingress"]
+    assert ingress["ray_actor_options"] == {"num_cpus": 0.5}
+    # slow_local autoscales: its policy scales the ingress, from INGRESS_REPLICAS.
+    assert "num_replicas" not in ingress
+    ingress_kwargs = ingress["autoscaling_config"]["policy"]["policy_kwargs"]
+    assert {key: ingress_kwargs[key] for key in LOCAL_SLOW_AUTOSCALING} == LOCAL_SLOW_AUTOSCALING
+    assert ingress["autoscaling_config"]["min_replicas"] == INGRESS_REPLICAS
     slow = deployments[f"{SLOW_MODEL}:1"]
     autoscaling = slow["autoscaling_config"]
     assert autoscaling["policy"]["policy_function"] == POLICY_PATH
