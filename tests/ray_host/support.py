@@ -19,6 +19,16 @@ SLOW_MODEL = "slow"
 PAIR_MODEL = "pair"  # placement deployment
 LOCAL_PAIR_MODEL = "pair_local"  # the same model, co-located
 INGRESS_REPLICAS = 2
+ADMIN_TOKEN = "ray-test-admin-token-0123456789"
+# Two variants of one model: which one serves shows whose weights a replica routes by.
+FLIP_ENDPOINT = {
+    "name": "flip",
+    "variants": {
+        "a": {"model": "ranker", "version": "1"},
+        "b": {"model": "ranker", "version": "1"},
+    },
+    "weights": {"a": 1},
+}
 # Co-located and autoscaled: its policy scales the ingress deployment, from 2 replicas.
 LOCAL_SLOW_MODEL = "slow_local"
 LOCAL_SLOW_AUTOSCALING = {
@@ -106,8 +116,9 @@ def app_config(demo_model_path: Path, slow_model_path: Path, workdir: Path) -> d
                 "versions": [{"version": "1", "path": str(pair_model_path)}],
             },
         ],
-        "endpoints": demo["endpoints"],
+        "endpoints": [*demo["endpoints"], FLIP_ENDPOINT],
         "features": features,
+        "admin": {"token": ADMIN_TOKEN},
         # 0.5 CPU each: the tests' Ray has 8 logical CPUs for every replica. LOCAL_SLOW_MODEL's
         # policy scales the ingress, from INGRESS_REPLICAS: ingress_replicas does not apply.
         "ray": {"ingress_replicas": INGRESS_REPLICAS, "ingress_num_cpus": 0.5},

@@ -8,10 +8,13 @@ a standalone gateway serving the same config file.
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import json
+import shutil
 import threading
 import time
+import uuid
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,7 +33,9 @@ from tritonclient.utils import InferenceServerException
 from loadtests.gateway_process import Gateway, free_port, start_gateway
 from switchyard.protos import recommend_pb2, recommend_pb2_grpc
 from switchyard.server.config import load_config
+from tests.features.support import RedisServer
 from tests.ray_host.support import (
+    ADMIN_TOKEN,
     INGRESS_REPLICAS,
     LOCAL_PAIR_MODEL,
     LOCAL_SLOW_MODEL,
@@ -56,6 +61,7 @@ class RayApp:
     http_port: int  # Serve's proxies
     grpc_port: int
     endpoints: tuple[IngressEndpoint, ...] = ()  # the ingress replicas' own (direct ingress)
+    control_store: str = "memory"  # redis where redis-server is installed
 
     def replica_urls(self, protocol: str) -> list[str]:
         return [f"{e.host}:{e.port}" for e in self.endpoints if e.protocol == protocol]
@@ -79,10 +85,20 @@ def config(demo_model_path: Path, tmp_path_factory: pytest.TempPathFactory) -> d
 def ray_app(config: dict[str, Any], tmp_path_factory: pytest.TempPathFactory) -> Iterator[RayApp]:
     http_port, grpc_port = free_port(), free_port()
     server = {"host": "127.0.0.1", "http_port": http_port, "grpc_port": grpc_port}
-    path = tmp_path_factory.mktemp("ray") / "switchyard.yaml"
-    path.write_text(yaml.safe_dump({**config, "server": server}))
-    loaded = load_config(path)
-    with pytest.MonkeyPatch.context() as env:
+    workdir = tmp_path_factory.mktemp("ray")
+    path = workdir / "switchyard.yaml"
+    # The ingress replicas share one routing state through Redis, as standalone pods do
+    # (the standalone gateway keeps the memory store: it must not share theirs).
+    with contextlib.ExitStack() as stack, pytest.MonkeyPatch.context() as env:
+        control = {"store": "memory"}
+        if shutil.which("redis-server") is not None:
+            redis_server = RedisServer(workdir)
+            stack.callback(redis_server.stop)
+            redis_server.start()
+            prefix = f"{uuid.uuid4().hex}:"
+            control = {"store": "redis", "url": redis_server.url, "prefix": prefix}
+        path.write_text(yaml.safe_dump({**config, "server": server, "control": control}))
+        loaded = load_config(path)
         # Serve's fast path, as `switchyard serve --engine ray` sets it before Ray starts.
         for name, value in fast_path_env(loaded, local=True).items():
             env.setenv(name, value)
@@ -90,7 +106,7 @@ def ray_app(config: dict[str, Any], tmp_path_factory: pytest.TempPathFactory) ->
         ray.init(num_cpus=8, include_dashboard=False, log_to_driver=False)
         try:
             endpoints = start_on_local_ray(loaded, path)
-            yield RayApp(http_port, grpc_port, tuple(endpoints))
+            yield RayApp(http_port, grpc_port, tuple(endpoints), control["store"])
         finally:
             serve.shutdown()
             ray.shutdown()
@@ -299,6 +315,45 @@ def test_each_ingress_replica_answers_as_standalone_on_its_own_ports(
                 line.startswith(metric + "{") and all(label in line for label in labels)
                 for line in samples
             ), (metric, samples)
+
+
+def http_json(url: str, method: str, path: str, body: object = None) -> tuple[int, Any]:
+    host, port = url.rsplit(":", 1)
+    connection = http.client.HTTPConnection(host, int(port), timeout=30)
+    headers = {"Authorization": f"Bearer {ADMIN_TOKEN}", "X-Switchyard-Actor": "alice"}
+    payload = None if body is None else json.dumps(body)
+    connection.request(method, path, body=payload, headers=headers)
+    response = connection.getresponse()
+    return response.status, json.loads(response.read() or b"{}")
+
+
+def served_variant(url: str, features: np.ndarray) -> str:
+    tensor = features_input(features, triton_http)
+    result = triton_http.InferenceServerClient(url).infer("flip", [tensor])
+    variant: str = result.get_response()["parameters"]["switchyard_variant"]
+    return variant
+
+
+def test_a_weight_change_on_one_ingress_replica_is_served_by_the_other(
+    ray_app: RayApp, features: np.ndarray
+) -> None:
+    if ray_app.control_store != "redis":
+        pytest.skip("needs redis-server: the replicas share routing state through Redis")
+    first, second = ray_app.replica_urls("HTTP")
+    assert served_variant(second, features) == "a"
+    status, _ = http_json(first, "PUT", "/admin/v1/endpoints/flip/weights", {"weights": {"b": 1}})
+    try:
+        assert status == 200
+        deadline_s = time.monotonic() + 5.0  # resync_s is 1 s; change notifications are faster
+        while (variant := served_variant(second, features)) != "b":
+            assert time.monotonic() < deadline_s, variant
+            time.sleep(0.1)
+    finally:  # back to the config's weights, for the tests after
+        assert http_json(second, "DELETE", "/admin/v1/endpoints/flip/override")[0] == 200
+    deadline_s = time.monotonic() + 5.0
+    while (variant := served_variant(first, features)) != "a":
+        assert time.monotonic() < deadline_s, variant
+        time.sleep(0.1)
 
 
 def test_colocated_and_deployed_versions_of_one_model_answer_alike(ray_app: RayApp) -> None:
