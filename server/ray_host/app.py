@@ -163,6 +163,8 @@ def start_on_local_ray(
     options = ingress_options(config)
     replicas = options.get("num_replicas") or options["autoscaling_config"]["min_replicas"]
     endpoints = ingress_endpoints(replicas, settings.host)
+    if not endpoints:  # e.g. a Ray started before, without the flag, or the flag set to 0
+        log.info("Serve's direct ingress is off: clients reach the ingress through the proxies")
     for endpoint in endpoints:
         log.info(
             "ingress replica %s: %s on %s:%d",

@@ -27,6 +27,7 @@ pytest.importorskip("ray.serve")
 from ray.serve.deployment import Application
 from ray.serve.schema import ServeDeploySchema
 
+from switchyard.server.autoscaling.latency_policy import ReplicaStats
 from switchyard.server.ray_host.app import app_builder, render_serve_config, serve_config
 from switchyard.server.ray_host.deployments import (
     INGRESS_MAX_ONGOING_REQUESTS,
@@ -35,6 +36,7 @@ from switchyard.server.ray_host.deployments import (
     ingress_options,
     ingress_policy_model,
 )
+from switchyard.server.ray_host.ingress import merged_stats
 
 # Our config sets metrics_interval_s, which Ray 2.60 still reads but has deprecated.
 pytestmark = pytest.mark.filterwarnings("ignore:The `metrics_interval_s`:DeprecationWarning")
@@ -175,6 +177,19 @@ def test_fast_path_off_renders_no_serve_flags(tmp_path: Path) -> None:
         "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1",
         "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": "0",
     }
+
+
+def test_the_ingress_reports_its_policy_models_versions_merged() -> None:
+    idle = ReplicaStats(p95_latency_s=0.0, request_rate_per_s=0.0, in_flight=0.0)
+    busy = ReplicaStats(
+        p95_latency_s=0.08, request_rate_per_s=40.0, in_flight=3.0, p99_latency_s=0.1
+    )
+    other = ReplicaStats(p95_latency_s=0.02, request_rate_per_s=10.0, in_flight=1.0)
+    # An idle version's zero latency hides nothing; the requests of every version add up.
+    assert merged_stats([idle, busy, other]) == ReplicaStats(
+        p95_latency_s=0.08, request_rate_per_s=50.0, in_flight=4.0, p99_latency_s=0.1
+    )
+    assert merged_stats([idle]) == idle
 
 
 def test_the_ray_section_is_checked_by_key(tmp_path: Path) -> None:
