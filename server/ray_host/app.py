@@ -60,6 +60,13 @@ class IngressEndpoint:
 
 def build_app(config: SwitchyardConfig, config_path: Path | None = None) -> Application:
     """The application; with `config_path`, the ingress reloads endpoint edits from it."""
+    options = ingress_options(config)
+    # Autoscaled (no num_replicas): it may run several.
+    if config.control.store == "memory" and options.get("num_replicas", 2) > 1:
+        log.warning(
+            "more than one ingress replica on control.store memory: admin changes and "
+            "rollouts stay in the replica that took them (use control.store redis)"
+        )
     # serve.deployment() then the class: Ray types only this form (a class passed directly
     # works the same, but is typed as returning the decorator).
     variant = serve.deployment()(VariantReplica)
@@ -70,7 +77,7 @@ def build_app(config: SwitchyardConfig, config_path: Path | None = None) -> Appl
             name = variant_name(model.name, version.version)
             variants[name] = variant.options(name=name, **options).bind(model, version.version)
     ingress = serve.deployment()(serve.ingress()(IngressReplica))
-    return ingress.options(name=INGRESS_NAME, **ingress_options(config)).bind(
+    return ingress.options(name=INGRESS_NAME, **options).bind(
         config, variants, None if config_path is None else str(config_path)
     )
 
