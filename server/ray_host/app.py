@@ -60,9 +60,9 @@ class IngressEndpoint:
 
 def build_app(config: SwitchyardConfig, config_path: Path | None = None) -> Application:
     """The application; with `config_path`, the ingress reloads endpoint edits from it."""
-    options = ingress_options(config)
+    ingress_deployment_options = ingress_options(config)
     # Autoscaled (no num_replicas): it may run several.
-    if config.control.store == "memory" and options.get("num_replicas", 2) > 1:
+    if config.control.store == "memory" and ingress_deployment_options.get("num_replicas", 2) > 1:
         log.warning(
             "more than one ingress replica on control.store memory: admin changes and "
             "rollouts stay in the replica that took them (use control.store redis)"
@@ -77,7 +77,7 @@ def build_app(config: SwitchyardConfig, config_path: Path | None = None) -> Appl
             name = variant_name(model.name, version.version)
             variants[name] = variant.options(name=name, **options).bind(model, version.version)
     ingress = serve.deployment()(serve.ingress()(IngressReplica))
-    return ingress.options(name=INGRESS_NAME, **options).bind(
+    return ingress.options(name=INGRESS_NAME, **ingress_deployment_options).bind(
         config, variants, None if config_path is None else str(config_path)
     )
 
