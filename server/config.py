@@ -30,6 +30,7 @@ from switchyard.server.config_base import (
 from switchyard.server.config_sections import (
     AdminSettings,
     ControlSettings,
+    RayHostSettings,
     RecommendSettings,
     RoutingSettings,
     ServerSettings,
@@ -49,6 +50,7 @@ __all__ = [
     "ControlSettings",
     "ModelConfig",
     "ModelVersionConfig",
+    "RayHostSettings",
     "RecommendSettings",
     "RoutingSettings",
     "ServerSettings",
@@ -86,6 +88,9 @@ class SwitchyardConfig(StrictModel):
     )
     recommend: RecommendSettings = Field(
         default_factory=RecommendSettings, description="The Recommend API."
+    )
+    ray: RayHostSettings = Field(
+        default_factory=RayHostSettings, description="The Ray host's ingress deployment."
     )
 
     # The endpoints compiled into the router's immutable table, once, at validation.

@@ -1,4 +1,5 @@
-"""The small sections of the config file: `server`, `routing`, `admin` and `recommend`."""
+"""The small sections of the config file: `server`, `routing`, `control`, `ray`, `admin` and
+`recommend`."""
 
 from __future__ import annotations
 
@@ -144,6 +145,25 @@ class ControlSettings(StrictModel):
         gt=0,
         description="Seconds the replica judging rollouts holds its lease without renewing "
         "it; then another takes over.",
+    )
+
+
+class RayHostSettings(StrictModel):
+    """The Ray host's ingress deployment (per-model settings are `models.N.ray`); the
+    standalone host ignores it."""
+
+    ingress_replicas: int = Field(
+        default=1,
+        ge=1,
+        description="Ingress replicas, each with the data plane, router, control plane and "
+        "co-located models; fixed unless a co-located model autoscales.",
+    )
+    ingress_num_cpus: float = Field(
+        default=1.0, ge=0, description="CPUs reserved per ingress replica."
+    )
+    fast_path: bool = Field(
+        default=True,
+        description="Run Serve with RAY_SERVE_THROUGHPUT_OPTIMIZED (README, Ray Serve).",
     )
 
 

@@ -146,13 +146,29 @@ class ModelVersionConfig(StrictModel):
     )
 
 
+# Execution providers that put a model on a GPU: such a model gets a deployment of its own
+# by default, so that GPU replicas scale apart from the (CPU) ingress.
+GPU_EXECUTION_PROVIDERS = frozenset({"CUDAExecutionProvider", "TensorrtExecutionProvider"})
+Placement = Literal["ingress", "deployment"]
+
+
 class RayDeploymentSettings(StrictModel):
     """How the Ray host deploys each version of a model; the standalone host ignores it."""
 
-    num_replicas: int = Field(
-        default=1, ge=1, description="Fixed replicas, when `autoscaling` is unset."
+    placement: Placement | None = Field(
+        default=None,
+        description="ingress: each version runs inside every ingress replica (no second "
+        "Serve hop); deployment: in a deployment of its own; unset: deployment for a GPU "
+        "model (runtime_options.execution_providers name CUDA or TensorRT), else ingress.",
     )
-    num_cpus: float = Field(default=1.0, ge=0, description="CPUs reserved per replica.")
+    num_replicas: int = Field(
+        default=1,
+        ge=1,
+        description="Fixed replicas, when `autoscaling` is unset (placement deployment).",
+    )
+    num_cpus: float = Field(
+        default=1.0, ge=0, description="CPUs reserved per replica (placement deployment)."
+    )
     look_back_period_s: float = Field(
         default=30.0,
         gt=0,
@@ -215,6 +231,20 @@ class ModelConfig(StrictModel):
         if self.default_version is not None and self.default_version not in names:
             raise ValueError(f"default_version '{self.default_version}' is not in {names}")
         return self
+
+    @property
+    def uses_gpu(self) -> bool:
+        """The runtime options ask for a GPU provider ("auto" is read as CPU: it only means
+        a GPU where one happens to be present)."""
+        providers = self.runtime_options.execution_providers
+        return self.runtime == "onnxruntime" and bool(GPU_EXECUTION_PROVIDERS & set(providers))
+
+    @property
+    def ray_placement(self) -> Placement:
+        """Where the Ray host runs this model's versions: `ray.placement`, or its default."""
+        if self.ray.placement is not None:
+            return self.ray.placement
+        return "deployment" if self.uses_gpu else "ingress"
 
     @property
     def served_default_version(self) -> str:

@@ -7,16 +7,22 @@ these runs, and its absence is a clear message with exit code 2.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
 from switchyard.server.config import ConfigError, SwitchyardConfig, load_config
+from switchyard.server.ray_host.deployments import fast_path_env
 
 RAY_MISSING = "the Ray host needs Ray Serve: pip install 'switchyard[ray]'"
 
 
 def serve_on_ray(config: SwitchyardConfig, config_path: Path) -> int:
     """`switchyard serve --engine ray`: the exit code."""
+    # Before Ray is imported and started: Serve reads its flags once per process, and the
+    # local Ray's processes inherit this environment. A variable already set wins.
+    for name, value in fast_path_env(config, local=True).items():
+        os.environ.setdefault(name, value)
     try:
         from switchyard.server.ray_host.app import run_on_local_ray
     except ImportError as exc:

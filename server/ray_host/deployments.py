@@ -10,7 +10,7 @@ from typing import Any
 
 from switchyard.server.autoscaling.latency_policy import LatencyPolicyConfig
 from switchyard.server.autoscaling.ray_adapter import autoscaling_config
-from switchyard.server.config import AUTO_MAX_BATCH_SIZE, ModelConfig
+from switchyard.server.config import AUTO_MAX_BATCH_SIZE, ModelConfig, SwitchyardConfig
 
 APP_NAME = "switchyard"
 INGRESS_NAME = "ingress"
@@ -22,6 +22,23 @@ GRPC_SERVICER_FUNCTIONS = (
     "switchyard.protos.recommend_pb2_grpc.add_RecommenderServicer_to_server",
 )
 SERVE_DEFAULT_MAX_ONGOING_REQUESTS = 5
+# Serve's fast path (Ray 2.60, serve/_private/constants.py): THROUGHPUT_OPTIMIZED turns on
+# direct ingress (each ingress replica serves HTTP and gRPC on ports of its own, allocated by
+# the controller per node from 30000-31000 and 40000-41000; the proxy runs on the head node
+# only), gRPC between handles and replicas, and user code on the replica's own event loop.
+# Read at import by every Ray process, the controller included: set before Ray starts.
+FAST_PATH_ENV = {"RAY_SERVE_THROUGHPUT_OPTIMIZED": "1"}
+# Direct-ingress replicas stay up this long after being told to stop, for a load balancer
+# to deregister them (Ray's default 30 s); a local run has none in front.
+LOCAL_FAST_PATH_ENV = {**FAST_PATH_ENV, "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": "0"}
+
+
+def fast_path_env(config: SwitchyardConfig, local: bool) -> dict[str, str]:
+    """The environment variables of Serve's fast path (none with `ray.fast_path: false`);
+    `local`: for a Ray this process starts."""
+    if not config.ray.fast_path:
+        return {}
+    return dict(LOCAL_FAST_PATH_ENV if local else FAST_PATH_ENV)
 
 
 def variant_name(model: str, version: str) -> str:
@@ -34,6 +51,35 @@ def latency_policy(model: ModelConfig) -> LatencyPolicyConfig | None:
     if model.autoscaling is None:
         return None
     return model.autoscaling.to_policy_config()
+
+
+def deployed_models(config: SwitchyardConfig) -> list[ModelConfig]:
+    """The models whose versions get deployments of their own (placement deployment)."""
+    return [model for model in config.models if model.ray_placement == "deployment"]
+
+
+def ingress_policy_model(config: SwitchyardConfig) -> ModelConfig | None:
+    """The co-located autoscaled model whose latency policy scales the ingress deployment:
+    the one with the strictest target (one deployment has one policy)."""
+    autoscaled = [
+        model
+        for model in config.models
+        if model.ray_placement == "ingress" and model.autoscaling is not None
+    ]
+    return min(autoscaled, key=_target_latency_s, default=None)
+
+
+def _target_latency_s(model: ModelConfig) -> float:
+    assert model.autoscaling is not None
+    return model.autoscaling.target_latency_s
+
+
+def _autoscaling_options(model: ModelConfig, policy: LatencyPolicyConfig) -> dict[str, Any]:
+    return {
+        **autoscaling_config(policy),  # the latency policy as the custom policy
+        "look_back_period_s": model.ray.look_back_period_s,
+        "metrics_interval_s": model.ray.metrics_interval_s,
+    }
 
 
 def variant_max_ongoing_requests(model: ModelConfig) -> int:
@@ -61,13 +107,23 @@ def variant_options(model: ModelConfig) -> dict[str, Any]:
     if policy is None:
         options["num_replicas"] = model.ray.num_replicas
     else:
-        options["autoscaling_config"] = {
-            **autoscaling_config(policy),  # the latency policy as the custom policy
-            "look_back_period_s": model.ray.look_back_period_s,
-            "metrics_interval_s": model.ray.metrics_interval_s,
-        }
+        options["autoscaling_config"] = _autoscaling_options(model, policy)
     return options
 
 
-def ingress_options() -> dict[str, Any]:
-    return {"num_replicas": 1, "max_ongoing_requests": INGRESS_MAX_ONGOING_REQUESTS}
+def ingress_options(config: SwitchyardConfig) -> dict[str, Any]:
+    """The ingress deployment's options: `ray.ingress_replicas` fixed replicas, or the latency
+    policy of ingress_policy_model. Its max_ongoing_requests stays the ingress's own (the
+    ingress also routes, and forwards to deployed models), so the policy's utilisation is
+    that model's in-flight requests against the policy's max_ongoing_requests."""
+    options: dict[str, Any] = {
+        "max_ongoing_requests": INGRESS_MAX_ONGOING_REQUESTS,
+        "ray_actor_options": {"num_cpus": config.ray.ingress_num_cpus},
+    }
+    model = ingress_policy_model(config)
+    policy = None if model is None else latency_policy(model)
+    if model is None or policy is None:
+        options["num_replicas"] = config.ray.ingress_replicas
+    else:
+        options["autoscaling_config"] = _autoscaling_options(model, policy)
+    return options

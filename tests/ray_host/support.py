@@ -1,5 +1,7 @@
-"""The config the Ray host tests serve: the demo (ranker, endpoint, features) and a slow model
-whose latency autoscaling has windows of seconds, so that scaling shows within a test."""
+"""The config the Ray host tests serve: the demo (ranker, endpoint, features) co-located in
+two ingress replicas, a slow model both in a deployment of its own and co-located, each
+autoscaled on latency with windows of seconds, so that scaling shows within a test (the
+co-located one scales the ingress), and a two-input model both co-located and deployed."""
 
 from __future__ import annotations
 
@@ -14,7 +16,31 @@ from onnx import TensorProto, helper
 from switchyard.demo.paths import DEMO_CONFIG_PATH, artifacts_dir
 
 SLOW_MODEL = "slow"
-PAIR_MODEL = "pair"
+PAIR_MODEL = "pair"  # placement deployment
+LOCAL_PAIR_MODEL = "pair_local"  # the same model, co-located
+INGRESS_REPLICAS = 2
+ADMIN_TOKEN = "ray-test-admin-token-0123456789"
+# Two variants of one model: which one serves shows whose weights a replica routes by.
+FLIP_ENDPOINT = {
+    "name": "flip",
+    "variants": {
+        "a": {"model": "ranker", "version": "1"},
+        "b": {"model": "ranker", "version": "1"},
+    },
+    "weights": {"a": 1},
+}
+# Co-located and autoscaled: its policy scales the ingress deployment, from 2 replicas.
+LOCAL_SLOW_MODEL = "slow_local"
+LOCAL_SLOW_AUTOSCALING = {
+    "target_latency_s": 0.03,
+    "min_replicas": INGRESS_REPLICAS,
+    "max_replicas": INGRESS_REPLICAS + 1,
+    "max_ongoing_requests": 8,
+    "upscale_stabilization_s": 1.0,
+    "downscale_stabilization_s": 2.0,
+    "scale_up_period_s": 1.0,
+    "scale_down_period_s": 1.0,
+}
 # The slow model takes about 20 ms a call on one core; four closed-loop callers keep a single
 # replica's p95 several times over the target, and without traffic the policy asks for 1.
 SLOW_AUTOSCALING = {
@@ -26,7 +52,13 @@ SLOW_AUTOSCALING = {
     "scale_up_period_s": 1.0,
     "scale_down_period_s": 1.0,
 }
-SLOW_RAY = {"look_back_period_s": 2.0, "metrics_interval_s": 0.5, "num_cpus": 0.5}
+# A deployment of its own: the test scales the variant deployment.
+SLOW_RAY = {
+    "placement": "deployment",
+    "look_back_period_s": 2.0,
+    "metrics_interval_s": 0.5,
+    "num_cpus": 0.5,
+}
 
 
 def build_pair_model(path: Path) -> Path:
@@ -69,9 +101,25 @@ def app_config(demo_model_path: Path, slow_model_path: Path, workdir: Path) -> d
             {
                 "name": PAIR_MODEL,
                 "versions": [{"version": "1", "path": str(pair_model_path)}],
-                "ray": {"num_cpus": 0.25},
+                "ray": {"placement": "deployment", "num_cpus": 0.25},
+            },
+            {
+                "name": LOCAL_SLOW_MODEL,
+                "versions": [{"version": "1", "path": str(slow_model_path)}],
+                "runtime_options": {"intra_op_threads": 1},
+                "batching": {"max_batch_size": 0},
+                "autoscaling": LOCAL_SLOW_AUTOSCALING,
+                "ray": {**SLOW_RAY, "placement": "ingress"},
+            },
+            {
+                "name": LOCAL_PAIR_MODEL,
+                "versions": [{"version": "1", "path": str(pair_model_path)}],
             },
         ],
-        "endpoints": demo["endpoints"],
+        "endpoints": [*demo["endpoints"], FLIP_ENDPOINT],
         "features": features,
+        "admin": {"token": ADMIN_TOKEN},
+        # 0.5 CPU each: the tests' Ray has 8 logical CPUs for every replica. LOCAL_SLOW_MODEL's
+        # policy scales the ingress, from INGRESS_REPLICAS: ingress_replicas does not apply.
+        "ray": {"ingress_replicas": INGRESS_REPLICAS, "ingress_num_cpus": 0.5},
     }

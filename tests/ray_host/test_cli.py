@@ -5,6 +5,7 @@ server.py, router.py and protos/ would shadow ours (Ray's workers must import ou
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -39,6 +40,16 @@ def wait_ready(process: subprocess.Popen[bytes], http_port: int, log: Path) -> N
             pass
         time.sleep(0.5)
     raise AssertionError(f"not ready in {READY_TIMEOUT_S} s:\n{log.read_text()}")
+
+
+def wait_printed(pattern: str, log: Path, timeout_s: float = 30.0) -> tuple[str, ...]:
+    """The groups of the one line of the log matching `pattern` (printed after ready)."""
+    deadline_s = time.monotonic() + timeout_s
+    while not (found := re.findall(pattern, log.read_text())) and time.monotonic() < deadline_s:
+        time.sleep(0.5)
+    assert len(found) == 1, log.read_text()
+    groups: tuple[str, ...] = found[0]
+    return groups
 
 
 @pytest.fixture(params=["checkout", "installed-wheel"])
@@ -78,6 +89,10 @@ def test_serve_engine_ray_serves_and_stops_on_sigterm(
             "ranker", [tensor]
         )
         (score,) = direct_session.run(["score"], {"features": features})
+        np.testing.assert_array_equal(result.as_numpy("score"), score)
+        # Serve's fast path by default: the ingress replica's own gRPC port, as printed.
+        host, port = wait_printed(r"ingress replica \S+: gRPC on (\S+):(\d+)", log)
+        result = triton_grpc.InferenceServerClient(f"{host}:{port}").infer("ranker", [tensor])
         np.testing.assert_array_equal(result.as_numpy("score"), score)
         process.send_signal(signal.SIGTERM)
         assert process.wait(timeout=60) == 0, log.read_text()
