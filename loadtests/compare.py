@@ -1,16 +1,22 @@
-"""Side by side on this machine: the same model, the same gRPC client and payload, six targets.
+"""Side by side on this machine: the same model, the same gRPC client and payload, targets:
 
-  (1) echo        a bare grpc.aio server answering with the same payload size: the ceiling
-                  of a Python gRPC front end here
-  (2) ort         ONNX Runtime called in process, no network: the compute floor
-  (3) standalone  Switchyard standalone (`switchyard serve`)
-  (4) ray         Switchyard on Ray Serve (`switchyard serve --engine ray`)
-  (5) plain-ray   a Ray Serve deployment with @serve.batch around the same model, through
-                  Ray Serve's gRPC proxy: what users build today
-  (6) triton      the same model on Triton (PyTriton, CPU)
+  (1) echo            a bare grpc.aio server answering with the same payload size: the
+                      ceiling of a Python gRPC front end here
+  (2) ort             ONNX Runtime called in process, no network: the compute floor
+  (3) standalone      Switchyard standalone (`switchyard serve`), one process
+  (3w) standalone-workers   the same with `server.workers: auto` (Redis control store)
+  (4) ray             Switchyard on Ray Serve (`serve --engine ray`), the model co-located
+                      in the ingress, on Serve's fast path (its default)
+  (4d) ray-deployment the same with the model in a deployment of its own
+  (5) plain-ray       a Ray Serve deployment with @serve.batch around the same model,
+                      through Ray Serve's gRPC proxy: what users build today
+  (5f) plain-ray-fast the same in Serve's throughput-optimized mode (direct ingress on the
+                      replica's port): the anchor to beat
+  (6) triton          the same model on Triton (PyTriton, CPU)
 
 Each server target, one at a time: started, checked with one request, then open-loop
-ModelInfer at a fixed rate (p50/p99 there), then a step search over rising rates for the
+ModelInfer at a fixed rate (p50/p99 there), one caller back to back (sequential p50), then a
+step search over rising rates for the
 highest throughput whose p99 stays under the bound (a step fails on p99, errors, or
 answers falling behind the offered rate; the bracket is then narrowed), then a closed loop
 (saturation throughput). Switchyard targets also answer Recommend over gRPC and REST at a
@@ -51,8 +57,10 @@ TARGETS = {
     "ort": "(2) ONNX Runtime in process",
     "standalone": "(3) Switchyard standalone",
     "standalone-workers": "(3w) Switchyard standalone, workers: auto",
-    "ray": "(4) Switchyard on Ray Serve",
-    "plain-ray": "(5) plain Ray Serve + @serve.batch",
+    "ray": "(4) Switchyard on Ray Serve, co-located, fast path",
+    "ray-deployment": "(4d) Switchyard on Ray Serve, model deployment, fast path",
+    "plain-ray": "(5) plain Ray Serve + @serve.batch, gRPC proxy",
+    "plain-ray-fast": "(5f) plain Ray Serve + @serve.batch, throughput-optimized",
     "triton": "(6) Triton (PyTriton)",
 }
 
@@ -203,6 +211,10 @@ def measure_server(
 
     outcome["steps"] = []
     step_search(run_at, settings, outcome["steps"])
+    sequential = replace(fixed, mode="closed", concurrency=1, duration_s=settings.step_duration_s)
+    outcome["sequential"] = run(
+        replace(sequential, warmup_s=settings.warmup_s), "1 caller"
+    ).to_dict()
     if settings.closed_concurrency > 0:
         n = settings.closed_concurrency
         spec = replace(fixed, mode="closed", concurrency=n, duration_s=settings.step_duration_s)
@@ -249,9 +261,15 @@ def starters(settings: Settings) -> dict[str, Callable[[Path, Path], targets.Ser
         "standalone": targets.start_standalone,
         "standalone-workers": partial(targets.start_standalone, workers="auto"),
         "ray": targets.start_switchyard_ray,
+        "ray-deployment": partial(targets.start_switchyard_ray, placement="deployment"),
         "plain-ray": partial(
             targets.start_plain_ray,
             batch_wait_timeout_s=settings.plain_ray_batch_wait_timeout_s,
+        ),
+        "plain-ray-fast": partial(
+            targets.start_plain_ray,
+            batch_wait_timeout_s=settings.plain_ray_batch_wait_timeout_s,
+            fast_path=True,
         ),
         "triton": targets.start_triton_server,
     }

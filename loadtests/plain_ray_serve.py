@@ -6,7 +6,8 @@ drive it exactly like every other target. ModelInfer decodes raw_input_contents 
 every output (or the requested ones) in raw_output_contents.
 
 Runs on a local Ray it starts (2 CPUs) and serves until SIGINT or SIGTERM, then shuts Serve
-and Ray down:
+and Ray down. With RAY_SERVE_THROUGHPUT_OPTIMIZED=1 in its environment (Serve's fast path:
+direct ingress on the replica's own ports), it prints the replica's ports once ready:
 
   .venv/bin/python -m loadtests.plain_ray_serve --model-path ~/.cache/switchyard/demo/ranker.onnx \
       --grpc-port 9101 --http-port 9100 [--batch-wait-timeout-s 0.005]
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import signal
 import threading
 from pathlib import Path
@@ -106,6 +108,17 @@ def serve_until_stopped(
         app = OnnxModel.bind(str(model_path.resolve()), batch_wait_timeout_s)  # type: ignore[attr-defined]
         serve.run(app, name=APP_NAME, route_prefix="/")
         print(f"plain Ray Serve ready: gRPC on port {grpc_port}", flush=True)
+        # Under Serve's direct ingress (RAY_SERVE_THROUGHPUT_OPTIMIZED=1 in the environment)
+        # the replica has ports of its own; printed as Switchyard's Ray host prints them.
+        from switchyard.server.ray_host.app import ingress_endpoints
+
+        direct = os.environ.get("RAY_SERVE_THROUGHPUT_OPTIMIZED") == "1"
+        for endpoint in ingress_endpoints(1, "127.0.0.1", app_name=APP_NAME) if direct else []:
+            print(
+                f"ingress replica {endpoint.replica}: {endpoint.protocol} on "
+                f"{endpoint.host}:{endpoint.port}",
+                flush=True,
+            )
         stop.wait()
     finally:
         serve.shutdown()

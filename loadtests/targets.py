@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -114,7 +115,11 @@ def _spawn(
     http_port: int | None,
     ready_timeout_s: float = READY_TIMEOUT_S,
     serves_recommend: bool = False,
+    env: dict[str, str] | None = None,
+    direct_ingress: bool = False,
 ) -> Server:
+    """Run `command` until its gRPC port answers. `direct_ingress`: a Ray Serve app on Serve's
+    fast path, whose load goes to the ingress replica's own gRPC port, as it prints it."""
     log_path = workdir / f"{name}.log"
     started_s = time.monotonic()
     with log_path.open("w") as log_file:
@@ -124,12 +129,15 @@ def _spawn(
             stdin=subprocess.DEVNULL,
             stdout=log_file,
             stderr=subprocess.STDOUT,
-            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
             start_new_session=True,
         )
     try:
         grpc_url = f"127.0.0.1:{grpc_port}"
         check = _wait_ready(process, grpc_url, ready_timeout_s, log_path)
+        if direct_ingress:
+            grpc_url = _direct_grpc_url(log_path)
+            check = _wait_ready(process, grpc_url, ready_timeout_s, log_path)
     except BaseException:
         _stop_group(process)
         raise
@@ -142,6 +150,24 @@ def _spawn(
         stop=lambda: _stop_group(process),
         serves_recommend=serves_recommend,
     )
+
+
+# Serve's fast path: the app's ingress replicas serve on ports of their own, printed at start.
+RAY_FAST_PATH_ENV = {
+    "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1",
+    "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": "0",
+}
+_DIRECT_GRPC_LINE = re.compile(r"ingress replica \S+: gRPC on [\d.]+:(\d+)")
+
+
+def _direct_grpc_url(log_path: Path, timeout_s: float = 30.0) -> str:
+    deadline_s = time.monotonic() + timeout_s
+    while time.monotonic() < deadline_s:
+        found = _DIRECT_GRPC_LINE.search(log_path.read_text(errors="replace"))
+        if found:
+            return f"127.0.0.1:{found.group(1)}"
+        time.sleep(0.2)
+    raise TargetUnavailable(f"no ingress replica port in the log:\n{_log_tail(log_path)}")
 
 
 def start_echo(model_path: Path, workdir: Path) -> Server:
@@ -181,32 +207,50 @@ def start_standalone(model_path: Path, workdir: Path, workers: int | str = 1) ->
     )
 
 
-def start_switchyard_ray(model_path: Path, workdir: Path) -> Server:
-    """`switchyard serve --engine ray` on the same config as the standalone target."""
+def start_switchyard_ray(model_path: Path, workdir: Path, placement: str = "ingress") -> Server:
+    """`switchyard serve --engine ray` on the same config as the standalone target, on Serve's
+    fast path (its default): load goes to the ingress replica's own gRPC port. `placement`:
+    the ranker co-located in the ingress (the default for CPU models) or a deployment."""
     ports = {"http_port": free_port(), "grpc_port": free_port(), "metrics_port": free_port()}
     config = demo_serving_config(model_path)
     config["server"] = {**config.get("server", {}), "host": "127.0.0.1", **ports}
-    config_path = workdir / "switchyard-ray.yaml"
+    for model in config["models"]:
+        model["ray"] = {**model.get("ray", {}), "placement": placement}
+    config_path = workdir / f"switchyard-ray-{placement}.yaml"
     config_path.write_text(yaml.safe_dump(config))
     command = [sys.executable, "-m", "switchyard.server.cli", "serve", "--engine", "ray"]
     command += ["--config", str(config_path)]
     return _spawn(
-        "switchyard-ray",
+        f"switchyard-ray-{placement}",
         command,
         workdir,
         ports["grpc_port"],
         ports["http_port"],
         RAY_READY_TIMEOUT_S,
         serves_recommend=True,
+        direct_ingress=True,
     )
 
 
-def start_plain_ray(model_path: Path, workdir: Path, batch_wait_timeout_s: float) -> Server:
+def start_plain_ray(
+    model_path: Path, workdir: Path, batch_wait_timeout_s: float, fast_path: bool = False
+) -> Server:
+    """Plain Ray Serve around the same model: through Serve's gRPC proxy, or (`fast_path`)
+    in Serve's throughput-optimized mode, on the replica's own gRPC port."""
     grpc_port, http_port = free_port(), free_port()
     command = [sys.executable, "-m", "loadtests.plain_ray_serve", "--model-path", str(model_path)]
     command += ["--grpc-port", str(grpc_port), "--http-port", str(http_port)]
     command += ["--batch-wait-timeout-s", str(batch_wait_timeout_s)]
-    return _spawn("plain-ray", command, workdir, grpc_port, http_port, RAY_READY_TIMEOUT_S)
+    return _spawn(
+        "plain-ray-fast" if fast_path else "plain-ray",
+        command,
+        workdir,
+        grpc_port,
+        http_port,
+        RAY_READY_TIMEOUT_S,
+        env=RAY_FAST_PATH_ENV if fast_path else None,
+        direct_ingress=fast_path,
+    )
 
 
 def start_triton_server(model_path: Path, workdir: Path) -> Server:

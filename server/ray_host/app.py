@@ -115,7 +115,7 @@ def _reachable_host(protocol: str, node_ip: str, http_host: str) -> str:
     return node_ip
 
 
-def _direct_ingress_endpoints(http_host: str) -> list[IngressEndpoint]:
+def _direct_ingress_endpoints(http_host: str, app_name: str) -> list[IngressEndpoint]:
     # Serve's instance details list target groups: under direct ingress, an application's
     # are its ingress replicas' own ports; the proxies' (the config's ports) have no app_name.
     client = serve.context._get_global_client()
@@ -128,7 +128,7 @@ def _direct_ingress_endpoints(http_host: str) -> list[IngressEndpoint]:
                 protocol, _reachable_host(protocol, t["ip"], http_host), t["port"], t["name"]
             )
             for group in details.get("target_groups", [])
-            if group.get("app_name") == APP_NAME
+            if group.get("app_name") == app_name
             for protocol in [_protocol_name(group["protocol"])]
             for t in group["targets"]
         ),
@@ -137,13 +137,16 @@ def _direct_ingress_endpoints(http_host: str) -> list[IngressEndpoint]:
 
 
 def ingress_endpoints(
-    replicas: int, http_host: str, timeout_s: float = TARGETS_TIMEOUT_S
+    replicas: int,
+    http_host: str,
+    timeout_s: float = TARGETS_TIMEOUT_S,
+    app_name: str = APP_NAME,
 ) -> list[IngressEndpoint]:
     """The ingress replicas' direct-ingress ports (empty without direct ingress), once the
     controller lists `replicas` of them per protocol, or what it lists after `timeout_s`."""
     deadline_s = time.monotonic() + timeout_s
     while True:
-        endpoints = _direct_ingress_endpoints(http_host)
+        endpoints = _direct_ingress_endpoints(http_host, app_name)
         per_protocol = [sum(e.protocol == p for e in endpoints) for p in {"HTTP", "gRPC"}]
         if min(per_protocol) >= replicas or time.monotonic() > deadline_s:
             return endpoints
