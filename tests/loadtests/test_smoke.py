@@ -64,7 +64,13 @@ def test_comparison_writes_json_markdown_and_plot(tmp_path: Path) -> None:
     summary = {row["name"]: row for row in report["summary"]}
     assert _is_number(summary["standalone"]["max_throughput_per_s"])
     assert _is_number(summary["echo"]["vs_echo"])
-    assert [goal["met"] for goal in report["goals"]][1:] == [None, None, None]  # no plain Ray
+    judged = {goal["goal"] for goal in report["goals"] if goal["met"] is not None}
+    # Only the targets whose both sides ran: no Ray, Triton or workers here.
+    assert judged == {
+        "standalone closed-loop throughput >= 0.8x echo",
+        "standalone sequential p50 <= echo's + 0.4 ms",
+    }
+    assert _is_number(summary["standalone"]["sequential_p50_ms"])
 
     markdown = (tmp_path / "results.md").read_text()
     assert report["command"] in markdown
