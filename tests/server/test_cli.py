@@ -8,7 +8,9 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import yaml
 
@@ -45,7 +47,11 @@ def test_missing_model_file_exits_1(tmp_path: Path) -> None:
     assert "Traceback" not in result.stderr
 
 
-def test_taken_port_exits_1(tmp_path: Path, demo_model_path: Path) -> None:
+def serve_on_a_taken_port(
+    tmp_path: Path, config_of: Callable[[dict[str, Any]], dict[str, Any]]
+) -> Iterator[tuple[int, subprocess.CompletedProcess[str]]]:
+    """`serve` with its HTTP port, then its gRPC port, taken by another socket: the taken
+    port and the CLI's result, each time. `config_of` makes the config of `server:` keys."""
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
@@ -54,10 +60,16 @@ def test_taken_port_exits_1(tmp_path: Path, demo_model_path: Path) -> None:
             server = {"host": "127.0.0.1", "http_port": free_port(), "grpc_port": free_port(),
                       "metrics_port": free_port(), key: port}  # fmt: skip
             config = tmp_path / f"{key}.yaml"
-            config.write_text(yaml.safe_dump(demo_model_config(demo_model_path, **server)))
-            result = run_cli("serve", "--config", str(config))
-            assert result.returncode == 1, result.stderr
-            assert f"{port}" in result.stderr and "Traceback" not in result.stderr
+            config.write_text(yaml.safe_dump(config_of(server)))
+            yield port, run_cli("serve", "--config", str(config))
+
+
+def test_taken_port_exits_1(tmp_path: Path, demo_model_path: Path) -> None:
+    for port, result in serve_on_a_taken_port(
+        tmp_path, lambda server: demo_model_config(demo_model_path, **server)
+    ):
+        assert result.returncode == 1, result.stderr
+        assert f"{port}" in result.stderr and "Traceback" not in result.stderr
 
 
 def test_sigterm_stops_cleanly(tmp_path: Path, demo_model_path: Path) -> None:

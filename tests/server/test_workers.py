@@ -12,7 +12,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import threading
 import time
 import uuid
@@ -38,7 +37,7 @@ from loadtests.gateway_process import (
 from loadtests.recommend_setup import demo_features, gateway_config
 from switchyard.demo.paths import artifacts_dir
 from switchyard.server.config import ConfigError, parse_config
-from tests.server.test_cli import run_cli
+from tests.server.test_cli import run_cli, serve_on_a_taken_port
 from tests.server.test_routing_e2e import ROW, infer
 
 REDIS_URL = "redis://127.0.0.1:6379/0"
@@ -144,19 +143,12 @@ def test_workers_with_the_memory_store_are_refused(
 
 
 def test_taken_port_exits_1(tmp_path: Path, demo_model_path: Path, prefix: str) -> None:
-    with socket.socket() as taken:
-        taken.bind(("127.0.0.1", 0))
-        taken.listen()
-        port = taken.getsockname()[1]
-        for key in ("http_port", "grpc_port"):
-            server = {"host": "127.0.0.1", "http_port": free_port(), "grpc_port": free_port(),
-                      "metrics_port": free_port(), key: port}  # fmt: skip
-            config = tmp_path / f"{key}.yaml"
-            config.write_text(yaml.safe_dump(workers_config(demo_model_path, prefix, **server)))
-            result = run_cli("serve", "--config", str(config))
-            assert result.returncode == 1, result.stderr
-            assert f"cannot bind 127.0.0.1:{port}" in result.stderr
-            assert "Traceback" not in result.stderr
+    for port, result in serve_on_a_taken_port(
+        tmp_path, lambda server: workers_config(demo_model_path, prefix, **server)
+    ):
+        assert result.returncode == 1, result.stderr
+        assert f"cannot bind 127.0.0.1:{port}" in result.stderr
+        assert "Traceback" not in result.stderr
 
 
 def grpc_infer_on_a_new_channel(gateway: Gateway) -> None:
