@@ -353,6 +353,7 @@ class ControlPlane:
     async def _reset_void_records(self) -> None:
         """Records laid on another base than this replica's file: the file changed those
         endpoints' variants, weights or plan, so their overrides and rollouts end."""
+        attempted = False
         for name, record in list(self._snapshot.endpoints.items()):
             spec = self._base.endpoints.get(name)
             if spec is None or applies(record, spec):
@@ -363,9 +364,11 @@ class ControlPlane:
             action = "reset: the config file changed the endpoint's variants, weights or plan"
             changes = self._changes_if(name, fresh)
             entry = AuditEntry("config-file", action, tuple(changes), self.replica)
+            attempted = True  # won or lost to another replica: either way, read again
             if await self._call("commit", self.store.commit(name, record.revision, fresh, entry)):
                 self._audit.write(entry)
-        self._install(await self._call("snapshot", self.store.snapshot()))
+        if attempted:
+            self._install(await self._call("snapshot", self.store.snapshot()))
 
     async def _sync_once(self) -> None:
         with contextlib.suppress(TimeoutError):
