@@ -42,6 +42,7 @@ from prometheus_client.multiprocess import MultiProcessCollector, mark_process_d
 
 from switchyard.server.app import EmbeddedUvicorn, bind_socket, serve_until_signalled
 from switchyard.server.config import SwitchyardConfig
+from switchyard.server.event_wait import wait_for_event
 
 log = logging.getLogger(__name__)
 
@@ -194,8 +195,7 @@ class Supervisor:
                 worker.index, returncode, time.monotonic() - started_s, backoff_s,
             )  # fmt: skip
             worker.ready = False
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._stopping.wait(), backoff_s)
+            await wait_for_event(self._stopping, backoff_s)
             if not self._stopping.is_set():
                 self._restarts.labels(str(worker.index)).inc()
 

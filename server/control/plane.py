@@ -51,13 +51,16 @@ from switchyard.server.control.state import (
     utc_text,
 )
 from switchyard.server.control.store import ControlStore, ControlStoreError
+from switchyard.server.event_wait import wait_for_event
 from switchyard.server.metrics import RoutingMetrics
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 ROLLOUT_ACTIONS = ("start", "abort", "promote")
-COMMIT_ATTEMPTS = 3  # compare-and-set retries when another replica wrote the same endpoint
+# Compare-and-set attempts of one change. An attempt lost is another writer's commit, so
+# this many concurrent writers of one endpoint all land; more may be answered "retry".
+COMMIT_ATTEMPTS = 3
 FILE_AUDIT_DEDUP_S = 60.0  # every replica applies a file edit; one audits it
 
 # A running rollout as this replica counts it: the record revision that began its step.
@@ -371,8 +374,7 @@ class ControlPlane:
             self._install(await self._call("snapshot", self.store.snapshot()))
 
     async def _sync_once(self) -> None:
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._changed.wait(), self._settings.resync_s)
+        await wait_for_event(self._changed, self._settings.resync_s)
         self._changed.clear()
         with contextlib.suppress(ControlStoreError):
             await self._resync()
@@ -470,12 +472,18 @@ class ControlPlane:
         return result
 
     async def _forever(self, step: Callable[[], Awaitable[None]]) -> None:
+        task = asyncio.current_task()
         while True:
             try:
                 await step()
             except Exception:  # a broken step must not end the loop: the next one may work
                 log.exception("control plane step %s failed", step.__name__)
                 await asyncio.sleep(self._tick_s)
+            # A store call cancelled as it fails (its read timeout, a closed connection) can
+            # come back as that error: the step takes it for an outage and returns, while the
+            # cancellation stays pending and close() waits for this loop to end.
+            if task is not None and task.cancelling():
+                raise asyncio.CancelledError
 
 
 async def _confirmed(call: Awaitable[T]) -> T:
