@@ -52,6 +52,13 @@ class DeadlineExceeded(SwitchyardError):
     code = "deadline_exceeded"
 
 
+class FailedPrecondition(SwitchyardError):
+    """The request cannot be done in the current state (a model still routed to, model
+    control turned off); it needs another change first, not a retry."""
+
+    code = "failed_precondition"
+
+
 class ModelLoadError(SwitchyardError):
     """A model could not be loaded: a missing or invalid file, or bad runtime options."""
 

@@ -14,6 +14,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from switchyard.protos import open_inference_pb2 as pb
 from switchyard.runtimes.base import ModelSignature, TensorSpec
 from switchyard.runtimes.errors import InvalidArgument
 from switchyard.server.repository import LoadedModel, ModelRepository
@@ -22,7 +23,6 @@ from switchyard.server.types import (
     InferOutput,
     InferRequest,
     InferResponse,
-    ModelConfigSummary,
     ModelMetadata,
     TensorMetadata,
 )
@@ -64,15 +64,20 @@ class DataPlane:
             outputs=tensors(sig.outputs),
         )
 
-    def model_config(self, name: str, version: str = "") -> ModelConfigSummary:
+    def model_config(self, name: str, version: str = "") -> pb.ModelConfig:
+        """Triton's ModelConfig of the version: its config.pbtxt where it came from a model
+        repository, else what its config says; the batch size is the one in force."""
         model = self._repository.get(name, version)
+        served = self._repository.served(name)
+        config = pb.ModelConfig()
+        if served.triton_config is not None:
+            config.CopyFrom(served.triton_config)
         platform = model.signature.platform
-        return ModelConfigSummary(
-            name=name,
-            platform=platform,
-            backend=platform.split(":", 1)[-1].removesuffix("_onnx"),
-            max_batch_size=model.batcher.max_batch_size,
-        )
+        config.name = name
+        config.platform = config.platform or platform
+        config.backend = config.backend or platform.split(":", 1)[-1].removesuffix("_onnx")
+        config.max_batch_size = model.batcher.max_batch_size
+        return config
 
     async def infer_model(self, request: InferRequest) -> InferResponse:
         """Run the model version the request names, without routing."""
@@ -80,15 +85,16 @@ class DataPlane:
         output_names = _check_request(model.signature, request)
         inputs = {tensor.name: tensor.data for tensor in request.inputs}
         stats = model.latency_stats
-        if stats is None:
-            results = await _run_in_batches(model, inputs, _deadline_s(request))
-        else:
-            stats.request_started()
-            started_s = time.perf_counter()
-            try:
+        with model.in_flight:  # an unload frees the version only once this is done
+            if stats is None:
                 results = await _run_in_batches(model, inputs, _deadline_s(request))
-            finally:
-                stats.request_finished(time.perf_counter() - started_s)
+            else:
+                stats.request_started()
+                started_s = time.perf_counter()
+                try:
+                    results = await _run_in_batches(model, inputs, _deadline_s(request))
+                finally:
+                    stats.request_finished(time.perf_counter() - started_s)
         return InferResponse(
             model_name=model.name,
             model_version=model.version,

@@ -16,7 +16,9 @@ import grpc
 
 from switchyard.runtimes.errors import (
     DeadlineExceeded,
+    FailedPrecondition,
     InvalidArgument,
+    ModelLoadError,
     NotFound,
     PayloadTooLarge,
     ResourceExhausted,
@@ -40,6 +42,10 @@ ERROR_STATUS: Mapping[type[SwitchyardError], ErrorStatus] = MappingProxyType(
         ResourceExhausted: ErrorStatus(grpc.StatusCode.RESOURCE_EXHAUSTED, 503),
         Unavailable: ErrorStatus(grpc.StatusCode.UNAVAILABLE, 503),
         DeadlineExceeded: ErrorStatus(grpc.StatusCode.DEADLINE_EXCEEDED, 504),
+        FailedPrecondition: ErrorStatus(grpc.StatusCode.FAILED_PRECONDITION, 409),
+        # A load that failed: the files or the config must change before it can work.
+        # 400 as Triton's REST repository API answers it.
+        ModelLoadError: ErrorStatus(grpc.StatusCode.FAILED_PRECONDITION, 400),
     }
 )
 INTERNAL = ErrorStatus(grpc.StatusCode.INTERNAL, 500)

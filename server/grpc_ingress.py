@@ -208,15 +208,8 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     async def ModelConfig(
         self, request: pb.ModelConfigRequest, context: CallContext
     ) -> pb.ModelConfigResponse:
-        summary = self._inference.model_config(request.name, request.version)
-        return pb.ModelConfigResponse(
-            config=pb.ModelConfig(
-                name=summary.name,
-                platform=summary.platform,
-                backend=summary.backend,
-                max_batch_size=summary.max_batch_size,
-            )
-        )
+        config = self._inference.model_config(request.name, request.version)
+        return pb.ModelConfigResponse(config=config)
 
     @maps_errors
     async def ModelInfer(

@@ -24,6 +24,7 @@ import dataclasses
 from dataclasses import dataclass
 
 from switchyard import __version__
+from switchyard.protos import open_inference_pb2 as pb
 from switchyard.router.endpoint import EndpointSpec, VariantTarget
 from switchyard.runtimes.errors import NotFound
 from switchyard.server.dataplane import DataPlane
@@ -31,7 +32,6 @@ from switchyard.server.routing import RoutingService
 from switchyard.server.types import (
     InferRequest,
     InferResponse,
-    ModelConfigSummary,
     ModelMetadata,
     ServerMetadata,
 )
@@ -143,12 +143,11 @@ class InferenceService:
             return metadata
         return dataclasses.replace(metadata, name=name, versions=())
 
-    def model_config(self, name: str, version: str = "") -> ModelConfigSummary:
+    def model_config(self, name: str, version: str = "") -> pb.ModelConfig:
         target = self.resolve(name, version)
         config = self._models.model_config(*_signature_version(target))
-        if isinstance(target, ModelVersionTarget):
-            return config
-        return dataclasses.replace(config, name=name)
+        config.name = name  # an endpoint answers with its own name
+        return config
 
     async def infer(self, request: InferRequest, routing_key: str | None = None) -> InferResponse:
         """Serve a request naming an endpoint (routed; `routing_key`, when given, is the

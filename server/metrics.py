@@ -10,6 +10,7 @@ table version, so a lagging worker shows).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import time
 from collections.abc import Callable, Iterator
@@ -123,6 +124,7 @@ class ServerMetrics:
             registry=self.registry,
             multiprocess_mode="livemax",
         )
+        self.models = ModelMetrics(self.registry)
         self.routing = RoutingMetrics(self.registry)
         # labels() hashes and locks on every call: the serving path looks children up here.
         self._request_children: dict[tuple[str, str, str, str], tuple[Counter, Histogram]] = {}
@@ -184,6 +186,51 @@ class _PrometheusBatchObserver(BatchObserver):
 
     def queue_depth_changed(self, depth: int) -> None:
         self._queue_depth.set(depth)
+
+
+class ModelMetrics:
+    """Model versions loaded and unloaded while serving, and what they hold."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        model_labels = ["model", "version"]
+        self.loads = Counter(
+            "switchyard_model_loads",
+            "Model loads and unloads by model and result: loaded, failed, refused (over "
+            "the memory budget), unloaded.",
+            ["model", "result"],
+            registry=registry,
+        )
+        self.load_duration_s = Gauge(
+            "switchyard_model_load_duration_seconds",
+            "Seconds the last load of a model version took, warm-up included.",
+            model_labels,
+            registry=registry,
+            multiprocess_mode="livemax",
+        )
+        self.loaded_bytes = Gauge(
+            "switchyard_model_loaded_bytes",
+            "Bytes of model files a loaded version holds (what the memory budget counts).",
+            model_labels,
+            registry=registry,
+            multiprocess_mode="livemax",
+        )
+        self.ready = Gauge(
+            "switchyard_model_ready",
+            "1 while a model version is served; the series goes when it is unloaded.",
+            model_labels,
+            registry=registry,
+            multiprocess_mode="livemin",
+        )
+
+    def version_loaded(self, model: str, version: str, duration_s: float, size_bytes: int) -> None:
+        self.load_duration_s.labels(model, version).set(duration_s)
+        self.loaded_bytes.labels(model, version).set(size_bytes)
+        self.ready.labels(model, version).set(1)
+
+    def version_unloaded(self, model: str, version: str) -> None:
+        for gauge in (self.load_duration_s, self.loaded_bytes, self.ready):
+            with contextlib.suppress(KeyError):
+                gauge.remove(model, version)
 
 
 # Shadow-versus-primary differences span exact agreement (0) to unrelated outputs (>= 1).

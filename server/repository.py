@@ -1,15 +1,26 @@
-"""The served models: one runtime and one dynamic batcher per configured model version."""
+"""The served models: one runtime and one dynamic batcher per loaded model version.
+
+What is served is one immutable catalog (model name -> its config and loaded versions),
+replaced in one assignment: a request looks a version up once and keeps it, so a swap never
+shows it half a change. Versions load beside the ones serving (in a thread: an ONNX Runtime
+session takes the loop for as long as it builds) and retire after the swap: no new request
+reaches them, the requests that hold them finish, their batchers drain, then they are freed.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import logging
-from collections.abc import Callable
-from dataclasses import dataclass
+import time
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
 
+from switchyard.protos import open_inference_pb2 as pb
 from switchyard.runtimes.base import ModelSignature, Runtime
 from switchyard.runtimes.batcher import DynamicBatcher
-from switchyard.runtimes.errors import ModelLoadError, NotFound
+from switchyard.runtimes.errors import ModelLoadError, NotFound, ResourceExhausted
 from switchyard.runtimes.ort_runtime import OnnxRuntimeModel
 from switchyard.runtimes.triton_runtime import TritonModel, TritonOptions
 from switchyard.server.autoscaling.replica_stats import ReplicaStatsRecorder
@@ -17,6 +28,29 @@ from switchyard.server.config import AUTO_MAX_BATCH_SIZE, ModelConfig, ModelVers
 from switchyard.server.metrics import ServerMetrics
 
 log = logging.getLogger(__name__)
+
+
+class InFlight:
+    """Requests holding a model version now: it is freed only once they are done."""
+
+    __slots__ = ("_idle", "count")
+
+    def __init__(self) -> None:
+        self.count = 0
+        self._idle: asyncio.Event | None = None
+
+    def __enter__(self) -> None:
+        self.count += 1
+
+    def __exit__(self, *exc: object) -> None:
+        self.count -= 1
+        if self.count == 0 and self._idle is not None:
+            self._idle.set()
+
+    async def wait_idle(self) -> None:
+        while self.count:
+            self._idle = asyncio.Event()
+            await self._idle.wait()
 
 
 @dataclass(frozen=True, slots=True)
@@ -29,6 +63,10 @@ class LoadedModel:
     # Latency and load as this process sees them, kept for versions with an autoscaling
     # policy: the signal a Kubernetes HPA or KEDA scales the pods on.
     latency_stats: ReplicaStatsRecorder | None = None
+    # What it was loaded from: a version loaded again from the same settings is reused.
+    source: ModelVersionConfig | None = None
+    size_bytes: int = 0  # of its model file: what the memory budget counts
+    in_flight: InFlight = field(default_factory=InFlight, compare=False)
 
     @property
     def label(self) -> str:
@@ -129,65 +167,219 @@ def load_model_version(
 VersionLoader = Callable[[ModelConfig, ModelVersionConfig], LoadedModel]
 
 
+@dataclass(frozen=True, slots=True)
+class ServedModel:
+    """A model as served: its config, its loaded versions in the config's order, and what
+    its source said beyond our config (a config.pbtxt as read, the fields it ignored)."""
+
+    config: ModelConfig
+    versions: Mapping[str, LoadedModel]
+    triton_config: pb.ModelConfig | None = None
+    warnings: tuple[str, ...] = ()
+
+    @property
+    def default(self) -> LoadedModel:
+        return self.versions[self.config.served_default_version]
+
+
+Catalog = Mapping[str, ServedModel]
+
+
 class ModelRepository:
-    """Loads every configured model version at start and looks them up by name and version."""
+    """The catalog this process serves, and the steps that change it (server/model_control.py
+    orders them): `prepare` loads versions beside the catalog, `publish` swaps it, `retire`
+    drains and frees versions that left it."""
 
     def __init__(
         self,
         models: list[ModelConfig],
         metrics: ServerMetrics,
         loader: VersionLoader | None = None,
+        *,
+        memory_budget_bytes: int | None = None,
     ) -> None:
-        self._configs = {model.name: model for model in models}
+        self._initial = list(models)
         self._loader = loader or functools.partial(load_model_version, metrics=metrics)
-        self._loaded: dict[tuple[str, str], LoadedModel] = {}
+        self._metrics = metrics.models
+        self._budget_bytes = memory_budget_bytes
+        self._catalog: Catalog = {}
+        self._started = False
+
+    # Reading: the serving path ---------------------------------------------------------
+
+    @property
+    def catalog(self) -> Catalog:
+        return self._catalog
+
+    def get(self, name: str, version: str = "") -> LoadedModel:
+        """The model version asked for, or its default version when `version` is empty."""
+        served = self._catalog.get(name)
+        if served is None:
+            known = ", ".join(sorted(self._catalog)) or "none"
+            raise NotFound(f"model '{name}' not found (models served: {known})")
+        if not version:
+            return served.default
+        loaded = served.versions.get(version)
+        if loaded is None:
+            versions = ", ".join(served.versions)
+            raise NotFound(f"model '{name}' has no version '{version}' (versions: {versions})")
+        return loaded
+
+    def served(self, name: str) -> ServedModel:
+        self.get(name)  # NotFound, with the same message
+        return self._catalog[name]
+
+    def has_model(self, name: str) -> bool:
+        return name in self._catalog
+
+    def versions(self, name: str) -> list[str]:
+        return list(self._catalog[name].versions)
+
+    def models(self) -> list[LoadedModel]:
+        return [loaded for served in self._catalog.values() for loaded in served.versions.values()]
+
+    @property
+    def loaded_bytes(self) -> int:
+        return sum(loaded.size_bytes for loaded in self.models())
+
+    # Changing ----------------------------------------------------------------------------
 
     def load_all(self) -> None:
-        """Load every version; raises one ModelLoadError listing every model that failed."""
+        """Load the configured models at start (blocking: nothing is served yet); raises one
+        ModelLoadError listing every model that failed."""
+        catalog: dict[str, ServedModel] = {}
+        loaded: list[LoadedModel] = []
         failures = []
-        for model in self._configs.values():
+        for model in self._initial:
+            versions = {}
             for version in model.versions:
                 try:
-                    loaded = self._loader(model, version)
+                    versions[version.version] = self._load_version(model, version)
                 except ModelLoadError as exc:
                     failures.append(str(exc))
-                    continue
-                self._loaded[(model.name, version.version)] = loaded
+            loaded.extend(versions.values())
+            if len(versions) == len(model.versions):
+                catalog[model.name] = ServedModel(model, versions)
         if failures:
-            for loaded in self._loaded.values():
-                loaded.runtime.close()
-            self._loaded.clear()
+            for version_loaded in loaded:
+                version_loaded.runtime.close()
             raise ModelLoadError("; ".join(failures))
+        self._catalog = catalog
+
+    async def prepare(
+        self,
+        model: ModelConfig,
+        *,
+        fresh: bool = False,
+        triton_config: pb.ModelConfig | None = None,
+        warnings: tuple[str, ...] = (),
+    ) -> tuple[ServedModel, list[LoadedModel]]:
+        """`model` as it would be served, and the versions loaded for it (batchers started),
+        beside what is served now. A served version with the same settings is reused unless
+        `fresh` (its files changed). Nothing is published; on ModelLoadError or over the
+        memory budget (ResourceExhausted) what this loaded is freed again."""
+        current = self._catalog.get(model.name)
+        reusable = {} if current is None or fresh else dict(current.versions)
+        versions: dict[str, LoadedModel] = {}
+        to_load = []
+        for version in model.versions:
+            kept = reusable.get(version.version)
+            if kept is not None and _same_settings(kept, version, model, current):
+                versions[version.version] = kept
+            else:
+                to_load.append(version)
+        self._check_budget(model, to_load)
+        loaded: list[LoadedModel] = []
+        try:
+            for version in to_load:
+                new = await asyncio.to_thread(self._load_version, model, version)
+                loaded.append(new)
+                if self._started:
+                    await new.batcher.start()
+                versions[version.version] = new
+        except BaseException:
+            self._metrics.loads.labels(model.name, "failed").inc()
+            await self.retire(loaded, count=False)
+            raise
+        ordered = {v.version: versions[v.version] for v in model.versions}
+        return ServedModel(model, ordered, triton_config, warnings), loaded
+
+    def publish(self, catalog: Catalog) -> None:
+        """Serve `catalog` from the next request on (one assignment)."""
+        self._catalog = dict(catalog)
+
+    async def retire(self, versions: Iterable[LoadedModel], *, count: bool = True) -> None:
+        """Free versions no longer in the catalog: wait for the requests holding them, run
+        what their batchers hold, then release their runtimes."""
+        for loaded in versions:
+            await loaded.in_flight.wait_idle()
+            await loaded.batcher.close(drain=True)
+            await loaded.runtime.aclose()
+            if count:
+                self._metrics.loads.labels(loaded.name, "unloaded").inc()
+                self._metrics.version_unloaded(loaded.name, loaded.version)
+            log.info("unloaded %s", loaded.label)
 
     async def start(self) -> None:
-        for loaded in self._loaded.values():
+        self._started = True
+        for loaded in self.models():
             await loaded.batcher.start()
 
     async def close(self, drain: bool = True) -> None:
         """Finish (drain) or fail what is queued, then release every runtime."""
-        for loaded in self._loaded.values():
+        models, self._catalog = self.models(), {}
+        for loaded in models:
             await loaded.batcher.close(drain)
             await loaded.runtime.aclose()
-        self._loaded.clear()
 
-    def get(self, name: str, version: str = "") -> LoadedModel:
-        """The model version asked for, or its default version when `version` is empty."""
-        config = self._configs.get(name)
-        if config is None:
-            known = ", ".join(sorted(self._configs)) or "none"
-            raise NotFound(f"model '{name}' not found (models served: {known})")
-        key = (name, version or config.served_default_version)
-        loaded = self._loaded.get(key)
-        if loaded is None:
-            versions = ", ".join(self.versions(name))
-            raise NotFound(f"model '{name}' has no version '{version}' (versions: {versions})")
-        return loaded
+    def _load_version(self, model: ModelConfig, version: ModelVersionConfig) -> LoadedModel:
+        started_s = time.perf_counter()
+        loaded = self._loader(model, version)
+        size_bytes = _file_bytes(version.path)
+        self._metrics.loads.labels(model.name, "loaded").inc()
+        self._metrics.version_loaded(
+            model.name, version.version, time.perf_counter() - started_s, size_bytes
+        )
+        return LoadedModel(
+            loaded.name,
+            loaded.version,
+            loaded.signature,
+            loaded.runtime,
+            loaded.batcher,
+            loaded.latency_stats,
+            source=version,
+            size_bytes=size_bytes,
+        )
 
-    def has_model(self, name: str) -> bool:
-        return name in self._configs
+    def _check_budget(self, model: ModelConfig, versions: list[ModelVersionConfig]) -> None:
+        if self._budget_bytes is None or not versions:
+            return
+        # Until the swap the versions being replaced still hold their memory: both count.
+        wanted = sum(_file_bytes(v.path) for v in versions)
+        held = self.loaded_bytes
+        if held + wanted > self._budget_bytes:
+            self._metrics.loads.labels(model.name, "refused").inc()
+            raise ResourceExhausted(
+                f"loading model '{model.name}' needs {wanted} bytes beside the {held} loaded; "
+                f"server.model_memory_budget_bytes is {self._budget_bytes}: unload a model first"
+            )
 
-    def versions(self, name: str) -> list[str]:
-        return [v.version for v in self._configs[name].versions]
 
-    def models(self) -> list[LoadedModel]:
-        return list(self._loaded.values())
+def _same_settings(
+    loaded: LoadedModel,
+    version: ModelVersionConfig,
+    model: ModelConfig,
+    current: ServedModel | None,
+) -> bool:
+    """A served version can stay as it is: same version entry, same model-wide settings."""
+    if current is None or loaded.source != version:
+        return False
+    model_wide = {"versions", "default_version"}
+    return current.config.model_dump(exclude=model_wide) == model.model_dump(exclude=model_wide)
+
+
+def _file_bytes(path: Path | None) -> int:
+    try:
+        return path.stat().st_size if path is not None else 0
+    except OSError:
+        return 0

@@ -16,6 +16,8 @@ from typing import Any
 from urllib.parse import parse_qs
 
 import orjson
+from google.protobuf import json_format
+from google.protobuf.message import Message
 
 from switchyard.runtimes.errors import InvalidArgument, NotFound, PayloadTooLarge
 from switchyard.runtimes.tensor_codec import decode_raw, encode_raw
@@ -37,6 +39,11 @@ HEADER_LENGTH = b"inference-header-content-length"
 Scope = dict[str, Any]
 Receive = Callable[[], Awaitable[dict[str, Any]]]
 Send = Callable[[dict[str, Any]], Awaitable[None]]
+
+
+def proto_json(message: Message) -> dict[str, Any]:
+    """A protobuf message as Triton's REST API writes it: field names as in the .proto."""
+    return json_format.MessageToDict(message, preserving_proto_field_name=True)
 
 
 class Response:
@@ -114,7 +121,8 @@ class RestApp:
                 return Response.json(200, self._inference.model_metadata(name, version).as_json())
             if action == "config":
                 require_method(method, "GET")
-                return Response.json(200, self._inference.model_config(name, version).as_json())
+                config = self._inference.model_config(name, version)
+                return Response.json(200, proto_json(config))
             if action == "ready":
                 require_method(method, "GET")
                 if await self._inference.model_ready(name, version):

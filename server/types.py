@@ -87,19 +87,3 @@ class ModelMetadata:
         }
 
 
-@dataclass(frozen=True, slots=True)
-class ModelConfigSummary:
-    """What Triton's ModelConfig call reports, for the fields Switchyard knows."""
-
-    name: str
-    platform: str
-    backend: str
-    max_batch_size: int
-
-    def as_json(self) -> dict[str, Any]:
-        return {
-            "name": self.name,
-            "platform": self.platform,
-            "backend": self.backend,
-            "max_batch_size": self.max_batch_size,
-        }

@@ -11,7 +11,12 @@ import time
 from collections import Counter, deque
 from collections.abc import Callable, Mapping
 
-from switchyard.server.control.state import AuditEntry, ControlSnapshot, EndpointRecord
+from switchyard.server.control.state import (
+    AuditEntry,
+    ControlSnapshot,
+    EndpointRecord,
+    ModelRecord,
+)
 from switchyard.server.control.store import AUDIT_TRAIL_LENGTH
 
 
@@ -22,6 +27,7 @@ class MemoryControlStore:
         self._clock = clock
         self._version = 0
         self._records: dict[str, EndpointRecord] = {}
+        self._models: dict[str, ModelRecord] = {}
         self._stats: dict[str, Counter[str]] = {}
         self._trail: deque[AuditEntry] = deque(maxlen=AUDIT_TRAIL_LENGTH)
         self._once_until_s: dict[str, float] = {}
@@ -29,7 +35,7 @@ class MemoryControlStore:
         self._holder: str | None = None
 
     async def snapshot(self) -> ControlSnapshot:
-        return ControlSnapshot(self._version, dict(self._records))
+        return ControlSnapshot(self._version, dict(self._records), dict(self._models))
 
     async def commit(
         self, endpoint: str, expected_revision: int, record: EndpointRecord, audit: AuditEntry
@@ -41,10 +47,24 @@ class MemoryControlStore:
         self._records[endpoint] = EndpointRecord(
             record.base_fingerprint, record.override, record.rollout, self._version
         )
+        self._published(audit)
+        return self._version
+
+    async def commit_model(
+        self, model: str, expected_revision: int, record: ModelRecord, audit: AuditEntry
+    ) -> int | None:
+        current = self._models.get(model)
+        if (current.revision if current else 0) != expected_revision:
+            return None
+        self._version += 1
+        self._models[model] = record.with_revision(self._version)
+        self._published(audit)
+        return self._version
+
+    def _published(self, audit: AuditEntry) -> None:
         self._trail.append(audit)
         for on_change in list(self._watchers):
             on_change()
-        return self._version
 
     async def add_stats(self, key: str, counts: Mapping[str, int]) -> None:
         self._stats.setdefault(key, Counter()).update(counts)

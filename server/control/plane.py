@@ -21,7 +21,7 @@ import contextlib
 import hashlib
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, TypeVar
 
 from switchyard.router.audit import describe_changes
@@ -44,6 +44,7 @@ from switchyard.server.control.state import (
     AuditEntry,
     ControlSnapshot,
     EndpointRecord,
+    ModelRecord,
     Override,
     applies,
     base_fingerprint,
@@ -97,6 +98,7 @@ class ControlPlane:
         self._store_up = True
         self._changed = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
+        self._on_models: Callable[[Mapping[str, ModelRecord]], None] | None = None
         metrics.store_up.set(1)
         self._install(self._snapshot)
 
@@ -113,6 +115,15 @@ class ControlPlane:
     @property
     def store_up(self) -> bool:
         return self._store_up
+
+    @property
+    def models(self) -> Mapping[str, ModelRecord]:
+        """Models loaded or unloaded through the repository API, as the store has them."""
+        return self._snapshot.models
+
+    def on_models_changed(self, callback: Callable[[Mapping[str, ModelRecord]], None]) -> None:
+        """Call `callback` with the model records whenever a sync brings other ones."""
+        self._on_models = callback
 
     def overrides(self) -> dict[str, dict[str, Any]]:
         """The overrides in force, by endpoint, with who set them and when."""
@@ -229,6 +240,12 @@ class ControlPlane:
         self._check_base = True
         self._changed.set()
         self._metrics.table_changes.labels("config-file").inc()
+        await self.audit_file_change(reason, changes)
+        return changes
+
+    async def audit_file_change(self, reason: str, changes: list[str]) -> None:
+        """Audit a change every replica makes for itself from the files it reads (a config
+        edit, a polled model repository): written once to the shared trail."""
         entry = AuditEntry("config-file", reason, tuple(changes), self.replica)
         key = hashlib.sha256("\n".join(changes).encode()).hexdigest()[:24]
         try:
@@ -237,7 +254,26 @@ class ControlPlane:
             first = True  # the shared trail misses it; this replica's own log must not
         if first:
             self._audit.write(entry)
-        return changes
+
+    async def commit_model(self, model: str, record: ModelRecord, action: str) -> int:
+        """Write a model's record for every replica, audited; the store's new revision. A
+        compare-and-set on the record's revision, retried on a lost race: the latest request
+        for a model wins, as with a single server."""
+        entry = AuditEntry(record.actor, action, (f"model {model}: {action}",), self.replica)
+        for _ in range(COMMIT_ATTEMPTS):
+            await _confirmed(self._resync())
+            current = self._snapshot.models.get(model)
+            expected = current.revision if current is not None else 0
+            committed = self.store.commit_model(model, expected, record, entry)
+            version = await _confirmed(self._call("commit", committed))
+            if version is not None:
+                self._audit.write(entry)
+                await _confirmed(self._resync())
+                return version
+        raise Unavailable(
+            f"model '{model}' was changed by other replicas {COMMIT_ATTEMPTS} times while this "
+            "change was made; retry it"
+        )
 
     # Lifecycle -------------------------------------------------------------------------
 
@@ -264,8 +300,10 @@ class ControlPlane:
 
     def _install(self, snapshot: ControlSnapshot) -> None:
         """Serve the table `snapshot` makes on the current base (one assignment)."""
-        self._snapshot = snapshot
+        previous, self._snapshot = self._snapshot, snapshot
         self._router.swap(table_in_force(self._base, snapshot))
+        if self._on_models is not None and snapshot.models != previous.models:
+            self._on_models(snapshot.models)
         records = self._applying_records()
         self._running = {
             name: (record.revision, plan)

@@ -4,15 +4,19 @@ Keys, all under the configured prefix:
   version               counter, one more for every commit
   endpoints             hash: endpoint -> its record (JSON)
   revisions             hash: endpoint -> the version of its record's last write
+  models                hash: model -> its record (JSON), for models loaded or unloaded
+                        through the repository API
+  model_revisions       hash: model -> the version of its record's last write
   changes               pub/sub channel: the new version after every commit
   audit                 stream of audit entries, about AUDIT_TRAIL_LENGTH kept
   stats:<key>           hash of counts every replica adds to (a rollout step's window)
   lease                 the replica judging rollouts, set NX with an expiry, renewed
   once:<key>            set NX with an expiry: an audit entry already written
 
-A commit is one Lua script (compare the revision, write, count, audit, publish), so two
-replicas deciding at once never both win. Redis must keep its data across its own restarts
-(AOF or RDB persistence): a store that comes back empty returns every replica to the file.
+A commit, of an endpoint's record or a model's, is one Lua script (compare the revision,
+write, count, audit, publish), so two replicas deciding at once never both win. Redis must
+keep its data across its own restarts (AOF or RDB persistence): a store that comes back
+empty returns every replica to the file.
 """
 
 from __future__ import annotations
@@ -29,7 +33,12 @@ from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 
-from switchyard.server.control.state import AuditEntry, ControlSnapshot, EndpointRecord
+from switchyard.server.control.state import (
+    AuditEntry,
+    ControlSnapshot,
+    EndpointRecord,
+    ModelRecord,
+)
 from switchyard.server.control.store import AUDIT_TRAIL_LENGTH, STATS_TTL_S, ControlStoreError
 
 _COMMIT = """
@@ -87,21 +96,47 @@ class RedisControlStore:
             pipe.get(self._key("version"))
             pipe.hgetall(self._key("revisions"))
             pipe.hgetall(self._key("endpoints"))
-            version, revisions, records = await pipe.execute()
+            pipe.hgetall(self._key("model_revisions"))
+            pipe.hgetall(self._key("models"))
+            version, revisions, records, model_revisions, models = await pipe.execute()
         endpoints = {
             name.decode(): EndpointRecord.from_json(text, int(revisions.get(name, 0)))
             for name, text in records.items()
         }
-        return ControlSnapshot(int(version or 0), endpoints)
+        model_records = {
+            name.decode(): ModelRecord.from_json(text, int(model_revisions.get(name, 0)))
+            for name, text in models.items()
+        }
+        return ControlSnapshot(int(version or 0), endpoints, model_records)
 
     async def commit(
         self, endpoint: str, expected_revision: int, record: EndpointRecord, audit: AuditEntry
     ) -> int | None:
-        keys = [self._key(k) for k in ("version", "revisions", "endpoints", "audit", "changes")]
+        return await self._commit_record(
+            ("revisions", "endpoints"), endpoint, expected_revision, record.to_json(), audit
+        )
+
+    async def commit_model(
+        self, model: str, expected_revision: int, record: ModelRecord, audit: AuditEntry
+    ) -> int | None:
+        return await self._commit_record(
+            ("model_revisions", "models"), model, expected_revision, record.to_json(), audit
+        )
+
+    async def _commit_record(
+        self,
+        hashes: tuple[str, str],
+        name: str,
+        expected_revision: int,
+        record_json: str,
+        audit: AuditEntry,
+    ) -> int | None:
+        revisions, records = hashes
+        keys = [self._key(k) for k in ("version", revisions, records, "audit", "changes")]
         args: list[str | int] = [
-            endpoint,
+            name,
             expected_revision,
-            record.to_json(),
+            record_json,
             audit.to_json(),
             AUDIT_TRAIL_LENGTH,
         ]

@@ -5,8 +5,9 @@ the control store keeps one EndpointRecord per endpoint that has been changed wh
 an admin's weights or a rollout step (an Override, with who and when) and the rollout's
 status. A record remembers the fingerprint of the base it was laid on; it applies only on
 that base, and a file edit that changes the endpoint's variants, weights or plan resets it
-(`ControlPlane`). Every record carries the store's revision of its last write, which is
-also the control version at that moment.
+(`ControlPlane`). Models loaded or unloaded through the repository API get a ModelRecord
+each, so that every replica serves the same set. Every record carries the store's revision
+of its last write, which is also the control version at that moment.
 """
 
 from __future__ import annotations
@@ -87,9 +88,40 @@ class EndpointRecord:
 
 
 @dataclass(frozen=True, slots=True)
+class ModelRecord:
+    """A model loaded or unloaded while serving (the repository API), for every replica to
+    do alike. `config_json`: the ModelConfig the load was given in place of the
+    repository's (Triton's `config` load parameter), if any."""
+
+    loaded: bool
+    config_json: str | None
+    actor: str
+    time_s: float  # wall clock
+    revision: int = 0  # the store's; 0 for a record it does not hold yet
+
+    def to_json(self) -> str:
+        document = {
+            "loaded": self.loaded,
+            "config_json": self.config_json,
+            "actor": self.actor,
+            "time_s": self.time_s,
+        }
+        return json.dumps(document, sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str | bytes, revision: int) -> ModelRecord:
+        d = json.loads(text)
+        return cls(bool(d["loaded"]), d["config_json"], d["actor"], float(d["time_s"]), revision)
+
+    def with_revision(self, revision: int) -> ModelRecord:
+        return ModelRecord(self.loaded, self.config_json, self.actor, self.time_s, revision)
+
+
+@dataclass(frozen=True, slots=True)
 class ControlSnapshot:
     version: int = 0  # counts every change the store has taken
     endpoints: Mapping[str, EndpointRecord] = field(default_factory=dict)
+    models: Mapping[str, ModelRecord] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)

@@ -10,7 +10,12 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Protocol
 
-from switchyard.server.control.state import AuditEntry, ControlSnapshot, EndpointRecord
+from switchyard.server.control.state import (
+    AuditEntry,
+    ControlSnapshot,
+    EndpointRecord,
+    ModelRecord,
+)
 
 AUDIT_TRAIL_LENGTH = 10_000  # entries the shared trail keeps, about
 STATS_TTL_S = 24 * 3600.0  # a step's merged statistics outlive any step interval in use
@@ -24,7 +29,7 @@ class ControlStore(Protocol):
     description: str  # for logs: the backend and where it is, no secrets
 
     async def snapshot(self) -> ControlSnapshot:
-        """The version and every endpoint record, read together."""
+        """The version, every endpoint record and every model record, read together."""
         ...
 
     async def commit(
@@ -33,6 +38,12 @@ class ControlStore(Protocol):
         """Write `record` if the endpoint's revision is still `expected_revision`, append
         `audit` to the trail and notify every replica, all at once; the new version, or None
         when another write came first (read again and decide again)."""
+        ...
+
+    async def commit_model(
+        self, model: str, expected_revision: int, record: ModelRecord, audit: AuditEntry
+    ) -> int | None:
+        """`commit` for a model's record: loaded or unloaded through the repository API."""
         ...
 
     async def add_stats(self, key: str, counts: Mapping[str, int]) -> None:
