@@ -52,6 +52,18 @@ class DeadlineExceeded(SwitchyardError):
     code = "deadline_exceeded"
 
 
+class Unauthenticated(SwitchyardError):
+    """A protected call came without credentials."""
+
+    code = "unauthenticated"
+
+
+class PermissionDenied(SwitchyardError):
+    """A protected call came with credentials that do not allow it."""
+
+    code = "permission_denied"
+
+
 class FailedPrecondition(SwitchyardError):
     """The request cannot be done in the current state (a model still routed to, model
     control turned off); it needs another change first, not a retry."""

@@ -18,9 +18,9 @@ import hmac
 from typing import Any
 
 from switchyard.router.config import table_to_config
-from switchyard.runtimes.errors import InvalidArgument, NotFound
+from switchyard.runtimes.errors import InvalidArgument, NotFound, PermissionDenied, Unauthenticated
 from switchyard.server.control.plane import ControlPlane
-from switchyard.server.error_status import HttpError, require_method
+from switchyard.server.error_status import require_method
 from switchyard.server.json_body import parse_object
 
 ACTOR_HEADER = b"x-switchyard-actor"
@@ -37,11 +37,7 @@ class AdminApi:
         """Refuse unless the request carries the configured bearer token."""
         if self._token is None:
             raise NotFound("the admin API is off; set admin.token or SWITCHYARD_ADMIN_TOKEN")
-        scheme, _, given = headers.get(b"authorization", b"").decode("latin-1").partition(" ")
-        if scheme.lower() != "bearer" or not given:
-            raise HttpError(401, "the admin API needs an 'Authorization: Bearer <token>' header")
-        if not hmac.compare_digest(given.encode(), self._token.encode()):
-            raise HttpError(403, "the bearer token is not valid for the admin API")
+        check_bearer(self._token, headers.get(b"authorization", b"").decode("latin-1"), "admin API")
 
     async def handle(
         self,
@@ -88,6 +84,15 @@ class AdminApi:
             require_method(method, "GET")
             return {"holder": await control.lease_holder()}
         raise NotFound(f"no admin route /admin/v1/{'/'.join(parts)}")
+
+
+def check_bearer(token: str, authorization: str, what: str) -> None:
+    """Unauthenticated / PermissionDenied unless `authorization` is `Bearer <token>`."""
+    scheme, _, given = authorization.partition(" ")
+    if scheme.lower() != "bearer" or not given:
+        raise Unauthenticated(f"the {what} needs an 'Authorization: Bearer <token>' header")
+    if not hmac.compare_digest(given.encode(), token.encode()):
+        raise PermissionDenied(f"the bearer token is not valid for the {what}")
 
 
 def _limit(query: dict[str, list[str]]) -> int:

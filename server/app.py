@@ -96,7 +96,12 @@ class StandaloneServer:
         self.worker = worker
         self.metrics = ServerMetrics()
         self.core = GatewayCore(
-            config, config_path, self.metrics, ModelRepository(config.models, self.metrics)
+            config,
+            config_path,
+            self.metrics,
+            ModelRepository(
+                self.metrics, memory_budget_bytes=config.server.model_memory_budget_bytes
+            ),
         )
         self._feature_counters: FeatureStatsCounters | None = None
         if worker is None:

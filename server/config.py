@@ -30,6 +30,7 @@ from switchyard.server.config_base import (
 from switchyard.server.config_sections import (
     AdminSettings,
     ControlSettings,
+    ModelRepositorySettings,
     RayHostSettings,
     RecommendSettings,
     RoutingSettings,
@@ -49,6 +50,7 @@ __all__ = [
     "ConfigError",
     "ControlSettings",
     "ModelConfig",
+    "ModelRepositorySettings",
     "ModelVersionConfig",
     "RayHostSettings",
     "RecommendSettings",
@@ -71,7 +73,10 @@ class SwitchyardConfig(StrictModel):
     server: ServerSettings = Field(
         default_factory=ServerSettings, description="Listening sockets and process settings."
     )
-    models: list[ModelConfig] = Field(min_length=1, description="The served models.")
+    models: list[ModelConfig] = Field(
+        default_factory=list,
+        description="The served models (none only beside a `model_repository.path`).",
+    )
     endpoints: list[EndpointConfig] = Field(
         default_factory=list, description="Routed endpoints: A/B, canary, shadow, rollouts."
     )
@@ -92,6 +97,10 @@ class SwitchyardConfig(StrictModel):
     ray: RayHostSettings = Field(
         default_factory=RayHostSettings, description="The Ray host's ingress deployment."
     )
+    model_repository: ModelRepositorySettings = Field(
+        default_factory=ModelRepositorySettings,
+        description="A Triton-layout model repository, and model changes while serving.",
+    )
 
     # The endpoints compiled into the router's immutable table, once, at validation.
     _routing_table: RoutingTable = PrivateAttr(default_factory=lambda: RoutingTable({}))
@@ -101,7 +110,16 @@ class SwitchyardConfig(StrictModel):
         names = [m.name for m in self.models]
         if len(set(names)) != len(names):
             raise ValueError(f"model names repeat: {names}")
-        models = {model.name: [v.version for v in model.versions] for model in self.models}
+        repository = self.model_repository.path is not None
+        if not names and not repository:
+            raise ValueError("no models: list some under `models:` or set model_repository.path")
+        # A repository's models are known once it is read: the gateway checks endpoints
+        # against what it loaded, at start and on every change.
+        models = (
+            None
+            if repository
+            else {model.name: [v.version for v in model.versions] for model in self.models}
+        )
         table, errors = compile_endpoints(self.endpoints, models, prefix=("endpoints",))
         raise_errors("endpoints", errors)
         if table is not None:
@@ -149,12 +167,36 @@ def _apply_env_overrides(raw: dict[str, Any], env: Mapping[str, str]) -> dict[st
         if value is not None and isinstance(server, dict | None):
             server = {**(server or {}), name: _env_value(value)}
     raw = {**raw} if server is None else {**raw, "server": server}
+    repository = raw.get("model_repository")
+    if isinstance(repository, dict | None):
+        # What the `serve` flags (--model-repository ...) set, for every worker and reload.
+        repository = dict(repository or {})
+        for name, value in _repository_env(env).items():
+            repository[name] = value
+        if repository:
+            raw["model_repository"] = repository
     token = env.get(ENV_PREFIX + "ADMIN_TOKEN")
     admin = raw.get("admin")
     if token is not None and isinstance(admin, dict | None):
         # Secrets belong in the environment, not in the config file; a token is text as given.
         raw["admin"] = {**(admin or {}), "token": token}
     return raw
+
+
+REPOSITORY_ENV = {
+    "path": ENV_PREFIX + "MODEL_REPOSITORY",
+    "control_mode": ENV_PREFIX + "MODEL_CONTROL_MODE",
+    "load": ENV_PREFIX + "LOAD_MODEL",  # comma-separated; empty: none
+}
+
+
+def _repository_env(env: Mapping[str, str]) -> dict[str, Any]:
+    values: dict[str, Any] = {}
+    for name, variable in REPOSITORY_ENV.items():
+        text = env.get(variable)
+        if text is not None:
+            values[name] = [n for n in text.split(",") if n] if name == "load" else text
+    return values
 
 
 def _resolve_path(section: Any, key: str, base_dir: Path) -> None:
@@ -165,6 +207,7 @@ def _resolve_path(section: Any, key: str, base_dir: Path) -> None:
 def _resolve_paths(raw: dict[str, Any], base_dir: Path) -> None:
     _resolve_path(raw.get("routing"), "disagreement_log_path", base_dir)
     _resolve_path(raw.get("admin"), "audit_log_path", base_dir)
+    _resolve_path(raw.get("model_repository"), "path", base_dir)
     resolve_feature_paths(raw.get("features"), base_dir)
     models = raw.get("models")
     for model in models if isinstance(models, list) else []:

@@ -1,30 +1,28 @@
-"""Apply endpoint changes from the config file while serving, without failing a request."""
+"""Apply config file changes (endpoints and models) while serving, without failing a request."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
 from pathlib import Path
 
-from switchyard.router.table import RoutingTable
-from switchyard.runtimes.errors import NotFound
+from switchyard.runtimes.errors import SwitchyardError
 from switchyard.server.config import ConfigError, SwitchyardConfig, load_config, routing_table
 from switchyard.server.control.plane import ControlPlane
 from switchyard.server.metrics import RoutingMetrics
+from switchyard.server.model_control import ModelControl
 
 log = logging.getLogger(__name__)
-
-# NotFound unless the model version (empty: the model's default) is loaded here.
-CheckLoaded = Callable[[str, str], None]
+LIVE_SECTIONS = {"endpoints", "models"}  # what a reload applies; the rest on restart
 
 
 class ConfigReloader:
-    """Polls the config file; a changed `endpoints:` section becomes the new routing base.
-
-    Other sections (models, server) need a restart; a change to them is logged, not applied.
-    Refused whole, the routing in force staying: a file that does not validate, and one whose
-    endpoints name a model or version that is not loaded (a reload does not load models).
+    """Polls the config file; a changed `endpoints:` section becomes the new routing base
+    and a changed `models:` section loads and unloads models, both in one change
+    (ModelControl.reload_config). Other sections need a restart: a change to them is
+    logged, not applied. Refused whole, what is served staying: a file that does not
+    validate, a model that fails to load, and endpoints that name a model or version the
+    new models would not serve.
     """
 
     def __init__(
@@ -32,14 +30,14 @@ class ConfigReloader:
         path: Path,
         config: SwitchyardConfig,
         control: ControlPlane,
-        check_loaded: CheckLoaded,
+        models: ModelControl,
         metrics: RoutingMetrics,
         interval_s: float,
     ) -> None:
         self._path = path
         self._config = config
         self._control = control
-        self._check_loaded = check_loaded
+        self._models = models
         self._metrics = metrics
         self._interval_s = interval_s
         self._stamp = self._file_stamp()
@@ -64,32 +62,24 @@ class ConfigReloader:
             log.error("config change ignored, the routing in force stays: %s", exc)
             return False
         table = routing_table(config)
-        unloaded = self._unloaded_targets(table)
-        if unloaded:
-            self._metrics.config_reloads.labels("refused").inc()
-            log.error(
-                "config change refused, the routing in force stays: %s (a reload does not "
-                "load models; add them to models: and restart)",
-                "; ".join(unloaded),
+        reason = f"reload {self._path.name}"
+        try:
+            changes = await self._models.reload_config(
+                config.models, table, lambda: self._control.load_base(table, reason), reason
             )
+        except SwitchyardError as exc:
+            self._metrics.config_reloads.labels("refused").inc()
+            log.error("config change refused, what is served stays: %s", exc)
             return False
-        if config.model_dump(exclude={"endpoints"}) != self._config.model_dump(
-            exclude={"endpoints"}
+        if config.model_dump(exclude=LIVE_SECTIONS) != self._config.model_dump(
+            exclude=LIVE_SECTIONS
         ):
-            log.warning("config sections other than endpoints changed; they apply on restart")
-        changes = await self._control.load_base(table, f"reload {self._path.name}")
+            log.warning(
+                "config sections other than endpoints and models changed; they apply on restart"
+            )
+        self._config = config
         self._metrics.config_reloads.labels("applied" if changes else "unchanged").inc()
         return bool(changes)
-
-    def _unloaded_targets(self, table: RoutingTable) -> list[str]:
-        problems = []
-        for name, spec in sorted(table.endpoints.items()):
-            for variant, target in sorted(spec.variants.items()):
-                try:
-                    self._check_loaded(target.model, target.version or "")
-                except NotFound as exc:
-                    problems.append(f"endpoints.{name}.variants.{variant}: {exc}")
-        return problems
 
     async def run_forever(self) -> None:
         while True:

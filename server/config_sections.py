@@ -1,5 +1,5 @@
-"""The small sections of the config file: `server`, `routing`, `control`, `ray`, `admin` and
-`recommend`."""
+"""The small sections of the config file: `server`, `routing`, `control`, `ray`, `admin`,
+`recommend` and `model_repository`."""
 
 from __future__ import annotations
 
@@ -61,6 +61,12 @@ class ServerSettings(StrictModel):
         ge=0,
         description="Seconds shutdown waits for in-flight requests before cancelling them.",
     )
+    model_memory_budget_bytes: int | None = Field(
+        default=None,
+        ge=1,
+        description="Bytes of model files loaded at most; a load beyond it is refused "
+        "(RESOURCE_EXHAUSTED / 503). Unset: no limit.",
+    )
     autoscaling_signal_interval_s: float = Field(
         default=5.0,
         gt=0,
@@ -79,6 +85,36 @@ class ServerSettings(StrictModel):
         if hasattr(os, "sched_getaffinity"):
             return len(os.sched_getaffinity(0)) or 1
         return os.cpu_count() or 1
+
+
+ModelControlMode = Literal["none", "poll", "explicit"]
+
+
+class ModelRepositorySettings(StrictModel):
+    """Models from a Triton-layout model repository, and how models change while serving
+    (Triton's --model-repository, --model-control-mode and --load-model; the `serve` flags
+    of the same names set these)."""
+
+    path: FilePath | None = Field(
+        default=None,
+        description="A Triton-layout model repository (<model>/<version>/model.onnx, an "
+        "optional config.pbtxt), served beside `models:`.",
+    )
+    control_mode: ModelControlMode = Field(
+        default="explicit",
+        description="explicit: the repository API (and config reloads) load and unload "
+        "models while serving; poll: the repository folder is watched, the API refuses; "
+        "none: what loads at start stays, the API refuses.",
+    )
+    load: list[str] | None = Field(
+        default=None,
+        description="Repository models loaded at start in explicit mode (`*`: all); unset: "
+        "all. `serve --model-control-mode explicit` without --load-model loads none, as "
+        "Triton does.",
+    )
+    poll_s: float = Field(
+        default=5.0, gt=0, description="Seconds between two scans of the folder (poll mode)."
+    )
 
 
 class RoutingSettings(StrictModel):

@@ -18,6 +18,7 @@ from switchyard.protos import open_inference_pb2 as pb
 from switchyard.runtimes.base import ModelSignature, TensorSpec
 from switchyard.runtimes.errors import InvalidArgument
 from switchyard.server.repository import LoadedModel, ModelRepository
+from switchyard.server.triton_config_bridge import to_triton_config, with_model_tensors
 from switchyard.server.types import (
     InferInput,
     InferOutput,
@@ -66,18 +67,20 @@ class DataPlane:
 
     def model_config(self, name: str, version: str = "") -> pb.ModelConfig:
         """Triton's ModelConfig of the version: its config.pbtxt where it came from a model
-        repository, else what its config says; the batch size is the one in force."""
+        repository, else what its config says; the batch size is the one in force, and the
+        model's own tensors fill in inputs and outputs the config does not list."""
         model = self._repository.get(name, version)
         served = self._repository.served(name)
-        config = pb.ModelConfig()
-        if served.triton_config is not None:
-            config.CopyFrom(served.triton_config)
         platform = model.signature.platform
-        config.name = name
-        config.platform = config.platform or platform
+        rows = model.batcher.max_batch_size
+        if served.triton_config is not None:
+            config = pb.ModelConfig()
+            config.CopyFrom(served.triton_config)
+            config.max_batch_size = rows
+        else:
+            config = to_triton_config(served.config, platform, rows)
         config.backend = config.backend or platform.split(":", 1)[-1].removesuffix("_onnx")
-        config.max_batch_size = model.batcher.max_batch_size
-        return config
+        return with_model_tensors(config, model.signature)
 
     async def infer_model(self, request: InferRequest) -> InferResponse:
         """Run the model version the request names, without routing."""

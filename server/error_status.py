@@ -21,8 +21,10 @@ from switchyard.runtimes.errors import (
     ModelLoadError,
     NotFound,
     PayloadTooLarge,
+    PermissionDenied,
     ResourceExhausted,
     SwitchyardError,
+    Unauthenticated,
     Unavailable,
 )
 
@@ -42,6 +44,8 @@ ERROR_STATUS: Mapping[type[SwitchyardError], ErrorStatus] = MappingProxyType(
         ResourceExhausted: ErrorStatus(grpc.StatusCode.RESOURCE_EXHAUSTED, 503),
         Unavailable: ErrorStatus(grpc.StatusCode.UNAVAILABLE, 503),
         DeadlineExceeded: ErrorStatus(grpc.StatusCode.DEADLINE_EXCEEDED, 504),
+        Unauthenticated: ErrorStatus(grpc.StatusCode.UNAUTHENTICATED, 401),
+        PermissionDenied: ErrorStatus(grpc.StatusCode.PERMISSION_DENIED, 403),
         FailedPrecondition: ErrorStatus(grpc.StatusCode.FAILED_PRECONDITION, 409),
         # A load that failed: the files or the config must change before it can work.
         # 400 as Triton's REST repository API answers it.

@@ -29,9 +29,11 @@ from switchyard.server.features.factory import create_store
 from switchyard.server.grpc_ingress import InferenceServicer
 from switchyard.server.inference import InferenceService
 from switchyard.server.metrics import ServerMetrics
+from switchyard.server.model_control import ModelControl
 from switchyard.server.recommend import Recommender
 from switchyard.server.recommend_ingress import RecommendServicer
 from switchyard.server.repository import ModelRepository
+from switchyard.server.repository_api import RepositoryApi
 from switchyard.server.rest_ingress import RestApp
 from switchyard.server.routing import RoutingService
 
@@ -66,6 +68,8 @@ class GatewayCore:
             audit=AuditLog(config.admin.audit_log_path),
             replica=replica_name(),
         )
+        self.models = ModelControl(repository, config, self.control)
+        self._repository_api = RepositoryApi(self.models, config.admin.token)
         self.routing = RoutingService(
             router, dataplane.infer_model, config.routing, metrics.routing, self.control.record
         )
@@ -80,7 +84,7 @@ class GatewayCore:
                 config_path,
                 config,
                 self.control,
-                dataplane.check,
+                self.models,
                 metrics.routing,
                 config.routing.config_reload_s,
             )
@@ -91,19 +95,19 @@ class GatewayCore:
 
     def rest_app(self) -> RestApp:
         admin = AdminApi(self.control, self.config.admin.token)
-        return RestApp(self.inference, self.metrics, admin, self.recommender)
+        return RestApp(self.inference, self.metrics, admin, self.recommender, self._repository_api)
 
     def oip_servicer(self) -> InferenceServicer:
-        return InferenceServicer(self.inference, self.metrics)
+        return InferenceServicer(self.inference, self.metrics, self._repository_api)
 
     def recommend_servicer(self) -> RecommendServicer:
         return RecommendServicer(self.recommender, self.metrics, self.inference.model_label)
 
     async def start(self) -> None:
         """Load every model version and start the background work; then ready."""
-        self.repository.load_all()
         await self.repository.start()
-        await self.control.start()
+        await self.control.start()  # first: the store says which models were (un)loaded
+        await self.models.start()
         if self._reloader is not None:
             self._reload_task = asyncio.create_task(self._reloader.run_forever(), name="reload")
         self.inference.set_ready(True)
@@ -115,6 +119,7 @@ class GatewayCore:
             self._reload_task.cancel()
             await asyncio.gather(self._reload_task, return_exceptions=True)
         await self.routing.close()
+        await self.models.close()
         await self.control.close()
         await self.repository.close(drain=True)
         await self.feature_store.close()

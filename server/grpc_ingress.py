@@ -23,6 +23,7 @@ from switchyard.runtimes.tensor_codec import decode_raw, encode_raw
 from switchyard.server.error_status import grpc_status
 from switchyard.server.inference import InferenceService
 from switchyard.server.metrics import ServerMetrics
+from switchyard.server.repository_api import RepositoryApi
 from switchyard.server.routing import VARIANT_HEADER, VARIANT_PARAMETER
 from switchyard.server.tensors import checked_element_count, decode_values
 from switchyard.server.types import InferInput, InferRequest, InferResponse, ParameterValue
@@ -80,8 +81,17 @@ def maps_errors(handler: Handler) -> Handler:
     return wrapper  # type: ignore[return-value]
 
 
-def _parameters(params: Any) -> dict[str, ParameterValue]:
-    decoded: dict[str, ParameterValue] = {}
+def _text_metadata(context: CallContext) -> dict[str, str]:
+    return {
+        key.lower(): value
+        for key, value in context.invocation_metadata() or ()
+        if isinstance(value, str)  # binary (-bin) metadata carries no routing hints or tokens
+    }
+
+
+def _parameters(params: Any) -> dict[str, Any]:
+    """Infer parameters (bool, int, float, string) and repository ones (bytes too)."""
+    decoded: dict[str, Any] = {}
     for key, param in params.items():
         choice = param.WhichOneof("parameter_choice")
         if choice is not None:
@@ -158,9 +168,12 @@ def encode_infer_response(response: InferResponse) -> pb.ModelInferResponse:
 
 
 class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
-    def __init__(self, inference: InferenceService, metrics: ServerMetrics) -> None:
+    def __init__(
+        self, inference: InferenceService, metrics: ServerMetrics, repository: RepositoryApi
+    ) -> None:
         self._inference = inference
         self._metrics = metrics
+        self._repository = repository
 
     @maps_errors
     async def ServerLive(
@@ -212,17 +225,41 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         return pb.ModelConfigResponse(config=config)
 
     @maps_errors
+    async def RepositoryIndex(
+        self, request: pb.RepositoryIndexRequest, context: CallContext
+    ) -> pb.RepositoryIndexResponse:
+        entry = pb.RepositoryIndexResponse.ModelIndex
+        return pb.RepositoryIndexResponse(
+            models=[
+                entry(name=e.name, version=e.version, state=e.state, reason=e.reason)
+                for e in self._repository.index(request.ready)
+            ]
+        )
+
+    @maps_errors
+    async def RepositoryModelLoad(
+        self, request: pb.RepositoryModelLoadRequest, context: CallContext
+    ) -> pb.RepositoryModelLoadResponse:
+        actor = self._repository.authorize(_text_metadata(context))
+        await self._repository.load(request.model_name, _parameters(request.parameters), actor)
+        return pb.RepositoryModelLoadResponse()
+
+    @maps_errors
+    async def RepositoryModelUnload(
+        self, request: pb.RepositoryModelUnloadRequest, context: CallContext
+    ) -> pb.RepositoryModelUnloadResponse:
+        actor = self._repository.authorize(_text_metadata(context))
+        await self._repository.unload(request.model_name, _parameters(request.parameters), actor)
+        return pb.RepositoryModelUnloadResponse()
+
+    @maps_errors
     async def ModelInfer(
         self, request: pb.ModelInferRequest, context: CallContext
     ) -> pb.ModelInferResponse:
         with self._metrics.track(PROTOCOL, self._inference.model_label) as labels:
             labels.model = request.model_name
             infer_request = decode_infer_request(request, self._inference.max_request_size_bytes)
-            infer_request.headers = {
-                key.lower(): value
-                for key, value in context.invocation_metadata() or ()
-                if isinstance(value, str)  # binary (-bin) metadata carries no routing hints
-            }
+            infer_request.headers = _text_metadata(context)
             remaining_s = context.time_remaining()
             if remaining_s is not None:
                 infer_request.deadline_s = time.monotonic() + remaining_s

@@ -142,8 +142,21 @@ class ModelVersionConfig(StrictModel):
     version: VersionName = Field(description='The version\'s name (YAML `2` is read as "2").')
     path: FilePath | None = Field(
         default=None,
-        description="The model file, relative to the config file; required for onnxruntime.",
+        description="The model file, relative to the config file; for onnxruntime, this or "
+        "`source`.",
     )
+    source: str | None = Field(
+        default=None,
+        pattern=r"^models:/",
+        description="The MLflow model registry's `models:/<name>/<version>` or "
+        "`models:/<name>@<alias>` (ONNX flavour), downloaded once to `mlflow.cache_dir`.",
+    )
+
+    @model_validator(mode="after")
+    def _one_file(self) -> ModelVersionConfig:
+        if self.path is not None and self.source is not None:
+            raise ValueError("give `path` or `source`, not both")
+        return self
 
 
 # Execution providers that put a model on a GPU: such a model gets a deployment of its own
@@ -222,9 +235,12 @@ class ModelConfig(StrictModel):
         if self.runtime == "triton" and self.triton is None:
             raise ValueError("runtime triton needs a `triton:` section with at least `url`")
         if self.runtime == "onnxruntime":
-            missing = [v.version for v in self.versions if v.path is None]
+            missing = [v.version for v in self.versions if v.path is None and v.source is None]
             if missing:
-                raise ValueError(f"versions {missing} need a `path` for runtime onnxruntime")
+                raise ValueError(
+                    f"versions {missing} need a `path` or an MLflow `source` for runtime "
+                    "onnxruntime"
+                )
         names = [v.version for v in self.versions]
         if len(set(names)) != len(names):
             raise ValueError(f"versions of model '{self.name}' repeat: {names}")

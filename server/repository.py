@@ -192,13 +192,11 @@ class ModelRepository:
 
     def __init__(
         self,
-        models: list[ModelConfig],
         metrics: ServerMetrics,
         loader: VersionLoader | None = None,
         *,
         memory_budget_bytes: int | None = None,
     ) -> None:
-        self._initial = list(models)
         self._loader = loader or functools.partial(load_model_version, metrics=metrics)
         self._metrics = metrics.models
         self._budget_bytes = memory_budget_bytes
@@ -243,28 +241,6 @@ class ModelRepository:
         return sum(loaded.size_bytes for loaded in self.models())
 
     # Changing ----------------------------------------------------------------------------
-
-    def load_all(self) -> None:
-        """Load the configured models at start (blocking: nothing is served yet); raises one
-        ModelLoadError listing every model that failed."""
-        catalog: dict[str, ServedModel] = {}
-        loaded: list[LoadedModel] = []
-        failures = []
-        for model in self._initial:
-            versions = {}
-            for version in model.versions:
-                try:
-                    versions[version.version] = self._load_version(model, version)
-                except ModelLoadError as exc:
-                    failures.append(str(exc))
-            loaded.extend(versions.values())
-            if len(versions) == len(model.versions):
-                catalog[model.name] = ServedModel(model, versions)
-        if failures:
-            for version_loaded in loaded:
-                version_loaded.runtime.close()
-            raise ModelLoadError("; ".join(failures))
-        self._catalog = catalog
 
     async def prepare(
         self,

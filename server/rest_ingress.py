@@ -26,8 +26,10 @@ from switchyard.server.error_status import HttpError, http_status, require_metho
 from switchyard.server.inference import InferenceService
 from switchyard.server.json_body import field, parse_object
 from switchyard.server.metrics import ServerMetrics
+from switchyard.server.model_control import IndexEntry
 from switchyard.server.recommend import Recommender
 from switchyard.server.recommend_ingress import REST_PATH, parse_recommend_json, recommend_json
+from switchyard.server.repository_api import RepositoryApi
 from switchyard.server.routing import VARIANT_HEADER, VARIANT_PARAMETER
 from switchyard.server.tensors import checked_element_count, decode_values, json_values
 from switchyard.server.types import InferInput, InferRequest, InferResponse
@@ -39,6 +41,13 @@ HEADER_LENGTH = b"inference-header-content-length"
 Scope = dict[str, Any]
 Receive = Callable[[], Awaitable[dict[str, Any]]]
 Send = Callable[[dict[str, Any]], Awaitable[None]]
+
+
+def _index_json(entry: IndexEntry) -> dict[str, str]:
+    document = {"name": entry.name, "version": entry.version, "state": entry.state}
+    if entry.reason:
+        document["reason"] = entry.reason
+    return document
 
 
 def proto_json(message: Message) -> dict[str, Any]:
@@ -68,11 +77,13 @@ class RestApp:
         metrics: ServerMetrics,
         admin: AdminApi | None = None,
         recommender: Recommender | None = None,
+        repository: RepositoryApi | None = None,
     ) -> None:
         self._inference = inference
         self._metrics = metrics
         self._admin = admin
         self._recommender = recommender
+        self._repository = repository
         self._max_bytes = inference.max_request_size_bytes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -114,6 +125,9 @@ class RestApp:
             require_method(method, "GET")
             ok = self._inference.live() if parts[2] == "live" else self._inference.ready()
             return Response(200) if ok else Response.json(503, {"error": "server is not ready"})
+        if len(parts) >= 3 and parts[1] == "repository" and self._repository is not None:
+            require_method(method, "POST")
+            return await self._repository_call(scope, receive, parts[2:])
         if len(parts) >= 3 and parts[1] == "models":
             name, version, action = _model_route(parts, scope["path"])
             if action == "":
@@ -148,6 +162,31 @@ class RestApp:
             if variant is not None:
                 encoded.headers.append((VARIANT_HEADER.encode(), str(variant).encode()))
             return encoded
+
+    async def _repository_call(self, scope: Scope, receive: Receive, route: list[str]) -> Response:
+        """POST /v2/repository/index, /v2/repository/models/{name}/load and .../unload."""
+        assert self._repository is not None
+        headers = dict(scope["headers"])
+        if route == ["index"]:
+            body = parse_object(await self._read_body(headers, receive) or b"{}")
+            ready = body.get("ready", False)
+            if not isinstance(ready, bool):
+                raise InvalidArgument("'ready' must be true or false")
+            entries = self._repository.index(ready)
+            return Response.json(200, [_index_json(entry) for entry in entries])
+        if len(route) == 3 and route[0] == "models" and route[2] in ("load", "unload"):
+            text_headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in headers.items()}
+            actor = self._repository.authorize(text_headers)  # before reading any body
+            body = parse_object(await self._read_body(headers, receive) or b"{}")
+            parameters = body.get("parameters", {})
+            if not isinstance(parameters, dict):
+                raise InvalidArgument("'parameters' must be an object")
+            if route[2] == "load":
+                await self._repository.load(route[1], parameters, actor)
+            else:
+                await self._repository.unload(route[1], parameters, actor)
+            return Response(200)
+        raise NotFound(f"no route for {scope['path']}")
 
     async def _recommend(self, scope: Scope, receive: Receive) -> Response:
         assert self._recommender is not None

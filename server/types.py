@@ -85,5 +85,3 @@ class ModelMetadata:
             "inputs": tensors(self.inputs),
             "outputs": tensors(self.outputs),
         }
-
-

@@ -153,7 +153,9 @@ class IngressReplica:
             config,
             Path(config_path) if config_path is not None else None,
             metrics,
-            ModelRepository(config.models, metrics, loader),
+            ModelRepository(
+                metrics, loader, memory_budget_bytes=config.server.model_memory_budget_bytes
+            ),
         )
         self._oip = self.core.oip_servicer()
         self._recommend = self.core.recommend_servicer()
@@ -200,6 +202,18 @@ class IngressReplica:
 
     async def ModelInfer(self, request: Message, grpc_context: Any) -> Message:
         return await self._grpc(self._oip.ModelInfer, request, grpc_context, pb.ModelInferResponse)
+
+    async def RepositoryIndex(self, request: Message, grpc_context: Any) -> Message:
+        rpc = self._oip.RepositoryIndex
+        return await self._grpc(rpc, request, grpc_context, pb.RepositoryIndexResponse)
+
+    async def RepositoryModelLoad(self, request: Message, grpc_context: Any) -> Message:
+        rpc = self._oip.RepositoryModelLoad
+        return await self._grpc(rpc, request, grpc_context, pb.RepositoryModelLoadResponse)
+
+    async def RepositoryModelUnload(self, request: Message, grpc_context: Any) -> Message:
+        rpc = self._oip.RepositoryModelUnload
+        return await self._grpc(rpc, request, grpc_context, pb.RepositoryModelUnloadResponse)
 
     async def Recommend(self, request: Message, grpc_context: Any) -> Message:
         rpc = self._recommend.Recommend

@@ -21,6 +21,7 @@ from switchyard.runtimes.base import ModelSignature, Runtime
 from switchyard.runtimes.batcher import BatchingOptions, DynamicBatcher
 from switchyard.runtimes.errors import (
     DeadlineExceeded,
+    ModelLoadError,
     ResourceExhausted,
     SwitchyardError,
     Unavailable,
@@ -118,7 +119,13 @@ def remote_loader(
 
     def load(model: ModelConfig, version: ModelVersionConfig) -> LoadedModel:
         name = variant_name(model.name, version.version)
-        info = infos[name]
+        info = infos.get(name)
+        if info is None:
+            raise ModelLoadError(
+                f"model '{model.name}' version '{version.version}' would run in a Ray "
+                "deployment of its own (ray.placement: deployment), which only a redeploy "
+                "creates; give the model ray.placement: ingress to load it while serving"
+            )
         runtime = HandleRuntime(handles[name], info.signature, name)
         batcher = RemoteBatcher(runtime, info, name)
         return LoadedModel(model.name, version.version, info.signature, runtime, batcher)

@@ -89,7 +89,7 @@ def build_core(
         runtimes[model.name] = SwitchedReadiness(real.runtime)
         return dataclasses.replace(real, runtime=runtimes[model.name])
 
-    repository = ModelRepository(loaded.models, metrics, loader)
+    repository = ModelRepository(metrics, loader)
     return GatewayCore(loaded, None, metrics, repository), runtimes
 
 
@@ -124,19 +124,22 @@ def test_endpoint_ready_counts_the_variants_with_primary_traffic(
 def test_endpoint_metadata_follows_its_heaviest_primary_variant(
     demo_model_path: Path, tmp_path: Path
 ) -> None:
-    core, _ = build_core(demo_model_path, tmp_path)
-    core.repository.load_all()
-    try:
-        inference = core.inference
-        mixed = inference.model_metadata("mixed")
-        assert mixed.name == "mixed" and mixed.versions == ()
-        assert [t.name for t in mixed.inputs] == ["features"]  # a and b tie: a answers
-        asyncio.run(core.control.set_weights("mixed", {"a": 1, "b": 2}, actor="test"))
-        assert [t.name for t in inference.model_metadata("mixed").inputs] == ["x"]
-        config = inference.model_config("mixed")
-        assert config.name == "mixed"
-        other = inference.model_config("other")
-        other.name = "mixed"
-        assert config == other
-    finally:
-        asyncio.run(core.repository.close(drain=False))
+    async def scenario() -> None:
+        core, _ = build_core(demo_model_path, tmp_path)
+        await core.start()
+        try:
+            inference = core.inference
+            mixed = inference.model_metadata("mixed")
+            assert mixed.name == "mixed" and mixed.versions == ()
+            assert [t.name for t in mixed.inputs] == ["features"]  # a and b tie: a answers
+            await core.control.set_weights("mixed", {"a": 1, "b": 2}, actor="test")
+            assert [t.name for t in inference.model_metadata("mixed").inputs] == ["x"]
+            config = inference.model_config("mixed")
+            assert config.name == "mixed"
+            other = inference.model_config("other")
+            other.name = "mixed"
+            assert config == other
+        finally:
+            await core.stop()
+
+    asyncio.run(scenario())
