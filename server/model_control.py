@@ -121,7 +121,7 @@ class ModelControl:
         """Every model known here, served or not, with each served version (Triton's index)."""
         catalog = self._repository.catalog
         entries: list[IndexEntry] = []
-        for name in sorted({*self._known_names(), *catalog}):
+        for name in sorted({*self._known_names(), *catalog, *self._status}):
             served = catalog.get(name)
             if served is not None:
                 entries.extend(IndexEntry(name, version, READY) for version in served.versions)

@@ -286,15 +286,18 @@ class ModelRepository:
 
     async def retire(self, versions: Iterable[LoadedModel], *, count: bool = True) -> None:
         """Free versions no longer in the catalog: wait for the requests holding them, run
-        what their batchers hold, then release their runtimes."""
+        what their batchers hold, then release their runtimes. `count=False`: versions of a
+        change that did not happen (never served), not counted as unloads."""
         for loaded in versions:
             await loaded.in_flight.wait_idle()
             await loaded.batcher.close(drain=True)
             await loaded.runtime.aclose()
+            served = self._catalog.get(loaded.name)
+            if served is None or loaded.version not in served.versions:  # not replaced
+                self._metrics.version_unloaded(loaded.name, loaded.version)
             if count:
                 self._metrics.loads.labels(loaded.name, "unloaded").inc()
-                self._metrics.version_unloaded(loaded.name, loaded.version)
-            log.info("unloaded %s", loaded.label)
+                log.info("unloaded %s", loaded.label)
 
     async def start(self) -> None:
         self._started = True

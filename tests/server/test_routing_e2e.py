@@ -593,7 +593,7 @@ def served_variants(gateway: Gateway, endpoint: str, count: int = 20) -> set[str
     return variants
 
 
-def test_a_reload_naming_an_unloaded_model_or_version_is_refused_whole(
+def test_a_reload_whose_new_model_fails_to_load_is_refused_whole(
     model_paths: dict[str, str], tmp_path: Path
 ) -> None:
     gateway = start_gateway(base_config(model_paths, tmp_path), tmp_path)
@@ -601,9 +601,10 @@ def test_a_reload_naming_an_unloaded_model_or_version_is_refused_whole(
     try:
         _, _, before = admin(gateway, "GET", "/endpoints")
         written = yaml.safe_load(config_path.read_text())
-        # Declared in the new file, but a reload loads no model: nothing serves them.
+        corrupt = tmp_path / "corrupt.onnx"
+        corrupt.write_bytes(b"not a model")
         written["models"].append(
-            {"name": "fresh", "versions": [{"version": "1", "path": model_paths["v1"]}]}
+            {"name": "fresh", "versions": [{"version": "1", "path": str(corrupt)}]}
         )
         written["models"][0]["versions"].append({"version": "9", "path": model_paths["v2"]})
         recs = written["endpoints"][0]
@@ -618,9 +619,28 @@ def test_a_reload_naming_an_unloaded_model_or_version_is_refused_whole(
         _, _, after = admin(gateway, "GET", "/endpoints")
         assert after["endpoints"] == before["endpoints"] and after["version"] == before["version"]
         log = gateway.log()
-        assert "config change refused" in log
-        assert "endpoints.recs.variants.canary: model 'fresh' not found" in log
-        assert "endpoints.recs.variants.stable: model 'ranker' has no version '9'" in log
+        assert "config change refused, what is served stays" in log
+        assert str(corrupt) in log
+        # Version 9 loaded beside the others for the change, then freed with it.
+        text = scrape_metrics(gateway)
+        assert metric_sum(text, "switchyard_model_ready", model="ranker", version="9") == 0
+        assert metric_sum(text, "switchyard_model_loads_total", model="fresh", result="failed") == 1
+    finally:
+        gateway.stop()
+
+
+def test_with_model_control_off_a_reload_that_changes_models_is_refused(
+    model_paths: dict[str, str], tmp_path: Path
+) -> None:
+    config = {**base_config(model_paths, tmp_path), "model_repository": {"control_mode": "none"}}
+    gateway = start_gateway(config, tmp_path)
+    config_path = tmp_path / "switchyard.yaml"
+    try:
+        written = yaml.safe_load(config_path.read_text())
+        written["models"][0]["versions"].append({"version": "9", "path": model_paths["v2"]})
+        config_path.write_text(yaml.safe_dump(written))
+        wait_for_reloads(gateway, "refused", 1)
+        assert "model control mode is 'none': it applies on restart" in gateway.log()
     finally:
         gateway.stop()
 
