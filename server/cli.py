@@ -9,23 +9,36 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from switchyard.runtimes.errors import InvalidArgument, ModelLoadError
+from switchyard.runtimes.errors import SwitchyardError
 from switchyard.server.autoscaling.cli import add_autoscale_subcommand
-from switchyard.server.config import DEFAULT_CONFIG_PATH, ConfigError, load_config
+from switchyard.server.config import (
+    DEFAULT_CONFIG_PATH,
+    REPOSITORY_ENV,
+    ConfigError,
+    load_config,
+    parse_config,
+)
 from switchyard.server.config_cli import add_config_subcommand
 from switchyard.server.features.cli import add_features_subcommand
 from switchyard.server.ray_host.cli import add_render_subcommand, serve_on_ray
 
 
 def _serve(args: argparse.Namespace) -> int:
-    if args.config is None:
-        # The embedded default serves the demo ranker, built on first use (about a second).
-        from switchyard.demo.build_model import ensure_built
-
-        ensure_built()
-    config_path = args.config or DEFAULT_CONFIG_PATH
+    _repository_flags_to_env(args)
+    config_path: Path | None = args.config
     try:
-        config = load_config(config_path)
+        if config_path is not None:
+            config = load_config(config_path)
+        elif args.model_repository is not None:
+            # Like tritonserver --model-repository: the repository's models, built-in defaults.
+            config = parse_config({}, Path.cwd(), "(command line)")
+        else:
+            # The embedded default serves the demo ranker, built on first use (about a second).
+            from switchyard.demo.build_model import ensure_built
+
+            ensure_built()
+            config_path = DEFAULT_CONFIG_PATH
+            config = load_config(config_path)
     except ConfigError as exc:
         print(f"switchyard: {exc}", file=sys.stderr)
         return 2
@@ -49,13 +62,29 @@ def _serve(args: argparse.Namespace) -> int:
             return 0
         from switchyard.server.workers import run_supervisor, run_worker
 
+        if config_path is None:
+            print("switchyard: server.workers > 1 needs a --config file", file=sys.stderr)
+            return 2
         if worker is None:
             return run_supervisor(config, config_path)
         run_worker(config, config_path, int(worker))
-    except (ModelLoadError, InvalidArgument, OSError) as exc:  # InvalidArgument: feature files
+    except (SwitchyardError, OSError) as exc:  # a model that cannot load, feature files
         print(f"switchyard: {exc}", file=sys.stderr)
         return 1
     return 0
+
+
+def _repository_flags_to_env(args: argparse.Namespace) -> None:
+    """Triton's model repository flags, as the environment the config reads them from (so
+    that worker processes and config reloads see them too: server/config.py)."""
+    if args.model_repository is not None:
+        os.environ[REPOSITORY_ENV["path"]] = str(args.model_repository.resolve())
+    if args.model_control_mode is not None:
+        os.environ[REPOSITORY_ENV["control_mode"]] = args.model_control_mode
+        if args.model_control_mode == "explicit" and not args.load_model:
+            os.environ[REPOSITORY_ENV["load"]] = ""  # Triton's explicit mode: none at start
+    if args.load_model:
+        os.environ[REPOSITORY_ENV["load"]] = ",".join(args.load_model)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -72,6 +101,27 @@ def build_parser() -> argparse.ArgumentParser:
         choices=("standalone", "ray"),
         default="standalone",
         help="standalone: one process (default); ray: Ray Serve deployments on a local Ray",
+    )
+    serve.add_argument(
+        "--model-repository",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="a Triton-layout model repository served beside the config's models",
+    )
+    serve.add_argument(
+        "--model-control-mode",
+        choices=("none", "poll", "explicit"),
+        default=None,
+        help="none: what loads at start stays; poll: follow the repository folder; explicit "
+        "(default): load and unload through the repository API",
+    )
+    serve.add_argument(
+        "--load-model",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="a repository model to load at start in explicit mode (repeat; * for all)",
     )
     serve.set_defaults(handler=_serve)
     add_autoscale_subcommand(commands)

@@ -40,6 +40,7 @@ from switchyard.server.config_sections import (
 from switchyard.server.config_yaml import load_yaml
 from switchyard.server.endpoints_config import EndpointConfig, compile_endpoints
 from switchyard.server.features.config import FeaturesConfig, resolve_feature_paths
+from switchyard.server.mlflow_source import MlflowSettings
 from switchyard.server.model_config import AUTO_MAX_BATCH_SIZE, ModelConfig, ModelVersionConfig
 
 __all__ = [
@@ -97,6 +98,10 @@ class SwitchyardConfig(StrictModel):
     ray: RayHostSettings = Field(
         default_factory=RayHostSettings, description="The Ray host's ingress deployment."
     )
+    mlflow: MlflowSettings = Field(
+        default_factory=MlflowSettings,
+        description="The MLflow model registry that `models:/...` version sources name.",
+    )
     model_repository: ModelRepositorySettings = Field(
         default_factory=ModelRepositorySettings,
         description="A Triton-layout model repository, and model changes while serving.",
@@ -112,7 +117,8 @@ class SwitchyardConfig(StrictModel):
             raise ValueError(f"model names repeat: {names}")
         repository = self.model_repository.path is not None
         if not names and not repository:
-            raise ValueError("no models: list some under `models:` or set model_repository.path")
+            message = "no models: list some here or set model_repository.path"
+            raise_errors("models", [error_details(("models",), message, self.models)])
         # A repository's models are known once it is read: the gateway checks endpoints
         # against what it loaded, at start and on every change.
         models = (
@@ -208,6 +214,7 @@ def _resolve_paths(raw: dict[str, Any], base_dir: Path) -> None:
     _resolve_path(raw.get("routing"), "disagreement_log_path", base_dir)
     _resolve_path(raw.get("admin"), "audit_log_path", base_dir)
     _resolve_path(raw.get("model_repository"), "path", base_dir)
+    _resolve_path(raw.get("mlflow"), "cache_dir", base_dir)
     resolve_feature_paths(raw.get("features"), base_dir)
     models = raw.get("models")
     for model in models if isinstance(models, list) else []:

@@ -17,7 +17,7 @@ from switchyard.server.ray_host.deployments import fast_path_env
 RAY_MISSING = "the Ray host needs Ray Serve: pip install 'switchyard[ray]'"
 
 
-def serve_on_ray(config: SwitchyardConfig, config_path: Path) -> int:
+def serve_on_ray(config: SwitchyardConfig, config_path: Path | None) -> int:
     """`switchyard serve --engine ray`: the exit code."""
     # Before Ray is imported and started: Serve reads its flags once per process, and the
     # local Ray's processes inherit this environment. A variable already set wins.

@@ -14,10 +14,11 @@ import mlflow.onnx
 import numpy as np
 import onnxruntime as ort
 import pytest
+import tritonclient.grpc as triton_grpc
 from mlflow import MlflowClient
 from pydantic import ValidationError
 
-from loadtests.gateway_process import free_port
+from loadtests.gateway_process import free_port, start_gateway
 from switchyard.runtimes.errors import ModelLoadError
 from switchyard.server.mlflow_source import (
     CACHE_RECORD_FILE,
@@ -33,6 +34,7 @@ from tests.mlflow_support import (
     publish_run_artifacts,
     scaling_model,
 )
+from tests.server.model_repository_support import AUTH, TOKEN
 
 ROWS = np.array([[1.0, -2.0], [0.5, 4.0]], dtype=np.float32)
 # Version -> the factor its model multiplies by.
@@ -299,3 +301,43 @@ def test_a_cached_pinned_version_needs_no_server(
     # An alias is always asked for, even when the version it named last is cached.
     with pytest.raises(ModelLoadError, match=f"registry at {settings.tracking_uri} is unreach"):
         resolve("models:/scaler@champion", settings)
+
+
+def test_a_gateway_serves_registry_versions_and_follows_a_moved_alias(
+    registry: Registry, tmp_path: Path
+) -> None:
+    """The whole path: a config whose versions are registry URIs, served by a real gateway;
+    the alias moved in the registry, then a repository-API load picks up its new version."""
+    config = {
+        "admin": {"token": TOKEN},
+        "mlflow": {"tracking_uri": registry.server.url, "cache_dir": str(tmp_path / "cache")},
+        "models": [
+            {
+                "name": "scaler",
+                "versions": [
+                    {"version": "pinned", "source": "models:/scaler/2"},
+                    {"version": "champion", "source": "models:/scaler@champion"},
+                ],
+            }
+        ],
+    }
+    registry.client.set_registered_model_alias("scaler", "champion", "1")
+    gateway = start_gateway(config, tmp_path)
+    client = triton_grpc.InferenceServerClient(gateway.grpc_url)
+
+    def served(version: str) -> np.ndarray:
+        tensor = triton_grpc.InferInput("x", list(ROWS.shape), "FP32")
+        tensor.set_data_from_numpy(ROWS)
+        return np.asarray(client.infer("scaler", [tensor], model_version=version).as_numpy("y"))
+
+    try:
+        np.testing.assert_allclose(served("pinned"), ROWS * SCALES[2])
+        np.testing.assert_allclose(served("champion"), ROWS * SCALES[1])
+        registry.client.set_registered_model_alias("scaler", "champion", "2")
+        np.testing.assert_allclose(served("champion"), ROWS * SCALES[1])  # until asked to load
+        client.load_model("scaler", headers=AUTH)
+        np.testing.assert_allclose(served("champion"), ROWS * SCALES[2])
+        np.testing.assert_allclose(served("pinned"), ROWS * SCALES[2])
+    finally:
+        registry.client.set_registered_model_alias("scaler", "champion", "1")
+        assert gateway.stop() == 0, gateway.log()

@@ -5,6 +5,10 @@ steady traffic without a failed request."""
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
+import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,7 +21,14 @@ import tritonclient.grpc as triton_grpc
 import tritonclient.http as triton_http
 from tritonclient.utils import InferenceServerException
 
-from loadtests.gateway_process import Gateway, metric_sum, scrape_metrics, start_gateway
+from loadtests.gateway_process import (
+    Gateway,
+    free_port,
+    http_ok,
+    metric_sum,
+    scrape_metrics,
+    start_gateway,
+)
 from switchyard.demo.build_model import build
 from tests.server.model_repository_support import (
     AUTH,
@@ -205,3 +216,57 @@ def post(gateway: Gateway, path: str, body: bytes) -> tuple[int, dict[str, Any]]
             return response.status, json.loads(response.read() or b"{}")
     except urllib.error.HTTPError as error:
         return error.code, json.loads(error.read())
+
+
+def serve_with_flags(tmp_path: Path, *flags: str) -> Gateway:
+    """`switchyard serve` with Triton's repository flags and no config file."""
+    ports = {"http_port": free_port(), "grpc_port": free_port(), "metrics_port": free_port()}
+    env = {**os.environ, **{f"SWITCHYARD_{k.upper()}": str(v) for k, v in ports.items()}}
+    env["SWITCHYARD_HOST"] = "127.0.0.1"
+    log_path = tmp_path / "flags.log"
+    process = subprocess.Popen(
+        [sys.executable, "-m", "switchyard.server.cli", "serve", *flags],
+        cwd=tmp_path,  # the repository path is relative to where the command runs
+        stdout=log_path.open("w"),
+        stderr=subprocess.STDOUT,
+        env=env,
+    )
+    gateway = Gateway(process, log_path=log_path, **ports)
+    deadline = time.monotonic() + 60
+    while not http_ok(f"http://{gateway.http_url}/v2/health/ready"):
+        assert process.poll() is None and time.monotonic() < deadline, gateway.log()
+        time.sleep(0.1)
+    return gateway
+
+
+@pytest.mark.parametrize(
+    ("flags", "ready"),
+    [
+        ((), {"ranker": "1", "spare": "1"}),
+        (("--model-control-mode", "explicit"), {}),  # Triton's explicit: none at start
+        (("--model-control-mode", "explicit", "--load-model", "spare"), {"spare": "1"}),
+        (("--model-control-mode", "none"), {"ranker": "1", "spare": "1"}),
+    ],
+)
+def test_tritons_repository_flags_choose_what_loads(
+    repository: Path, tmp_path: Path, flags: tuple[str, ...], ready: dict[str, str]
+) -> None:
+    relative = repository.relative_to(tmp_path)
+    gateway = serve_with_flags(tmp_path, "--model-repository", str(relative), *flags)
+    try:
+        served = index(triton_grpc.InferenceServerClient(gateway.grpc_url))
+        assert {name: v for name, (v, state, _) in served.items() if state == "READY"} == ready
+        assert set(served) == {"ranker", "spare"}
+    finally:
+        assert gateway.stop() == 0, gateway.log()
+
+
+def test_load_model_naming_an_absent_model_stops_the_start(repository: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "switchyard.server.cli", "serve", "--model-repository",
+         str(repository), "--model-control-mode", "explicit", "--load-model", "nope"],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert result.returncode == 1
+    assert "--load-model names models not in" in result.stderr and "nope" in result.stderr
+    assert "Traceback" not in result.stderr

@@ -4,7 +4,9 @@ repository API, and the changes that must be refused whole."""
 
 from __future__ import annotations
 
+import shutil
 import time
+import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -50,8 +52,6 @@ def wait_for_reloads(gateway: Gateway, result: str, count: int, timeout_s: float
 
 
 def admin(gateway: Gateway, method: str, path: str) -> None:
-    import urllib.request
-
     request = urllib.request.Request(
         f"http://{gateway.http_url}/admin/v1{path}",
         method=method,
@@ -236,8 +236,6 @@ def test_poll_mode_follows_the_folder(rankers: dict[str, Path], tmp_path: Path) 
         broken.write_bytes(b"not a model")
         eventually(lambda: "model ranker in" in gateway.log() and "not loaded" in gateway.log())
         assert ready("ranker", "2")  # what served stays
-        import shutil
-
         shutil.rmtree(root / "spare")
         eventually(lambda: not ready("spare"))
     finally:
