@@ -195,7 +195,7 @@ class ModelControl:
         root = self._settings.path
         if root is None:
             return names
-        available = triton_layout.list_models(root)
+        available = [n for n in triton_layout.list_models(root) if n not in names]  # models: wins
         wanted = self._settings.load
         if self.mode != "explicit" or wanted is None or "*" in wanted:
             return names + available
@@ -209,7 +209,10 @@ class ModelControl:
             await self._records_changed.wait()
             self._records_changed.clear()
             async with self._lock:
-                await self._apply_records()
+                try:
+                    await self._apply_records()
+                except Exception:  # keep following: the next record may apply
+                    log.exception("applying the control store's model records failed")
 
     async def _apply_records(self) -> None:
         """Do what the store's model records say that this replica has not done yet. A
@@ -235,12 +238,16 @@ class ModelControl:
         while True:
             await asyncio.sleep(self._settings.poll_s)
             async with self._lock:
-                await self._poll_once(root)
+                try:
+                    await self._poll_once(root)
+                except Exception:  # keep polling: the folder may be readable again next time
+                    log.exception("polling the model repository %s failed", root)
 
     async def _poll_once(self, root: Path) -> None:
         """Load what is new or changed in the folder, unload what left it."""
         changes = []
-        present = await asyncio.to_thread(triton_layout.list_models, root)
+        listed = await asyncio.to_thread(triton_layout.list_models, root)
+        present = [name for name in listed if name not in self._configured]  # models: wins
         for name in present:
             stamp = await asyncio.to_thread(triton_layout.repository_stamp, root, name)
             if self._stamps.get(name) == stamp:
@@ -251,7 +258,7 @@ class ModelControl:
             except SwitchyardError as exc:
                 self._stamps[name] = stamp  # tried: the next edit tries again
                 log.error("model %s in %s not loaded: %s", name, root, exc)
-        for name in [n for n in self._stamps if n not in present and n not in self._configured]:
+        for name in [n for n in self._stamps if n not in present]:
             del self._stamps[name]
             try:
                 await self._unload(name)
@@ -316,10 +323,8 @@ class ModelControl:
         self._status[name] = (LOADING, "")
         try:
             source = await asyncio.to_thread(self._source, name, config_json)
-            stamp_changed = source.stamp is not None and self._stamps.get(name) != source.stamp
             served, loaded = await self._repository.prepare(
                 source.config,
-                fresh=stamp_changed,
                 triton_config=source.triton_config,
                 warnings=source.warnings,
             )

@@ -65,6 +65,7 @@ class LoadedModel:
     latency_stats: ReplicaStatsRecorder | None = None
     # What it was loaded from: a version loaded again from the same settings is reused.
     source: ModelVersionConfig | None = None
+    file_stamp: tuple[int, int] | None = None  # its model file's size and mtime at load
     size_bytes: int = 0  # of its model file: what the memory budget counts
     in_flight: InFlight = field(default_factory=InFlight, compare=False)
 
@@ -246,16 +247,15 @@ class ModelRepository:
         self,
         model: ModelConfig,
         *,
-        fresh: bool = False,
         triton_config: pb.ModelConfig | None = None,
         warnings: tuple[str, ...] = (),
     ) -> tuple[ServedModel, list[LoadedModel]]:
         """`model` as it would be served, and the versions loaded for it (batchers started),
-        beside what is served now. A served version with the same settings is reused unless
-        `fresh` (its files changed). Nothing is published; on ModelLoadError or over the
+        beside what is served now. A served version with the same settings and an unchanged
+        file is reused. Nothing is published; on ModelLoadError or over the
         memory budget (ResourceExhausted) what this loaded is freed again."""
         current = self._catalog.get(model.name)
-        reusable = {} if current is None or fresh else dict(current.versions)
+        reusable = {} if current is None else dict(current.versions)
         versions: dict[str, LoadedModel] = {}
         to_load = []
         for version in model.versions:
@@ -314,7 +314,8 @@ class ModelRepository:
     def _load_version(self, model: ModelConfig, version: ModelVersionConfig) -> LoadedModel:
         started_s = time.perf_counter()
         loaded = self._loader(model, version)
-        size_bytes = _file_bytes(version.path)
+        stamp = _file_stamp(version.path)
+        size_bytes = stamp[0] if stamp is not None else 0
         self._metrics.loads.labels(model.name, "loaded").inc()
         self._metrics.version_loaded(
             model.name, version.version, time.perf_counter() - started_s, size_bytes
@@ -327,6 +328,7 @@ class ModelRepository:
             loaded.batcher,
             loaded.latency_stats,
             source=version,
+            file_stamp=stamp,
             size_bytes=size_bytes,
         )
 
@@ -350,15 +352,25 @@ def _same_settings(
     model: ModelConfig,
     current: ServedModel | None,
 ) -> bool:
-    """A served version can stay as it is: same version entry, same model-wide settings."""
+    """A served version can stay as it is: same version entry and file, same model-wide
+    settings."""
     if current is None or loaded.source != version:
+        return False
+    if loaded.file_stamp != _file_stamp(version.path):
         return False
     model_wide = {"versions", "default_version"}
     return current.config.model_dump(exclude=model_wide) == model.model_dump(exclude=model_wide)
 
 
-def _file_bytes(path: Path | None) -> int:
+def _file_stamp(path: Path | None) -> tuple[int, int] | None:
+    """Size and modification time of a model file; None without one (a Triton runtime)."""
     try:
-        return path.stat().st_size if path is not None else 0
+        stat = path.stat() if path is not None else None
     except OSError:
-        return 0
+        return None
+    return None if stat is None else (stat.st_size, stat.st_mtime_ns)
+
+
+def _file_bytes(path: Path | None) -> int:
+    stamp = _file_stamp(path)
+    return stamp[0] if stamp is not None else 0

@@ -436,3 +436,30 @@ def test_colocated_slow_model_scales_the_ingress_up_and_back_down(ray_app: RayAp
     replicas = drive_until(ray_app, LOCAL_SLOW_MODEL, 6, "ingress", lambda n: n > INGRESS_REPLICAS)
     assert replicas == INGRESS_REPLICAS + 1  # the policy's max_replicas
     wait_for_replicas("ingress", lambda n: n == INGRESS_REPLICAS, timeout_s=60)
+
+
+def test_a_model_unloaded_through_one_ingress_replica_goes_from_both(ray_app: RayApp) -> None:
+    if ray_app.control_store != "redis":
+        pytest.skip("needs redis-server: the replicas share the loaded models through Redis")
+    first, second = grpc_clients(*ray_app.replica_urls("gRPC"))
+    auth = {"authorization": f"Bearer {ADMIN_TOKEN}"}
+
+    def ready_on(client: triton_grpc.InferenceServerClient) -> bool:
+        listed = client.get_model_repository_index(as_json=True)["models"]
+        return any(m["name"] == LOCAL_PAIR_MODEL and m["state"] == "READY" for m in listed)
+
+    def eventually(check: Callable[[], bool]) -> None:
+        deadline_s = time.monotonic() + 5.0
+        while not check():
+            assert time.monotonic() < deadline_s
+            time.sleep(0.1)
+
+    assert ready_on(first) and ready_on(second)
+    first.unload_model(LOCAL_PAIR_MODEL, headers=auth)
+    try:
+        assert not ready_on(first)
+        eventually(lambda: not ready_on(second))
+    finally:
+        second.load_model(LOCAL_PAIR_MODEL, headers=auth)
+    eventually(lambda: ready_on(first))
+    assert ready_on(second)

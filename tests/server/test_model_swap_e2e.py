@@ -25,6 +25,7 @@ from tests.server.model_repository_support import (
     place_version,
     repository_config,
 )
+from tests.slow_model import build_slow_model
 
 
 @pytest.fixture(scope="module")
@@ -173,6 +174,14 @@ def test_unloading_a_routed_model_and_loading_past_the_budget_are_refused(
             client.unload_model("ranker", headers=AUTH)
         assert routed.value.status() == "StatusCode.FAILED_PRECONDITION"
         assert "endpoints.recs.variants.only" in routed.value.message()
+        # A version 2 taking other inputs would break what recs's callers send.
+        (root / "ranker" / "2").mkdir()
+        build_slow_model(root / "ranker" / "2" / "model.onnx", work_dim=8)
+        with pytest.raises(InferenceServerException, match="whose inputs differ") as changed:
+            client.load_model("ranker", headers=AUTH)
+        assert "endpoints.recs.variants.only would reach ranker:2" in changed.value.message()
+        assert client.get_model_metadata("ranker").versions == ["1"]
+        shutil.rmtree(root / "ranker" / "2")
         with pytest.raises(InferenceServerException, match="model_memory_budget_bytes") as full:
             client.load_model("spare", headers=AUTH)
         assert full.value.status() == "StatusCode.RESOURCE_EXHAUSTED"

@@ -37,8 +37,9 @@ from loadtests.gateway_process import (
 from loadtests.recommend_setup import demo_features, gateway_config
 from switchyard.demo.paths import artifacts_dir
 from switchyard.server.config import ConfigError, parse_config
+from tests.server.model_repository_support import AUTH, place_version, repository_config
 from tests.server.test_cli import run_cli, serve_on_a_taken_port
-from tests.server.test_routing_e2e import ROW, infer
+from tests.server.test_routing_e2e import ROW, infer, request
 
 REDIS_URL = "redis://127.0.0.1:6379/0"
 WORKER_HEADER = "x-switchyard-worker"
@@ -294,5 +295,35 @@ def test_feature_store_counters_add_up(demo_model_path: Path, tmp_path: Path, pr
             )
 
         wait_for(counted, timeout_s=5, what="20 fetches of 3 entities counted")
+    finally:
+        gateway.stop()
+
+
+def test_a_model_loaded_through_one_worker_is_served_by_both(
+    demo_model_path: Path, tmp_path: Path, prefix: str
+) -> None:
+    root = tmp_path / "repository"
+    place_version(root, "spare", 1, demo_model_path)
+    config = {
+        **workers_config(demo_model_path, prefix),
+        **repository_config(root, load=[]),  # spare starts unloaded
+    }
+    gateway = start_gateway(config, tmp_path)
+    try:
+        wait_until_all_ready(gateway)
+        path = "/v2/repository/models/spare/load"
+        status, _, body = request(gateway, "POST", path, {}, AUTH)
+        assert status == 200, body
+
+        def spare_answers_from_both() -> bool:
+            seen = set()
+            for _ in range(40):
+                status, headers, _ = infer(gateway, "spare")
+                if status != 200:
+                    return False
+                seen.add(headers[WORKER_HEADER])
+            return seen == {"0", "1"}
+
+        wait_for(spare_answers_from_both, timeout_s=20, what="spare served by both workers")
     finally:
         gateway.stop()
