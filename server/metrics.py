@@ -67,6 +67,13 @@ class ServerMetrics:
             buckets=LATENCY_BUCKETS_S,
             registry=self.registry,
         )
+        self.shed = Counter(
+            "switchyard_shed_requests",
+            "Requests refused at the door because the server is at capacity or the client "
+            "misbehaves, before any model work, by protocol and reason.",
+            ["protocol", "reason"],
+            registry=self.registry,
+        )
         self.in_flight = Gauge(
             "switchyard_requests_in_flight",
             "Inference requests being served now.",
