@@ -144,7 +144,15 @@ class RoutingSettings(StrictModel):
     config_reload_s: float = Field(
         default=2.0,
         ge=0,
-        description="Seconds between checks of the config file for endpoint changes; 0: off.",
+        description="Seconds between checks of the config file for endpoint and model "
+        "changes; 0: off.",
+    )
+    config_settle_s: float = Field(
+        default=0.5,
+        ge=0,
+        description="Seconds a changed config file must stay unchanged before it is read: "
+        "an editor still writing it is never caught half-way (write files atomically all "
+        "the same: to a temporary file, then rename).",
     )
 
 
