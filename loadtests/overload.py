@@ -46,13 +46,13 @@ MODELS = ("slow", "demo")
 @dataclass(frozen=True)
 class OverloadSettings:
     model: str = "slow"
-    work_dim: int = 192  # the slow model's matrix size: its run time
-    max_batch_size: int = 4
+    work_dim: int = 768  # the slow model's matrix size: its run time (~10 ms here)
+    max_batch_size: int = 1
     max_queue_size: int = 1024
     max_queue_wait_s: float | None = 0.25
     max_concurrent_rpcs: int = 1024
     factor: float = 3.0
-    capacity_concurrency: int = 16
+    capacity_concurrency: int = 4
     capacity_s: float = 3.0
     warmup_s: float = 1.0
     duration_s: float = 5.0
