@@ -49,11 +49,6 @@ class AdmissionInterceptor(grpc.aio.ServerInterceptor):
         )
         self._refusal: Handler = grpc.unary_unary_rpc_method_handler(self._refuse)
 
-    @property
-    def active(self) -> int:
-        """Calls admitted and not finished."""
-        return self._active
-
     async def intercept_service(
         self, continuation: Continuation, handler_call_details: grpc.HandlerCallDetails
     ) -> Handler | None:
