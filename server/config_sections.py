@@ -41,12 +41,12 @@ class ServerSettings(StrictModel):
     http_port: Port = Field(default=8000, description="Port of the REST API (and admin API).")
     grpc_port: Port = Field(default=8001, description="Port of the gRPC API.")
     metrics_port: Port = Field(default=8002, description="Port of the Prometheus metrics.")
-    # Beyond it, RESOURCE_EXHAUSTED at once instead of a queue inside gRPC that an overloaded
-    # event loop cannot drain.
     max_concurrent_rpcs: int = Field(
         default=1024,
         ge=1,
-        description="gRPC calls handled at once; more are refused with RESOURCE_EXHAUSTED.",
+        description="gRPC calls handled at once; more are refused at once with "
+        "RESOURCE_EXHAUSTED and counted in switchyard_shed_requests_total (reason "
+        "max_concurrent_rpcs). Liveness and readiness calls are never refused.",
     )
     max_request_size_bytes: int = Field(
         default=64 * 1024 * 1024,
