@@ -30,6 +30,8 @@ from loadtests.gateway_process import (
     scrape_metrics,
     start_gateway,
 )
+from switchyard.server.config_sections import ServerSettings
+from switchyard.server.http_serving import raise_open_files_limit, rest_limits
 
 # Every bound below is a second or two; a client is given this long before it counts as
 # never cut off.
@@ -337,3 +339,63 @@ def test_busy_connections_over_the_cap_get_503_with_retry_after(crowded_gateway:
     assert set(past_the_most) <= {None, 503}
     assert shed(crowded_gateway, "connection_limit") - before >= len(refused) + 1
     assert_other_clients_served(crowded_gateway)
+
+
+def metrics_request(host: str, port: int, method: str, path: str) -> tuple[int, str, bytes]:
+    connection = http.client.HTTPConnection(host, port, timeout=10)
+    try:
+        connection.request(method, path)
+        response = connection.getresponse()
+        return response.status, response.getheader("allow", ""), response.read()
+    finally:
+        connection.close()
+
+
+def test_the_metrics_port_serves_get_metrics_only(fast_gateway: Gateway) -> None:
+    port = fast_gateway.metrics_port
+    status, _, body = metrics_request("127.0.0.1", port, "GET", "/metrics")
+    assert status == 200 and b"switchyard_requests_total" in body
+    assert metrics_request("127.0.0.1", port, "HEAD", "/metrics")[0] == 200
+    for path in ("/", "/v2/health/ready", "/metrics/extra"):
+        status, _, body = metrics_request("127.0.0.1", port, "GET", path)
+        assert status == 404 and b"the metrics are at /metrics" in body, (path, body)
+    status, allow, body = metrics_request("127.0.0.1", port, "POST", "/metrics")
+    assert status == 405 and allow == "GET, HEAD", body
+    assert b"method POST is not allowed here" in body
+
+
+def test_the_metrics_port_listens_on_metrics_host(demo_model_path: Path, tmp_path: Path) -> None:
+    other_loopback = "127.0.0.2"  # the whole of 127/8 is loopback on Linux
+    gateway = start_gateway(
+        demo_model_config(demo_model_path, metrics_host=other_loopback), tmp_path
+    )
+    try:
+        status, _, _ = metrics_request(other_loopback, gateway.metrics_port, "GET", "/metrics")
+        assert status == 200
+        with pytest.raises(ConnectionRefusedError):
+            metrics_request("127.0.0.1", gateway.metrics_port, "GET", "/metrics")
+    finally:
+        assert gateway.stop() == 0, gateway.log()
+    assert f"metrics on {other_loopback}:{gateway.metrics_port}" in gateway.log()
+
+
+def test_the_connection_cap_is_sized_from_the_open_files_limit() -> None:
+    limits = rest_limits(ServerSettings(), GATEWAY_OPEN_FILES)
+    assert (limits.max_connections, limits.max_open_connections) == (
+        AUTO_MAX_CONNECTIONS,
+        AUTO_MAX_OPEN_CONNECTIONS,
+    )
+    assert rest_limits(ServerSettings(), 100_000).max_connections == (100_000 - 512) // 2
+    explicit = rest_limits(ServerSettings(http_max_connections=50), GATEWAY_OPEN_FILES)
+    assert (explicit.max_connections, explicit.max_open_connections) == (50, 66)
+
+
+def test_raise_open_files_limit_reaches_the_hard_limit() -> None:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    try:
+        raised = raise_open_files_limit()
+        assert resource.getrlimit(resource.RLIMIT_NOFILE)[0] == raised
+        if hard != resource.RLIM_INFINITY:
+            assert raised == hard
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
