@@ -100,7 +100,8 @@ class ServerSettings(StrictModel):
     shutdown_grace_s: float = Field(
         default=5.0,
         ge=0,
-        description="Seconds shutdown waits for in-flight requests before cancelling them.",
+        description="Seconds shutdown waits for in-flight requests (gRPC and HTTP at the "
+        "same time); those still running then are answered 503 / UNAVAILABLE.",
     )
     model_memory_budget_bytes: int | None = Field(
         default=None,
