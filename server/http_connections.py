@@ -144,8 +144,9 @@ class GuardedHttpProtocol(HttpToolsProtocol):
         self.timeout_keep_alive = self._limits.keep_alive_timeout_s  # type: ignore[assignment]
         self._deadline: TimerHandle | None = None  # the header, body or linger deadline
         self._reading_headers = False
-        self._header_bytes = 0  # URL and header fields parsed so far
         self._unparsed_header_bytes = 0  # bytes of reads that all belonged to the headers
+        self._message_started_s = 0.0
+        self._messages = 0  # requests begun on this connection
         self._body_seen_s = 0.0
         self._over_capacity = False
         self._closing = False  # answered and closing: what still arrives is dropped
@@ -200,7 +201,7 @@ class GuardedHttpProtocol(HttpToolsProtocol):
             return
         self._guard.mark_busy(self)
         self._unset_keepalive_if_required()
-        was_reading_headers = self._reading_headers
+        headers_of = self._messages if self._reading_headers else None
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserCallbackError as exc:
@@ -219,31 +220,44 @@ class GuardedHttpProtocol(HttpToolsProtocol):
             log.debug("%s", message)
             self._refuse(400, message, "malformed")
             return
-        if was_reading_headers and self._reading_headers:
-            # The whole read is header bytes, parsed or still buffered inside httptools.
-            self._unparsed_header_bytes += len(data)
-            if self._unparsed_header_bytes > self._limits.max_header_bytes:
-                self._refuse(431, self._header_size_message(), "headers_too_large")
+        # Deadlines are armed only for a request still incomplete at the end of a read: a
+        # request that arrives whole (the usual case) costs no timer.
+        if self._reading_headers:
+            if headers_of == self._messages:
+                # The whole read is header bytes of one request, parsed or still buffered
+                # inside httptools: a lower bound of its header size.
+                self._unparsed_header_bytes += len(data)
+                if self._unparsed_header_bytes > self._limits.max_header_bytes:
+                    self._refuse(431, self._header_size_message(), "headers_too_large")
+                    return
+            if self._deadline is None:
+                elapsed_s = self.loop.time() - self._message_started_s
+                delay_s = self._limits.header_timeout_s - elapsed_s
+                self._set_deadline(delay_s, self._header_deadline_passed)
+        elif self._deadline is None and self._awaiting_body():
+            self._set_deadline(self._limits.body_timeout_s, self._body_deadline_passed)
+
+    def _awaiting_body(self) -> bool:
+        cycle = self.cycle
+        return cycle is not None and cycle.more_body and not cycle.response_complete
 
     # Parser callbacks
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
         self._reading_headers = True
-        self._header_bytes = self._unparsed_header_bytes = 0
-        self._set_deadline(self._limits.header_timeout_s, self._header_deadline_passed)
-
-    def on_url(self, url: bytes) -> None:
-        self._count_header_bytes(len(url))
-        super().on_url(url)
-
-    def on_header(self, name: bytes, value: bytes) -> None:
-        self._count_header_bytes(len(name) + len(value) + 4)  # ": " and CRLF
-        super().on_header(name, value)
+        self._messages += 1
+        self._unparsed_header_bytes = 0
+        self._message_started_s = self.loop.time()
 
     def on_headers_complete(self) -> None:
         self._reading_headers = False
         self._cancel_deadline()
+        # Exact, once complete (": " and CRLF per header); memory was bounded meanwhile by
+        # the count of data_received.
+        header_bytes = len(self.url) + sum(len(n) + len(v) + 4 for n, v in self.headers)
+        if header_bytes > self._limits.max_header_bytes:
+            raise _Refusal(431, self._header_size_message(), "headers_too_large")
         if self.parser.should_upgrade():
             raise _Refusal(400, self._upgrade_message(), "upgrade")
         if self._over_capacity:
@@ -264,7 +278,6 @@ class GuardedHttpProtocol(HttpToolsProtocol):
             )
         super().on_headers_complete()
         self._body_seen_s = self.loop.time()
-        self._set_deadline(self._limits.body_timeout_s, self._body_deadline_passed)
 
     def on_body(self, body: bytes) -> None:
         self._body_seen_s = self.loop.time()
@@ -377,11 +390,6 @@ class GuardedHttpProtocol(HttpToolsProtocol):
         self._deadline = self.loop.call_later(LINGER_S, self.transport.close)
 
     # Messages
-
-    def _count_header_bytes(self, count: int) -> None:
-        self._header_bytes += count
-        if self._header_bytes > self._limits.max_header_bytes:
-            raise _Refusal(431, self._header_size_message(), "headers_too_large")
 
     def _header_size_message(self) -> str:
         return (

@@ -399,3 +399,25 @@ def test_raise_open_files_limit_reaches_the_hard_limit() -> None:
             assert raised == hard
     finally:
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
+def test_a_body_that_keeps_coming_and_pipelined_requests_are_served(fast_gateway: Gateway) -> None:
+    """The bounds cut off stalls, not slow but steady clients: a body sent in pieces 0.4 s
+    apart for longer than the body timeout, then two requests in one write."""
+    body = b'{"inputs": [{"name": "features", "shape": [1, 16], "datatype": "FP32", "data": ['
+    body += b", ".join([b"0.5"] * 16) + b"]}]}"
+    sock = connect(fast_gateway.http_port)
+    sock.sendall(
+        b"POST /v2/models/ranker/infer HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n"
+        b"content-length: %d\r\n\r\n" % len(body)
+    )
+    pieces = [body[i : i + 20] for i in range(0, len(body), 20)]
+    for piece in pieces:
+        time.sleep(0.4)
+        sock.sendall(piece)
+    sock.sendall(b"GET /v2/health/live HTTP/1.1\r\nhost: x\r\n\r\n" * 2)
+    answer = read_until_closed(sock)  # closed by the idle timeout once answered
+    sock.close()
+    print(f"a body in {len(pieces)} pieces over {0.4 * len(pieces):.1f} s, then 2 pipelined")
+    assert answer.count(b"HTTP/1.1 200 OK") == 3, answer[:500]
+    assert b'"outputs"' in answer
