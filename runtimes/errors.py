@@ -22,6 +22,12 @@ class InvalidArgument(SwitchyardError):
     code = "invalid_argument"
 
 
+class UnknownOutput(InvalidArgument):
+    """The request asks for outputs the model does not have (a caller naming outputs can
+    fix that; the Recommend pipeline, which names its score output from the config, tells
+    it apart as a fault of the config)."""
+
+
 class NotFound(SwitchyardError):
     """The named model, version or route does not exist."""
 

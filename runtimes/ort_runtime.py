@@ -134,8 +134,21 @@ class OnnxRuntimeModel(Runtime):
         )
         self._string_inputs = frozenset(s.name for s in signature.inputs if s.datatype == "BYTES")
         if self._options.warmup:
-            self._session.run(None, _warmup_inputs(signature.inputs))
+            self._warm_up(signature)
         return signature
+
+    def _warm_up(self, signature: ModelSignature) -> None:
+        """One run on an all-zero row, so the first request does not pay for lazy set-up; a
+        model that cannot run it is not served (a ModelLoadError, not onnxruntime's own)."""
+        assert self._session is not None
+        try:
+            self._session.run(None, _warmup_inputs(signature.inputs))
+        except Exception as exc:  # onnxruntime raises several unrelated types
+            raise ModelLoadError(
+                f"model '{self._label}': the warm-up run (one all-zero row, variable "
+                f"dimensions set to 1) failed: {_first_line(exc)}; fix the model, or set "
+                "runtime_options.warmup: false to serve it without one"
+            ) from exc
 
     def _create_session(self, providers: list[str]) -> ort.InferenceSession:
         session_options = ort.SessionOptions()
@@ -159,10 +172,9 @@ class OnnxRuntimeModel(Runtime):
                     )
                     providers = providers[1:]
                     continue
-                first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else repr(exc)
                 raise ModelLoadError(
                     f"model '{self._label}': {self._path} is not a loadable ONNX model: "
-                    f"{first_line}"
+                    f"{_first_line(exc)}"
                 ) from exc
 
     def _run(
@@ -215,6 +227,12 @@ class OnnxRuntimeModel(Runtime):
     def close(self) -> None:
         self._executor.shutdown(wait=True, cancel_futures=True)
         self._session = None
+
+
+def _first_line(error: Exception) -> str:
+    """What onnxruntime says, without the stack trace some of its messages carry."""
+    text = str(error).strip()
+    return text.splitlines()[0] if text else repr(error)
 
 
 def _as_str(value: object) -> str:

@@ -74,6 +74,9 @@ class TritonModel(Runtime):
             options.breaker_open_s,
             clock=clock,
             on_change=on_breaker_change,
+            # Every probe reports; should one ever not, it holds the others back no longer
+            # than a call may take, rather than forever.
+            probe_timeout_s=options.timeout_s,
         )
         self._channel: grpc.aio.Channel | None = None
         self._stub: pb_grpc.GRPCInferenceServiceStub | None = None
@@ -214,6 +217,17 @@ class TritonModel(Runtime):
                 raise error(
                     f"model '{self._label}': Triton said {code.name}: {exc.details()}"
                 ) from None
+            except Exception as exc:
+                # Not an answer of Triton's (the client failed: a closed channel, say): a
+                # failure all the same, so that a probe reports and the circuit reopens.
+                self._breaker.record_failure()
+                log.warning(
+                    "model '%s': calling Triton at %s failed: %r", self._label, opts.url, exc
+                )
+                raise Unavailable(
+                    f"model '{self._label}': the call to Triton at {opts.url} failed in the "
+                    f"client ({type(exc).__name__}); retry later"
+                ) from exc
             self._breaker.record_success()
             return self._decode(response)
         raise AssertionError("unreachable: the last attempt returns or raises")

@@ -100,7 +100,9 @@ class StandaloneServer:
             config_path,
             self.metrics,
             ModelRepository(
-                self.metrics, memory_budget_bytes=config.server.model_memory_budget_bytes
+                self.metrics,
+                memory_budget_bytes=config.server.model_memory_budget_bytes,
+                max_request_size_bytes=config.server.max_request_size_bytes,
             ),
         )
         self._feature_counters: FeatureStatsCounters | None = None

@@ -16,7 +16,7 @@ import numpy as np
 
 from switchyard.protos import open_inference_pb2 as pb
 from switchyard.runtimes.base import ModelSignature, TensorSpec
-from switchyard.runtimes.errors import InvalidArgument
+from switchyard.runtimes.errors import InvalidArgument, UnknownOutput
 from switchyard.server.repository import LoadedModel, ModelRepository
 from switchyard.server.triton_config_bridge import to_triton_config, with_model_tensors
 from switchyard.server.types import (
@@ -113,8 +113,10 @@ async def _run_in_batches(
     Recommend over hundreds of candidates) runs as several, concatenated in order."""
     # The gateway's batch size, or the runtime's own cap where its server does the batching.
     limit = model.batcher.max_batch_size or model.signature.max_batch_size or 0
-    rows = next(iter(inputs.values())).shape[0] if inputs else 0
-    if limit == 0 or rows <= limit:
+    rows = _batch_rows(inputs)
+    if limit == 0 or rows is None or rows <= limit:
+        # Unsplittable inputs (0-d, or disagreeing on rows) go whole: the batcher refuses
+        # what it cannot batch, with a message naming the input.
         return await model.batcher.infer(inputs, deadline_s)
     chunks = await asyncio.gather(
         *(
@@ -125,6 +127,15 @@ async def _run_in_batches(
         )
     )
     return {name: np.concatenate([chunk[name] for chunk in chunks]) for name in chunks[0]}
+
+
+def _batch_rows(inputs: dict[str, np.ndarray]) -> int | None:
+    """The rows the inputs share on their first dimension; None without one (a scalar
+    input, or no inputs) or when they disagree."""
+    rows = {array.shape[0] if array.ndim else None for array in inputs.values()}
+    if len(rows) != 1:
+        return None
+    return rows.pop()
 
 
 def _deadline_s(request: InferRequest) -> float | None:
@@ -153,7 +164,7 @@ def _check_request(signature: ModelSignature, request: InferRequest) -> list[str
     outputs = [spec.name for spec in signature.outputs]
     unknown = [name for name in request.output_names if name not in outputs]
     if unknown:
-        raise InvalidArgument(f"requested outputs {unknown} do not exist (outputs: {outputs})")
+        raise UnknownOutput(f"requested outputs {unknown} do not exist (outputs: {outputs})")
     return list(dict.fromkeys(request.output_names))
 
 

@@ -8,8 +8,10 @@ failure of HTTP itself (401, 403, 405, 415), which exists on the REST side only.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
+from http import HTTPStatus
 from types import MappingProxyType
 
 import grpc
@@ -85,6 +87,16 @@ class HttpError(Exception):
         super().__init__(message)
         self.status = status
         self.headers = headers
+
+    @property
+    def code(self) -> str:
+        """The metrics label, as SwitchyardError.code: the status's name in snake case
+        (415: unsupported_media_type)."""
+        try:
+            phrase = HTTPStatus(self.status).phrase
+        except ValueError:
+            return f"http_{self.status}"
+        return "_".join(re.findall(r"[a-z0-9]+", phrase.lower()))
 
 
 def http_status(error: Exception) -> tuple[int, str, tuple[tuple[bytes, bytes], ...]]:

@@ -23,6 +23,7 @@ from prometheus_client.registry import Collector
 
 from switchyard.runtimes.batcher import BatchObserver
 from switchyard.runtimes.errors import Overloaded, SwitchyardError
+from switchyard.server.error_status import HttpError
 from switchyard.server.features.store import FeatureStats
 
 BATCH_SIZE_BUCKETS_ROWS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
@@ -37,7 +38,7 @@ def status_code(error: BaseException | None) -> str:
     """The transport-neutral status label of a request's outcome."""
     if error is None:
         return "ok"
-    if isinstance(error, SwitchyardError):
+    if isinstance(error, SwitchyardError | HttpError):
         return error.code
     return "cancelled" if isinstance(error, asyncio.CancelledError) else "internal"
 
@@ -255,13 +256,16 @@ class RoutingMetrics:
         variant_labels = ["endpoint", "variant"]
         self.routed = Counter(
             "switchyard_routed_requests",
-            "Requests to an endpoint by the variant that served them and why it was chosen.",
-            [*variant_labels, "reason"],
+            "Requests to an endpoint by the variant chosen, why it was chosen, and how it "
+            "answered (status: ok, or the error's code).",
+            [*variant_labels, "reason", "status"],
             registry=registry,
         )
         self.shadow_requests = Counter(
             "switchyard_shadow_requests",
-            "Mirrored requests by outcome (ok, error, dropped_at_capacity, ...).",
+            "Mirrored requests by outcome: ok, error, timed_out (past "
+            "routing.shadow_timeout_s), cancelled (at shutdown), dropped_at_capacity, "
+            "dropped_closed.",
             [*variant_labels, "outcome"],
             registry=registry,
         )

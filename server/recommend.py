@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from switchyard.runtimes.errors import InvalidArgument, NotFound
+from switchyard.runtimes.errors import InvalidArgument, NotFound, UnknownOutput
 from switchyard.server.config import RecommendSettings
 from switchyard.server.features.definitions import FeatureDefinitions, RowLayout
 from switchyard.server.features.store import FeatureStore
@@ -22,6 +22,12 @@ from switchyard.server.routing import VARIANT_PARAMETER
 from switchyard.server.types import InferInput, InferRequest, ParameterValue
 
 USER_ENTITY = "user"
+
+
+class RecommendConfigError(RuntimeError):
+    """The config does not fit the model that ranks (its score output): a fault of the
+    server, not of the caller. Deliberately not a SwitchyardError: the caller sees the
+    generic internal error, and the ingress logs this message, which names the key to fix."""
 
 
 @dataclass(slots=True)
@@ -125,11 +131,19 @@ class Recommender:
             deadline_s=request.deadline_s,
         )
         # Sticky by the user: on an endpoint the user id is the routing key.
-        response = await self._inference.infer(infer, routing_key=request.user_id)
+        try:
+            response = await self._inference.infer(infer, routing_key=request.user_id)
+        except UnknownOutput as exc:
+            raise RecommendConfigError(
+                f"recommend.score_output is '{self._settings.score_output}', but the model "
+                f"serving '{request.endpoint}' has no such output ({exc}); set it to the "
+                "output that holds the scores"
+            ) from None
         scores = np.asarray(response.outputs[0].data, dtype=np.float32).reshape(-1)
         if scores.size != len(request.candidate_ids):
-            raise InvalidArgument(
-                f"output '{self._settings.score_output}' has {scores.size} values for "
+            raise RecommendConfigError(
+                f"recommend.score_output '{self._settings.score_output}' of model "
+                f"'{response.model_name}' has {scores.size} values for "
                 f"{len(request.candidate_ids)} candidates; it must hold one score per row"
             )
         k = request.k or len(request.candidate_ids)

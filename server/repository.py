@@ -19,7 +19,7 @@ from pathlib import Path
 
 from switchyard.protos import open_inference_pb2 as pb
 from switchyard.runtimes.base import ModelSignature, Runtime
-from switchyard.runtimes.batcher import DynamicBatcher
+from switchyard.runtimes.batcher import BatchingOptions, DynamicBatcher
 from switchyard.runtimes.errors import ModelLoadError, NotFound, ResourceExhausted
 from switchyard.runtimes.ort_runtime import OnnxRuntimeModel
 from switchyard.runtimes.triton_runtime import TritonModel, TritonOptions
@@ -74,13 +74,40 @@ class LoadedModel:
         return f"{self.name}:{self.version}"
 
 
+# gRPC's message lengths are signed 32-bit integers.
+GRPC_MAX_MESSAGE_BYTES = 2**31 - 1
+
+
+def triton_message_bytes(model: ModelConfig, max_request_size_bytes: int) -> int:
+    """The largest message on a model's Triton channel, either way: one batch, which is up
+    to max_batch_size requests of at most max_request_size_bytes each where the gateway
+    batches, and one request where Triton does (requests pass one by one)."""
+    assert model.triton is not None
+    configured = model.batching.max_batch_size
+    if model.triton.batching == "triton":
+        requests = 1
+    else:
+        requests = AUTO_MAX_BATCH_SIZE if configured is None else max(configured, 1)
+    return min(requests * max_request_size_bytes, GRPC_MAX_MESSAGE_BYTES)
+
+
 def create_runtime(
-    model: ModelConfig, version: ModelVersionConfig, metrics: ServerMetrics
+    model: ModelConfig,
+    version: ModelVersionConfig,
+    metrics: ServerMetrics,
+    *,
+    max_request_size_bytes: int | None = None,
 ) -> Runtime:
-    """The runtime the config names for one model version."""
+    """The runtime the config names for one model version. `max_request_size_bytes`: the
+    server's, which sizes a Triton channel's messages (None: the channel's default)."""
     label = f"{model.name}:{version.version}"
     if model.triton is not None and model.runtime == "triton":
         t = model.triton
+        sizes = (
+            {}
+            if max_request_size_bytes is None
+            else {"max_message_bytes": triton_message_bytes(model, max_request_size_bytes)}
+        )
         options = TritonOptions(
             url=t.url,
             model_name=t.model_name or model.name,
@@ -92,6 +119,7 @@ def create_runtime(
             backoff_max_s=t.backoff_max_s,
             breaker_failures=t.breaker_failures,
             breaker_open_s=t.breaker_open_s,
+            **sizes,
         )
         breaker_gauge = metrics.circuit_state.labels(model.name, version.version)
         breaker_gauge.set(0)
@@ -132,15 +160,39 @@ def max_batch_size(model: ModelConfig, signature: ModelSignature) -> int:
     return configured
 
 
+def batching_options(model: ModelConfig, signature: ModelSignature) -> BatchingOptions:
+    """The batcher's options at the batch size in force (max_batch_size); ModelLoadError
+    when batching.preferred_batch_sizes cannot fit it, which only the loaded model tells."""
+    rows = max_batch_size(model, signature)
+    over = [size for size in model.batching.preferred_batch_sizes if size > rows]
+    if over:
+        why = (
+            "batching is off for it (it has no batch dimension, or Triton batches it); remove them"
+            if rows == 0
+            else f"its max_batch_size in force is {rows}; keep them at most {rows}"
+        )
+        raise ModelLoadError(
+            f"model '{model.name}': batching.preferred_batch_sizes {over} cannot be formed: {why}"
+        )
+    try:
+        return model.batching.to_options(rows)
+    except ValueError as exc:  # the config's own checks ran at a provisional batch size
+        raise ModelLoadError(f"model '{model.name}': {exc}") from None
+
+
 def load_model_version(
-    model: ModelConfig, version: ModelVersionConfig, metrics: ServerMetrics
+    model: ModelConfig,
+    version: ModelVersionConfig,
+    metrics: ServerMetrics,
+    *,
+    max_request_size_bytes: int | None = None,
 ) -> LoadedModel:
     """Load one version's runtime and put its dynamic batcher (not started) in front of it;
-    ModelLoadError when it cannot be served."""
-    runtime = create_runtime(model, version, metrics)
+    ModelLoadError when it cannot be served. `max_request_size_bytes`: the server's."""
+    runtime = create_runtime(model, version, metrics, max_request_size_bytes=max_request_size_bytes)
     try:
         signature = runtime.load()
-        options = model.batching.to_options(max_batch_size(model, signature))
+        options = batching_options(model, signature)
     except ModelLoadError:
         runtime.close()
         raise
@@ -197,8 +249,12 @@ class ModelRepository:
         loader: VersionLoader | None = None,
         *,
         memory_budget_bytes: int | None = None,
+        max_request_size_bytes: int | None = None,
     ) -> None:
-        self._loader = loader or functools.partial(load_model_version, metrics=metrics)
+        """`max_request_size_bytes`: the server's, for the default loader (load_model_version)."""
+        self._loader = loader or functools.partial(
+            load_model_version, metrics=metrics, max_request_size_bytes=max_request_size_bytes
+        )
         self._metrics = metrics.models
         self._budget_bytes = memory_budget_bytes
         self._catalog: Catalog = {}

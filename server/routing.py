@@ -20,9 +20,9 @@ from switchyard.router.endpoint import VariantTarget
 from switchyard.router.router import Router
 from switchyard.router.shadow_launcher import ShadowLauncher
 from switchyard.router.table import RoutingTable
-from switchyard.runtimes.errors import InvalidArgument, SwitchyardError
+from switchyard.runtimes.errors import InvalidArgument
 from switchyard.server.config import RoutingSettings
-from switchyard.server.metrics import RoutingMetrics
+from switchyard.server.metrics import RoutingMetrics, status_code
 from switchyard.server.types import InferRequest, InferResponse
 
 log = logging.getLogger(__name__)
@@ -97,17 +97,20 @@ class RoutingService:
             routing_key=routing_key,
         )
         primary = decision.primary
+        routed = (decision.endpoint, primary.name, str(decision.reason))
         started_s = time.perf_counter()
         try:
             response = await self._call_model(_for_variant(request, primary))
-        except SwitchyardError as exc:
-            if not _caller_fault(exc):
+        except BaseException as exc:  # counted per variant, whatever it was, then passed on
+            self._metrics.routed.labels(*routed, status_code(exc)).inc()
+            # A client gone (cancelled) or bad input says nothing of the variant's health.
+            if isinstance(exc, Exception) and not _caller_fault(exc):
                 latency_s = time.perf_counter() - started_s
                 self._observe_outcome(decision.endpoint, primary.name, latency_s, False)
             raise
         latency_s = time.perf_counter() - started_s
         self._observe_outcome(decision.endpoint, primary.name, latency_s, True)
-        self._metrics.routed.labels(decision.endpoint, primary.name, str(decision.reason)).inc()
+        self._metrics.routed.labels(*routed, status_code(None)).inc()
         if decision.shadows:
             outputs = {output.name: output.data for output in response.outputs}
             for shadow in decision.shadows:
@@ -125,14 +128,18 @@ class RoutingService:
         primary_latency_s: float,
     ) -> None:
         counter = self._metrics.shadow_requests
+        labels = (decision.endpoint, shadow.name)
         work = self._shadow(decision, shadow, request, primary_outputs, primary_latency_s)
         admission = self._launcher.launch(
             work,
             self._router.shadow_gate(decision.endpoint),
             name=f"{decision.endpoint}/{shadow.name}",
+            # Counted when it ends, by the launcher that saw how: a timed-out or cancelled
+            # shadow never gets to count itself.
+            on_outcome=lambda outcome: counter.labels(*labels, str(outcome)).inc(),
         )
         if not admission.admitted:
-            counter.labels(decision.endpoint, shadow.name, f"dropped_{admission}").inc()
+            counter.labels(*labels, f"dropped_{admission}").inc()
 
     async def _shadow(
         self,
@@ -144,11 +151,8 @@ class RoutingService:
     ) -> None:
         labels = (decision.endpoint, shadow.name)
         started_s = time.perf_counter()
-        try:
-            response = await self._call_model(_for_variant(request, shadow, deadline=False))
-        except Exception:
-            self._metrics.shadow_requests.labels(*labels, "error").inc()
-            raise  # the launcher logs it; the caller never sees it
+        # A failure goes to the launcher, which logs and counts it; the caller never sees it.
+        response = await self._call_model(_for_variant(request, shadow, deadline=False))
         comparison = compare_outputs(
             {name: as_ranking(array) for name, array in primary_outputs.items()},
             {output.name: as_ranking(output.data) for output in response.outputs},
@@ -156,7 +160,6 @@ class RoutingService:
             shadow_latency_s=time.perf_counter() - started_s,
             top_k=TOP_K,
         )
-        self._metrics.shadow_requests.labels(*labels, "ok").inc()
         self._observe(labels, comparison)
         if self._disagreements is not None:
             self._disagreements.offer(

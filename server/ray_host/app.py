@@ -75,7 +75,9 @@ def build_app(config: SwitchyardConfig, config_path: Path | None = None) -> Appl
         options = variant_options(model)
         for version in model.versions:
             name = variant_name(model.name, version.version)
-            variants[name] = variant.options(name=name, **options).bind(model, version.version)
+            variants[name] = variant.options(name=name, **options).bind(
+                model, version.version, config.server.max_request_size_bytes
+            )
     ingress = serve.deployment()(serve.ingress()(IngressReplica))
     return ingress.options(name=INGRESS_NAME, **ingress_deployment_options).bind(
         config, variants, None if config_path is None else str(config_path)

@@ -105,12 +105,16 @@ class RestWithMetrics:
             await self._rest(scope, receive, send)
 
 
-def ingress_loader(remote: VersionLoader, metrics: ServerMetrics) -> VersionLoader:
+def ingress_loader(
+    remote: VersionLoader, metrics: ServerMetrics, max_request_size_bytes: int | None = None
+) -> VersionLoader:
     """Co-located versions load here, as standalone; the others through `remote`."""
 
     def load(model: ModelConfig, version: ModelVersionConfig) -> LoadedModel:
         if model.ray_placement == "ingress":
-            return load_model_version(model, version, metrics)
+            return load_model_version(
+                model, version, metrics, max_request_size_bytes=max_request_size_bytes
+            )
         return remote(model, version)
 
     return load
@@ -146,7 +150,7 @@ class IngressReplica:
         # This replica's requests, routing and co-located batchers; served on GET /metrics.
         metrics = ServerMetrics()
         remote = remote_loader(variants, dict(zip(variants, infos, strict=True)))
-        loader = ingress_loader(remote, metrics)
+        loader = ingress_loader(remote, metrics, self._max_request_size_bytes)
         policy_model = ingress_policy_model(config)
         self._policy_model = None if policy_model is None else policy_model.name
         self.core = GatewayCore(

@@ -36,13 +36,17 @@ class VariantReplica:
     """The class behind each variant deployment (app.py wraps it with serve.deployment)."""
 
     # Serve awaits an async constructor (below); mypy knows only a None-returning __init__.
-    async def __init__(self, model: ModelConfig, version: str) -> None:  # type: ignore[misc]
+    async def __init__(  # type: ignore[misc]
+        self, model: ModelConfig, version: str, max_request_size_bytes: int | None = None
+    ) -> None:
         """Serve awaits an async constructor on the loop that later runs the requests, which
         is the loop the batcher's scheduler task must live on."""
         version_config = next(v for v in model.versions if v.version == version)
         # Batch metrics go to a registry of the replica's own: Serve exports its own
         # per-deployment metrics, and one replica has no port of its own to serve ours on.
-        self._loaded = load_model_version(model, version_config, ServerMetrics())
+        self._loaded = load_model_version(
+            model, version_config, ServerMetrics(), max_request_size_bytes=max_request_size_bytes
+        )
         await self._loaded.batcher.start()
         # A replica's percentiles cover the period Serve averages its reports over.
         self._stats = ReplicaStatsRecorder(window_s=model.ray.look_back_period_s)

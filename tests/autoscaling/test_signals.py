@@ -155,4 +155,26 @@ def test_autoscaling_config_installs_the_policy() -> None:
     )
     kwargs = config["policy"]["policy_kwargs"]
     assert AutoscalingConfig.model_validate(kwargs).to_policy_config() == CONFIG
-    assert IN_FLIGHT == "switchyard_in_flight"
+
+
+def test_the_policy_scales_on_the_in_flight_count_replicas_report() -> None:
+    """The same latency over the target, at two loads: the replica's in-flight count, read
+    back under the name the replica reports it, decides how far the policy scales."""
+
+    def decided(in_flight: float) -> int:
+        stats = ReplicaStats(p95_latency_s=0.3, request_rate_per_s=10.0, in_flight=in_flight)
+        reported = to_autoscaling_metrics(stats)
+        aggregated = {name: {"r1": value} for name, value in reported.items()}
+        policy = RayLatencyPolicy(clock=FakeClock(), **dataclasses.asdict(CONFIG))
+        replicas, _ = policy(context(aggregated, target=1))
+        return replicas
+
+    light, heavy = decided(0.5), decided(6.0)
+    print(f"replicas at in_flight 0.5: {light}; at 6.0: {heavy}")
+    assert 1 < light < heavy
+    # A replica whose in-flight count is missing has not reported: nothing to scale on.
+    reported = to_autoscaling_metrics(
+        ReplicaStats(p95_latency_s=0.3, request_rate_per_s=10.0, in_flight=6.0)
+    )
+    del reported[IN_FLIGHT]
+    assert stats_from_aggregated({name: {"r1": v} for name, v in reported.items()}) == []

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import subprocess
 import sys
 from pathlib import Path
@@ -11,7 +12,7 @@ import pytest
 import yaml
 
 from loadtests.gateway_process import REPO_ROOT
-from switchyard.server.autoscaling.ray_adapter import POLICY_PATH
+from switchyard.server.autoscaling.ray_adapter import RayLatencyPolicy
 from switchyard.server.config import ConfigError, SwitchyardConfig, load_config
 from tests.ray_host.support import (
     INGRESS_REPLICAS,
@@ -30,7 +31,6 @@ from ray.serve.schema import ServeDeploySchema
 from switchyard.server.autoscaling.latency_policy import ReplicaStats
 from switchyard.server.ray_host.app import app_builder, render_serve_config, serve_config
 from switchyard.server.ray_host.deployments import (
-    INGRESS_MAX_ONGOING_REQUESTS,
     deployed_models,
     fast_path_env,
     ingress_options,
@@ -49,6 +49,12 @@ def config_path(demo_model_path: Path, tmp_path_factory: pytest.TempPathFactory)
     path = workdir / "switchyard.yaml"
     path.write_text(yaml.safe_dump(config))
     return path
+
+
+def imported(path: str) -> object:
+    """What Serve's controller imports for a `module:Name` path."""
+    module, name = path.split(":")
+    return getattr(importlib.import_module(module), name)
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
@@ -85,7 +91,7 @@ def test_rendered_serve_config_deploys_the_app_with_the_latency_policy(config_pa
     assert ingress["autoscaling_config"]["min_replicas"] == INGRESS_REPLICAS
     slow = deployments[f"{SLOW_MODEL}:1"]
     autoscaling = slow["autoscaling_config"]
-    assert autoscaling["policy"]["policy_function"] == POLICY_PATH
+    assert imported(autoscaling["policy"]["policy_function"]) is RayLatencyPolicy
     kwargs = autoscaling["policy"]["policy_kwargs"]
     assert {key: kwargs[key] for key in SLOW_AUTOSCALING} == SLOW_AUTOSCALING
     assert (autoscaling["min_replicas"], autoscaling["max_replicas"]) == (1, 3)
@@ -155,11 +161,17 @@ def test_a_colocated_autoscaled_model_scales_the_ingress_with_the_strictest_targ
     options = ingress_options(config)
     assert "num_replicas" not in options  # the policy decides, not ray.ingress_replicas
     autoscaling = options["autoscaling_config"]
-    assert autoscaling["policy"]["policy_function"] == POLICY_PATH
+    assert imported(autoscaling["policy"]["policy_function"]) is RayLatencyPolicy
     assert autoscaling["policy"]["policy_kwargs"]["target_latency_s"] == 0.05
     assert (autoscaling["min_replicas"], autoscaling["max_replicas"]) == (1, 4)
     assert autoscaling["look_back_period_s"] == SLOW_RAY["look_back_period_s"]
-    assert options["max_ongoing_requests"] == INGRESS_MAX_ONGOING_REQUESTS
+    # The policy measures its model's in-flight requests against its own
+    # max_ongoing_requests; the ingress's limit stays what it is without a policy, far above
+    # that one (the ingress also routes, and forwards to deployed models).
+    fixed = ingress_options(parsed(tmp_path, {"models": [model_config(name="plain")]}))
+    assert "autoscaling_config" not in fixed
+    policy_limit = autoscaling["policy"]["policy_kwargs"]["max_ongoing_requests"]
+    assert options["max_ongoing_requests"] == fixed["max_ongoing_requests"] > 10 * policy_limit
     document = serve_config(config, tmp_path / "switchyard.yaml")
     ServeDeploySchema.model_validate(document)
     (app,) = document["applications"]

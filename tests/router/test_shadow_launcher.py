@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 
 from switchyard.router.shadow_gate import Admission, ShadowGate
-from switchyard.router.shadow_launcher import ShadowLauncher
+from switchyard.router.shadow_launcher import ShadowLauncher, ShadowOutcome
 
 
 async def failing() -> None:
@@ -76,5 +77,47 @@ def test_hung_shadow_is_timed_out() -> None:
         launcher.launch(asyncio.Event().wait(), gate)
         await launcher.wait_idle()
         assert launcher.timed_out_total == 1 and gate.in_flight == 0
+
+    asyncio.run(asyncio.wait_for(scenario(), timeout=5.0))
+
+
+def test_every_admitted_shadow_tells_how_it_ended() -> None:
+    async def scenario() -> None:
+        launcher = ShadowLauncher(timeout_s=0.05)
+        gate = ShadowGate(8)
+        outcomes: dict[str, ShadowOutcome] = {}
+
+        def record(name: str) -> Callable[[ShadowOutcome], None]:
+            return lambda outcome: outcomes.__setitem__(name, outcome)
+
+        async def answers() -> None:
+            return None
+
+        for name, work in (
+            ("ok", answers()),
+            ("error", failing()),
+            ("hung", asyncio.Event().wait()),
+        ):
+            launcher.launch(work, gate, name=name, on_outcome=record(name))
+        await launcher.wait_idle()
+        assert outcomes == {
+            "ok": ShadowOutcome.OK,
+            "error": ShadowOutcome.ERROR,
+            "hung": ShadowOutcome.TIMED_OUT,
+        }
+        assert launcher.timed_out_total == 1 and gate.in_flight == 0
+
+        # A callback that fails is logged; the launcher's bookkeeping goes on.
+        def broken(outcome: ShadowOutcome) -> None:
+            raise RuntimeError(f"metrics broke on {outcome}")
+
+        launcher.launch(answers(), gate, on_outcome=broken)
+        await launcher.wait_idle()
+        assert launcher.completed_total == 2 and gate.in_flight == 0
+        # Cancelled by close: told too.
+        launcher.launch(asyncio.Event().wait(), gate, on_outcome=record("closed"))
+        await asyncio.sleep(0)
+        await launcher.close()
+        assert outcomes["closed"] is ShadowOutcome.CANCELLED
 
     asyncio.run(asyncio.wait_for(scenario(), timeout=5.0))

@@ -13,6 +13,7 @@ import pytest
 from switchyard.runtimes.base import TensorSpec
 from switchyard.runtimes.errors import ModelLoadError
 from switchyard.runtimes.ort_runtime import OnnxRuntimeModel, OrtOptions, resolve_providers
+from tests.edge_models import build_warmup_failing_model
 
 
 def test_signature_of_the_demo_model(demo_model_path: Path) -> None:
@@ -151,5 +152,23 @@ def test_inline_below_zero_keeps_every_run_on_a_thread(
     try:
         threads = TracedRuns(model, monkeypatch).threads(5)
         assert all(name.startswith("ort-ranker:1") for name in threads), threads
+    finally:
+        model.close()
+
+
+def test_a_failing_warm_up_is_a_load_error_naming_the_model(tmp_path: Path) -> None:
+    path = build_warmup_failing_model(tmp_path / "reshape.onnx")
+    with pytest.raises(ModelLoadError) as error:
+        OnnxRuntimeModel(path, OrtOptions(), "reshaper:2").load()
+    message = str(error.value)
+    assert "model 'reshaper:2': the warm-up run" in message
+    assert "cannot be reshaped" in message  # onnxruntime's reason, its first line only
+    assert "runtime_options.warmup: false" in message  # what the operator can do
+    # Without the warm-up it loads, and runs the inputs it can take.
+    model = OnnxRuntimeModel(path, OrtOptions(warmup=False), "reshaper:2")
+    model.load()
+    try:
+        outputs = asyncio.run(model.infer({"x": np.arange(6, dtype=np.float32)}, ["y"]))
+        np.testing.assert_array_equal(outputs["y"], np.arange(6, dtype=np.float32).reshape(2, 3))
     finally:
         model.close()

@@ -16,6 +16,9 @@ from switchyard.protos import open_inference_pb2_grpc as pb_grpc
 from switchyard.runtimes.circuit_breaker import CircuitState
 from switchyard.runtimes.errors import DeadlineExceeded, InvalidArgument, Unavailable
 from switchyard.runtimes.triton_runtime import TritonModel, TritonOptions
+from switchyard.server.config import ModelConfig
+from switchyard.server.metrics import ServerMetrics
+from switchyard.server.repository import create_runtime
 
 
 class ScriptedTriton(pb_grpc.GRPCInferenceServiceServicer):
@@ -157,3 +160,64 @@ def test_the_breaker_opens_fails_fast_and_recovers() -> None:
         await runtime.aclose()
 
     run(scenario)
+
+
+def test_a_probe_failing_outside_grpc_reopens_the_circuit() -> None:
+    async def scenario(servicer: ScriptedTriton, url: str) -> None:
+        clock = SkippableClock()
+        runtime = model(url, clock, max_attempts=1)
+        servicer.script = [grpc.StatusCode.UNAVAILABLE] * 3
+        for _ in range(3):
+            with pytest.raises(Unavailable, match="unavailable"):
+                await runtime.infer(X, ["y"])
+        assert state(runtime) is CircuitState.OPEN
+        # The client side breaks: its channel is closed under it (grpc.aio raises its own
+        # UsageError, no status from Triton).
+        assert runtime._channel is not None
+        await runtime._channel.close()
+        clock.skipped_s += 0.3
+        with pytest.raises(Unavailable, match=r"failed in the client \(UsageError\)"):
+            await runtime.infer(X, ["y"])  # the probe
+        assert state(runtime) is CircuitState.OPEN  # reported: not half-open for ever
+        with pytest.raises(Unavailable, match="circuit open"):
+            await runtime.infer(X, ["y"])
+        clock.skipped_s += 0.3
+        # The next probe goes out (and meets the closed channel again).
+        with pytest.raises(Unavailable, match="failed in the client"):
+            await runtime.infer(X, ["y"])
+        await runtime.aclose()
+
+    run(scenario)
+
+
+def test_the_channel_carries_requests_up_to_the_servers_size() -> None:
+    """A request over the channel's old fixed 64 MiB, under a server size of 96 MiB."""
+    size_bytes = 96 * 1024 * 1024
+
+    async def main() -> None:
+        servicer = ScriptedTriton()
+        limits = [("grpc.max_receive_message_length", -1), ("grpc.max_send_message_length", -1)]
+        server = grpc.aio.server(options=limits)
+        pb_grpc.add_GRPCInferenceServiceServicer_to_server(servicer, server)
+        port = server.add_insecure_port("127.0.0.1:0")
+        await server.start()
+        config = ModelConfig.model_validate(
+            {
+                "name": "m",
+                "runtime": "triton",
+                "versions": [{"version": "1"}],
+                "triton": {"url": f"127.0.0.1:{port}", "batching": "triton"},
+            }
+        )
+        runtime = create_runtime(
+            config, config.versions[0], ServerMetrics(), max_request_size_bytes=size_bytes
+        )
+        try:
+            x = np.ones((70, 256 * 1024), dtype=np.float32)  # 70 MiB
+            outputs = await runtime.infer({"x": x}, ["y"], deadline_s=time.monotonic() + 60)
+            assert outputs["y"].shape == x.shape and float(outputs["y"][-1, -1]) == 2.0
+        finally:
+            await runtime.aclose()
+            await server.stop(0)
+
+    asyncio.run(main())
