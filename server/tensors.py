@@ -86,12 +86,8 @@ def decode_json_values(
 ) -> np.ndarray:
     """An array from a JSON `data` list (flat, or nested in row-major order), each value
     checked to be of a JSON type the datatype takes."""
-    allowed = JSON_VALUE_TYPES.get(datatype)
-    if allowed is None:
-        numpy_dtype(datatype, name)  # refuses an unknown datatype by name
-        raise InvalidArgument(
-            f"tensor '{client_text(name)}': {datatype} data must be sent as binary data"
-        )
+    numpy_dtype(datatype, name)  # an unknown datatype is refused by name
+    allowed = JSON_VALUE_TYPES[datatype]
     found = _leaf_types(name, values, len(shape))
     wrong = found - allowed
     if wrong:
