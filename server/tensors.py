@@ -49,8 +49,8 @@ _JSON_TYPE_NAMES = {
 def checked_element_count(
     name: str, datatype: str, shape: Sequence[int], max_size_bytes: int
 ) -> int:
-    """Elements declared by `shape`; refuses negative dims, too many dims, a dim no request
-    of the maximum size could fill, and sizes over the maximum."""
+    """Elements declared by `shape`; refuses negative dims, too many dims, and sizes over
+    the maximum (with a zero dim, the size the other dims declare)."""
     numpy_dtype(datatype, name)  # an unknown datatype is refused before anything else
     tensor = f"tensor '{client_text(name)}'"
     if len(shape) > MAX_TENSOR_DIMS:
@@ -61,22 +61,21 @@ def checked_element_count(
         raise InvalidArgument(f"{tensor}: shape {list(shape)} has a negative dimension")
     # A BYTES element takes at least its 4-byte length prefix on the wire.
     element_bytes = element_size_bytes(datatype) or BYTES_LENGTH_PREFIX.size
-    # Checked on its own: a zero elsewhere in the shape makes the count 0 however large this
-    # dimension is, and such a dim overflows the 64-bit sizes numpy and the runtimes use.
-    max_dim = max_size_bytes // element_bytes
-    for index, dim in enumerate(shape):
-        if dim > max_dim:
-            raise InvalidArgument(
-                f"{tensor}: dimension {index} of shape {list(shape)} is over {max_dim}, the "
-                f"most {datatype} elements the maximum request size of {max_size_bytes} bytes "
-                "holds"
-            )
     count = math.prod(shape)  # Python ints: no overflow however large the dims
     size_bytes = count * element_bytes
     if size_bytes > max_size_bytes:
         raise InvalidArgument(
             f"{tensor}: shape {list(shape)} declares {count} elements ({size_bytes} "
             f"bytes), over the maximum request size of {max_size_bytes} bytes"
+        )
+    # A zero dim makes the count 0 however large the others are; those others still reach
+    # numpy and the runtimes, whose sizes are 64-bit. They are held to the same bound.
+    others = math.prod(dim for dim in shape if dim != 0)
+    if count == 0 and others * element_bytes > max_size_bytes:
+        raise InvalidArgument(
+            f"{tensor}: shape {list(shape)} has no elements, but its other dimensions "
+            f"declare {others} ({others * element_bytes} bytes), over the maximum request "
+            f"size of {max_size_bytes} bytes"
         )
     return count
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 from typing import Any
 
 from google.protobuf.message import DecodeError
@@ -27,7 +28,8 @@ dims = st.one_of(
     st.integers(-2, 5),
     st.sampled_from([MAX_BYTES // 4, MAX_BYTES // 4 + 1, 10**12, 2**63 - 1, -(2**63)]),
 )
-shapes = st.lists(dims, max_size=40)
+# numpy holds 64 dims at most: longer shapes find any place a shape reaches numpy unchecked.
+shapes = st.lists(dims, max_size=70)
 json_scalars = st.one_of(
     st.none(),
     st.booleans(),
@@ -50,7 +52,14 @@ def _tensor(draw: st.DrawFn) -> dict[str, Any]:
         "datatype": draw(st.one_of(st.sampled_from(DATATYPES), json_values)),
         "shape": draw(st.one_of(shapes, json_values)),
     }
-    if draw(st.booleans()):
+    shape = tensor["shape"]
+    fits = isinstance(shape, list) and all(type(d) is int and 0 <= d <= 64 for d in shape)
+    if fits and math.prod(shape) <= 64 and draw(st.booleans()):
+        # As many values as the shape needs, so that decoding goes all the way.
+        tensor["data"] = draw(
+            st.lists(json_scalars, min_size=math.prod(shape), max_size=math.prod(shape))
+        )
+    elif draw(st.booleans()):
         tensor["data"] = draw(st.one_of(st.lists(json_values, max_size=20), json_values))
     if draw(st.booleans()):
         tensor["parameters"] = {
@@ -107,7 +116,7 @@ def grpc_requests(draw: st.DrawFn) -> pb.ModelInferRequest:
         tensor = message.inputs.add(
             name=draw(st.text(max_size=10)),
             datatype=datatype,
-            shape=draw(st.lists(dims.filter(lambda d: -(2**63) <= d < 2**63), max_size=40)),
+            shape=draw(st.lists(dims.filter(lambda d: -(2**63) <= d < 2**63), max_size=70)),
         )
         if raw:
             message.raw_input_contents.append(draw(st.binary(max_size=64)))
