@@ -83,6 +83,11 @@ class LoadResult:
     machine_cpu_cores: float  # every process on the machine, over the window
     server_cpu_cores: float | None = None  # the server's process tree, when one was given
     error_kinds: dict[str, int] = field(default_factory=dict)
+    # Per error kind, how long its answers took (as latency_ms): a refusal should be fast.
+    error_latency_ms: dict[str, dict[str, float]] = field(default_factory=dict)
+    # Every answer of the run by kind ("OK" too), inside the window or not: what the server
+    # answered, to set against its own counters.
+    answered_kinds: dict[str, int] = field(default_factory=dict)
     first_error: str | None = None
 
     @property
@@ -126,9 +131,11 @@ class _Recorder:
     latency: LatencyHistogram = field(default_factory=LatencyHistogram)
     send_lag: LatencyHistogram = field(default_factory=LatencyHistogram)
     answered: int = 0
+    answered_kinds: Counter[str] = field(default_factory=Counter)  # window or not
     requests: int = 0
     ok_in_window: int = 0
     errors: Counter[str] = field(default_factory=Counter)
+    error_latency: dict[str, LatencyHistogram] = field(default_factory=dict)
     first_error: str | None = None
     cpu_marks: list[tuple[float, float]] = field(default_factory=list)  # (wall, process CPU)
 
@@ -139,20 +146,26 @@ class _Recorder:
         now_s = time.perf_counter()
         self.answered += 1
         _progress[self.slot] = self.answered
+        self.answered_kinds["OK" if exc is None else error_kind(exc)] += 1
         if exc is None and self.measure_from_s <= now_s < self.measure_to_s:
             self.ok_in_window += 1
         if not self.measure_from_s <= origin_s < self.measure_to_s:
             return
         self.requests += 1
         self.send_lag.record_s(max(0.0, sent_s - origin_s))
+        latency_s = now_s - min(origin_s, sent_s)
         if exc is None:
-            self.latency.record_s(now_s - min(origin_s, sent_s))
+            self.latency.record_s(latency_s)
         else:
-            self.fail(exc)
+            kind = self.fail(exc)
+            self.error_latency.setdefault(kind, LatencyHistogram()).record_s(latency_s)
 
-    def fail(self, exc: BaseException | str) -> None:
-        self.errors[exc if isinstance(exc, str) else error_kind(exc)] += 1
+    def fail(self, exc: BaseException | str) -> str:
+        """Count a failure; returns its kind."""
+        kind = exc if isinstance(exc, str) else error_kind(exc)
+        self.errors[kind] += 1
         self.first_error = self.first_error or (exc if isinstance(exc, str) else repr(exc))
+        return kind
 
 
 async def _timed(client: Client, rec: _Recorder, origin_s: float) -> None:
@@ -247,6 +260,8 @@ async def _drive(job: _Job) -> dict[str, Any]:
         "requests": rec.requests,
         "ok_in_window": rec.ok_in_window,
         "errors": dict(rec.errors),
+        "answered_kinds": dict(rec.answered_kinds),
+        "error_latency": {kind: hist.encode() for kind, hist in rec.error_latency.items()},
         "first_error": rec.first_error,
         "cpu_cores": (cpu1_s - cpu0_s) / (wall1_s - wall0_s),
     }
@@ -333,10 +348,15 @@ def _merge(
 ) -> LoadResult:
     latency, send_lag = LatencyHistogram(), LatencyHistogram()
     errors: Counter[str] = Counter()
+    answered: Counter[str] = Counter()
+    error_latency: dict[str, LatencyHistogram] = {}
     for part in parts:
         latency.add_encoded(part["latency"])
         send_lag.add_encoded(part["send_lag"])
         errors.update(part["errors"])
+        answered.update(part["answered_kinds"])
+        for kind, encoded in part["error_latency"].items():
+            error_latency.setdefault(kind, LatencyHistogram()).add_encoded(encoded)
     machine_cores = server_cores = math.nan
     if len(marks) == 2:
         (t0, machine0, server0), (t1, machine1, server1) = marks
@@ -362,6 +382,8 @@ def _merge(
         machine_cpu_cores=machine_cores,
         server_cpu_cores=None if math.isnan(server_cores) else server_cores,
         error_kinds=dict(errors),
+        error_latency_ms={kind: hist.summary() for kind, hist in error_latency.items()},
+        answered_kinds=dict(answered),
         first_error=next((p["first_error"] for p in parts if p["first_error"]), None),
     )
 

@@ -12,6 +12,12 @@ batching off: each request runs alone, still queued, bounded and deadline-checke
 queue delay, a request that finds nothing waiting and an instance free is what the scheduler
 would dispatch alone at once: its caller runs it directly, without the scheduler's hops.
 
+Overload is refused at the door with Overloaded (RESOURCE_EXHAUSTED): when max_queue_size
+requests wait, and, with max_queue_wait_s set, when the work already queued would keep a new
+request waiting longer than that. The wait is estimated from the runs so far (see
+_expected_wait_s), so that under overload the requests accepted wait about max_queue_wait_s
+at most instead of a whole queue's worth.
+
 Time comes from an injected Clock so that tests drive the queue delay and deadlines by hand.
 """
 
@@ -35,7 +41,7 @@ from switchyard.runtimes.base import Runtime
 from switchyard.runtimes.errors import (
     DeadlineExceeded,
     InvalidArgument,
-    ResourceExhausted,
+    Overloaded,
     SwitchyardError,
     Unavailable,
 )
@@ -44,6 +50,7 @@ __all__ = [
     "REFUSED_DEADLINE",
     "REFUSED_INVALID",
     "REFUSED_QUEUE_FULL",
+    "REFUSED_QUEUE_WAIT",
     "REFUSED_SHUTTING_DOWN",
     "BatchExecutionError",
     "BatchObserver",
@@ -57,6 +64,7 @@ log = logging.getLogger(__name__)
 
 # The reasons BatchObserver.request_refused reports.
 REFUSED_QUEUE_FULL = "queue_full"
+REFUSED_QUEUE_WAIT = "queue_wait"
 REFUSED_INVALID = "invalid_argument"
 REFUSED_DEADLINE = "deadline_exceeded"
 REFUSED_SHUTTING_DOWN = "shutting_down"
@@ -64,6 +72,10 @@ REFUSED_SHUTTING_DOWN = "shutting_down"
 # A crashed scheduler waits this long (real time: the injected clock may be what failed)
 # before it restarts, so that a persistent fault cannot spin the event loop.
 SCHEDULER_RESTART_DELAY_S = 0.05
+
+# Weight of the newest run in the moving averages the queue-wait estimate uses: a few runs
+# follow a change of load, one slow run does not refuse a burst.
+RUN_TIME_AVERAGE_WEIGHT = 0.2
 
 Outputs = dict[str, np.ndarray]
 
@@ -130,10 +142,12 @@ class BatchingOptions:
 
     max_batch_size: int  # rows per batch; 0 turns batching off (one request per runtime call)
     max_queue_delay_us: int  # how long the oldest request of a partial batch waits for more
-    max_queue_size: int  # waiting requests; one more is refused with ResourceExhausted
+    max_queue_size: int  # waiting requests; one more is refused with Overloaded
     instance_count: int = 1  # batches executing at once
     preferred_batch_sizes: tuple[int, ...] = ()  # row counts dispatched as soon as they form
     default_timeout_s: float | None = None  # for requests that bring no deadline
+    # Refuse a request that would wait longer than this for the work queued ahead of it.
+    max_queue_wait_s: float | None = None
 
     def __post_init__(self) -> None:
         for name, minimum in (
@@ -160,6 +174,9 @@ class BatchingOptions:
         timeout_s = self.default_timeout_s
         if timeout_s is not None and not (0 < timeout_s < math.inf):
             raise ValueError(f"batching: default_timeout_s must be > 0 or None, got {timeout_s}")
+        wait_s = self.max_queue_wait_s
+        if wait_s is not None and not (0 < wait_s < math.inf):
+            raise ValueError(f"batching: max_queue_wait_s must be > 0 or None, got {wait_s}")
 
     @property
     def batching(self) -> bool:
@@ -219,7 +236,14 @@ class DynamicBatcher:
         self._groups: dict[Hashable, deque[_Request]] = {}
         self._deadlines: list[tuple[float, int, _Request]] = []  # a heap; stale entries skipped
         self._queued = 0
+        self._queued_rows = 0
         self._in_flight = 0
+        # Moving averages of seconds per batch and per row served (None before any run),
+        # and what _record_run needs to measure them.
+        self._batch_s: float | None = None
+        self._row_s: float | None = None
+        self._last_done_s: float | None = None
+        self._busy_since_last_done = False
         self._seq = itertools.count()
         self._wakeup = asyncio.Event()
         self._idle = asyncio.Event()  # set once closing and nothing is queued or running
@@ -273,9 +297,19 @@ class DynamicBatcher:
             raise DeadlineExceeded(f"model '{self._label}': the deadline passed before queueing")
         if self._queued >= self._options.max_queue_size:
             self._refuse(REFUSED_QUEUE_FULL)
-            raise ResourceExhausted(
+            raise Overloaded(
                 f"model '{self._label}': the queue is full "
-                f"(max_queue_size {self._options.max_queue_size}); retry later"
+                f"(max_queue_size {self._options.max_queue_size}); retry later",
+                REFUSED_QUEUE_FULL,
+            )
+        max_wait_s = self._options.max_queue_wait_s
+        if max_wait_s is not None and (wait_s := self._expected_wait_s()) > max_wait_s:
+            self._refuse(REFUSED_QUEUE_WAIT)
+            raise Overloaded(
+                f"model '{self._label}': the {self._queued} requests queued are about "
+                f"{wait_s * 1e3:.0f} ms of work, more than max_queue_wait_s "
+                f"({max_wait_s:g} s); retry later",
+                REFUSED_QUEUE_WAIT,
             )
         future: asyncio.Future[Outputs] = asyncio.get_running_loop().create_future()
         request = _Request(inputs, rows, key, next(self._seq), now_s, deadline_s, future)
@@ -350,6 +384,41 @@ class DynamicBatcher:
 
     # --- the queue ---
 
+    def _expected_wait_s(self) -> float:
+        """How long the work queued now keeps a new request waiting, from the recent runs.
+
+        The queued rows form at least ceil(rows / max_batch_size) batches. Of the two
+        estimates, batches times seconds per batch (right for a model whose run time hardly
+        depends on the batch size) and rows times seconds per row (right for one whose time
+        grows with it), the smaller is taken: after light load, when batches were small,
+        neither refuses a burst that will run as a few large batches; under steady load the
+        two agree. The batch running now is not counted: it is one run at most."""
+        if not self._queued or self._batch_s is None or self._row_s is None:
+            return 0.0
+        rows = self._queued_rows
+        batches = math.ceil(rows / self._options.max_batch_size) if self._options.batching else rows
+        return min(batches * self._batch_s, rows * self._row_s)
+
+    def _record_run(self, rows: int, compute_s: float) -> None:
+        """Update the seconds per batch and per row served. While requests keep waiting, a
+        sample is the time since the previous batch finished: what the queue really drains
+        at, with every instance, the hops and the event loop's own load. Otherwise it is
+        the run's own time, shared by the instances."""
+        done_s = self._clock.now()
+        if self._busy_since_last_done and self._last_done_s is not None:
+            batch_s = done_s - self._last_done_s
+        else:
+            batch_s = compute_s / self._options.instance_count
+        self._last_done_s = done_s
+        self._busy_since_last_done = self._queued > 0  # the next batch goes at once
+        row_s = batch_s / rows
+        if self._batch_s is None or self._row_s is None:
+            self._batch_s, self._row_s = batch_s, row_s
+        else:
+            weight = RUN_TIME_AVERAGE_WEIGHT
+            self._batch_s += weight * (batch_s - self._batch_s)
+            self._row_s += weight * (row_s - self._row_s)
+
     def _describe(self, inputs: Mapping[str, np.ndarray]) -> tuple[int, Hashable]:
         """The request's row count and group key; InvalidArgument if it cannot be batched."""
         if not self._options.batching:
@@ -379,6 +448,7 @@ class DynamicBatcher:
 
     def _enqueue(self, request: _Request) -> None:
         self._groups.setdefault(request.key, deque()).append(request)
+        self._queued_rows += request.rows
         if request.deadline_s is not None:
             heapq.heappush(self._deadlines, (request.deadline_s, request.seq, request))
             if len(self._deadlines) > 2 * self._options.max_queue_size + 64:
@@ -396,6 +466,7 @@ class DynamicBatcher:
             del self._groups[request.key]
         request.queued = False
         self._queued -= 1
+        self._queued_rows -= request.rows
         self._notify(self._observer.queue_depth_changed, self._queued)
 
     def _refuse(self, reason: str) -> None:
@@ -517,6 +588,7 @@ class DynamicBatcher:
 
     def _dispatch(self, batch: list[_Request], now_s: float) -> None:
         self._queued -= len(batch)
+        self._queued_rows -= sum(request.rows for request in batch)
         for request in batch:
             request.queued = False
             self._notify(self._observer.request_dequeued, now_s - request.enqueued_s)
@@ -543,6 +615,7 @@ class DynamicBatcher:
             return
         compute_s = self._clock.now() - started_s
         rows = sum(request.rows for request in batch)
+        self._record_run(rows, compute_s)
         self._notify(self._observer.batch_executed, rows, len(batch), compute_s)
         for request, part in zip(batch, parts, strict=True):
             _resolve(request.future, part)

@@ -40,6 +40,15 @@ class ResourceExhausted(SwitchyardError):
     code = "resource_exhausted"
 
 
+class Overloaded(ResourceExhausted):
+    """Refused at the door because a capacity bound is reached; `reason` names the bound
+    (the `reason` label of switchyard_shed_requests_total). The caller may retry later."""
+
+    def __init__(self, message: str, reason: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
 class Unavailable(SwitchyardError):
     """A dependency or the model is not ready; the caller may retry later."""
 

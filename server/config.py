@@ -245,4 +245,11 @@ def load_config(path: Path, env: Mapping[str, str] | None = None) -> SwitchyardC
         text = path.read_text()
     except OSError as exc:
         raise ConfigError(str(path), [f"(file): cannot read: {exc.strerror}"]) from None
+    return parse_config_text(text, path, env)
+
+
+def parse_config_text(
+    text: str, path: Path, env: Mapping[str, str] | None = None
+) -> SwitchyardConfig:
+    """`load_config` of text already read from `path` (relative paths resolve against it)."""
     return parse_config(load_yaml(text, str(path)), config_base_dir(path), str(path), env)

@@ -4,10 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 from switchyard.runtimes.errors import SwitchyardError
-from switchyard.server.config import ConfigError, SwitchyardConfig, load_config, routing_table
+from switchyard.server.config import (
+    ConfigError,
+    SwitchyardConfig,
+    parse_config_text,
+    routing_table,
+)
 from switchyard.server.control.plane import ControlPlane
 from switchyard.server.metrics import RoutingMetrics
 from switchyard.server.model_control import ModelControl
@@ -23,6 +30,11 @@ class ConfigReloader:
     logged, not applied. Refused whole, what is served staying: a file that does not
     validate, a model that fails to load, and endpoints that name a model or version the
     new models would not serve.
+
+    A changed file is read only once it has stayed unchanged for `settle_s`, and applied
+    only if it did not change while being read: an editor that writes in place (truncate,
+    then write) is never caught with half a file, which may well be valid YAML that lacks
+    a section.
     """
 
     def __init__(
@@ -33,6 +45,8 @@ class ConfigReloader:
         models: ModelControl,
         metrics: RoutingMetrics,
         interval_s: float,
+        settle_s: float,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._path = path
         self._config = config
@@ -40,7 +54,10 @@ class ConfigReloader:
         self._models = models
         self._metrics = metrics
         self._interval_s = interval_s
-        self._stamp = self._file_stamp()
+        self._settle_s = settle_s
+        self._clock = clock
+        self._stamp = self._file_stamp()  # of the file last read
+        self._changed: tuple[tuple[int, int], float] | None = None  # stamp, first seen
 
     def _file_stamp(self) -> tuple[int, int] | None:
         try:
@@ -49,14 +66,34 @@ class ConfigReloader:
             return None
         return stat.st_mtime_ns, stat.st_size
 
-    async def check_once(self) -> bool:
-        """Reload if the file changed since the last look; True when routing changed."""
+    def _settled_text(self) -> str | None:
+        """The file's text once a change to it has settled; None while there is none."""
         stamp = self._file_stamp()
         if stamp is None or stamp == self._stamp:
-            return False
-        self._stamp = stamp
+            self._changed = None
+            return None
+        now_s = self._clock()
+        if self._changed is None or self._changed[0] != stamp:
+            self._changed = (stamp, now_s)
+        if now_s - self._changed[1] < self._settle_s:
+            return None
         try:
-            config = load_config(self._path)  # the one parse path: schema, then compile
+            text = self._path.read_text()
+        except OSError:
+            return None  # gone for a moment (an editor's rename): look again next time
+        if self._file_stamp() != stamp:
+            return None  # written to while read: wait for it to settle again
+        self._stamp, self._changed = stamp, None
+        return text
+
+    async def check_once(self) -> bool:
+        """Reload if the file changed and settled since the last look; True when routing
+        changed."""
+        text = self._settled_text()
+        if text is None:
+            return False
+        try:
+            config = parse_config_text(text, self._path)  # the one parse path
         except ConfigError as exc:
             self._metrics.config_reloads.labels("invalid").inc()
             log.error("config change ignored, the routing in force stays: %s", exc)

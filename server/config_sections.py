@@ -41,12 +41,12 @@ class ServerSettings(StrictModel):
     http_port: Port = Field(default=8000, description="Port of the REST API (and admin API).")
     grpc_port: Port = Field(default=8001, description="Port of the gRPC API.")
     metrics_port: Port = Field(default=8002, description="Port of the Prometheus metrics.")
-    # Beyond it, RESOURCE_EXHAUSTED at once instead of a queue inside gRPC that an overloaded
-    # event loop cannot drain.
     max_concurrent_rpcs: int = Field(
         default=1024,
         ge=1,
-        description="gRPC calls handled at once; more are refused with RESOURCE_EXHAUSTED.",
+        description="gRPC calls handled at once; more are refused at once with "
+        "RESOURCE_EXHAUSTED and counted in switchyard_shed_requests_total (reason "
+        "max_concurrent_rpcs). Liveness and readiness calls are never refused.",
     )
     max_request_size_bytes: int = Field(
         default=64 * 1024 * 1024,
@@ -144,7 +144,15 @@ class RoutingSettings(StrictModel):
     config_reload_s: float = Field(
         default=2.0,
         ge=0,
-        description="Seconds between checks of the config file for endpoint changes; 0: off.",
+        description="Seconds between checks of the config file for endpoint and model "
+        "changes; 0: off.",
+    )
+    config_settle_s: float = Field(
+        default=0.5,
+        ge=0,
+        description="Seconds a changed config file must stay unchanged before it is read: "
+        "an editor still writing it is never caught half-way (write files atomically all "
+        "the same: to a temporary file, then rename).",
     )
 
 

@@ -87,6 +87,7 @@ class GatewayCore:
                 self.models,
                 metrics.routing,
                 config.routing.config_reload_s,
+                config.routing.config_settle_s,
             )
             if config_path is not None and config.routing.config_reload_s > 0
             else None

@@ -22,6 +22,7 @@ from switchyard.runtimes.client_text import client_text
 from switchyard.runtimes.errors import InvalidArgument
 from switchyard.runtimes.tensor_codec import decode_raw, encode_raw
 from switchyard.server.error_status import grpc_status
+from switchyard.server.grpc_admission import AdmissionInterceptor
 from switchyard.server.grpc_decoding import CleanDecodingInterceptor
 from switchyard.server.inference import InferenceService
 from switchyard.server.metrics import ServerMetrics
@@ -304,6 +305,15 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             return encode_infer_response(response)
 
 
+# grpc-core keeps calls the application has not picked up yet in a queue of its own and,
+# past max_pending_requests (default 1000; all of them past the hard limit, 3000), refuses
+# new ones at random, which its clients see as a bare CANCELLED that no metric of ours
+# counts. Raised far above any queue of ours, so that what is shed is shed by our bounds
+# (AdmissionInterceptor, the batchers' queues), with RESOURCE_EXHAUSTED and a message.
+# Pending calls are bounded in practice by their deadlines and HTTP/2 flow control.
+CORE_MAX_PENDING_REQUESTS = 100_000
+
+
 def create_grpc_server(
     servicer: InferenceServicer,
     host: str,
@@ -314,17 +324,24 @@ def create_grpc_server(
     share_port: bool = False,
 ) -> tuple[grpc.aio.Server, int]:
     """A grpc.aio server bound to host:port; returns it and the port actually bound.
+    `max_concurrent_rpcs`: calls running at once, beyond which calls are refused at once
+    with RESOURCE_EXHAUSTED and counted (server/grpc_admission.py).
     `share_port`: SO_REUSEPORT, for worker processes that all listen on one port."""
     server = grpc.aio.server(
-        maximum_concurrent_rpcs=max_concurrent_rpcs,
-        # A request that does not decode is INVALID_ARGUMENT, not grpc's UNKNOWN + traceback.
-        interceptors=[CleanDecodingInterceptor(servicer.metrics)],
+        # Admission first: a call refused for capacity is never decoded. Then a request
+        # that does not decode is INVALID_ARGUMENT, not grpc's UNKNOWN and a traceback.
+        interceptors=[
+            AdmissionInterceptor(max_concurrent_rpcs, servicer.metrics),
+            CleanDecodingInterceptor(servicer.metrics),
+        ],
         options=[
             ("grpc.max_receive_message_length", max_message_bytes),
             ("grpc.max_send_message_length", max_message_bytes),
             # Fail loudly when the port is taken instead of sharing it with another process
             # (workers share it on purpose; their supervisor checked that it was free).
             ("grpc.so_reuseport", int(share_port)),
+            ("grpc.server.max_pending_requests", CORE_MAX_PENDING_REQUESTS),
+            ("grpc.server.max_pending_requests_hard_limit", CORE_MAX_PENDING_REQUESTS),
         ],
     )
     pb_grpc.add_GRPCInferenceServiceServicer_to_server(servicer, server)

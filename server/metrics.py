@@ -22,7 +22,7 @@ from prometheus_client.core import CounterMetricFamily
 from prometheus_client.registry import Collector
 
 from switchyard.runtimes.batcher import BatchObserver
-from switchyard.runtimes.errors import SwitchyardError
+from switchyard.runtimes.errors import Overloaded, SwitchyardError
 from switchyard.server.features.store import FeatureStats
 
 BATCH_SIZE_BUCKETS_ROWS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
@@ -154,6 +154,8 @@ class ServerMetrics:
             yield labels
         except BaseException as exc:
             error = exc
+            if isinstance(exc, Overloaded):  # a bound refused it before any model work
+                self.shed.labels(protocol, exc.reason).inc()
             raise
         finally:
             in_flight.dec()

@@ -76,6 +76,14 @@ class BatchingConfig(StrictModel):
         ge=1,
         description="Requests waiting at most; more are refused (RESOURCE_EXHAUSTED / 503).",
     )
+    max_queue_wait_s: float | None = Field(
+        default=None,
+        gt=0,
+        description="Seconds of queued work a new request may wait behind, estimated from "
+        "the recent run times; beyond it the request is refused at once (RESOURCE_EXHAUSTED / "
+        "503), so that under overload accepted requests wait about this long at most "
+        "(accepted latency: about this plus one run). Unset: only max_queue_size bounds it.",
+    )
     instance_count: int = Field(
         default=1, ge=1, description="Batches running at once (threads running the model)."
     )
@@ -99,6 +107,7 @@ class BatchingConfig(StrictModel):
             max_queue_size=self.max_queue_size,
             instance_count=self.instance_count,
             default_timeout_s=self.timeout_s,
+            max_queue_wait_s=self.max_queue_wait_s,
         )
 
 

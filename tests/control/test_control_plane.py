@@ -8,6 +8,7 @@ from pathlib import Path
 
 from prometheus_client import CollectorRegistry
 
+from loadtests.redis_process import RedisServer
 from switchyard.router.endpoint import EndpointSpec, VariantTarget
 from switchyard.router.rollout_plan import RolloutPlan
 from switchyard.router.router import Router
@@ -17,7 +18,7 @@ from switchyard.server.config_sections import ControlSettings
 from switchyard.server.control.plane import COMMIT_ATTEMPTS, ControlPlane
 from switchyard.server.control.redis_store import RedisControlStore
 from switchyard.server.metrics import RoutingMetrics
-from tests.features.support import SHARED_REDIS_URL, RedisServer
+from tests.features.support import SHARED_REDIS_URL
 
 PLAN = RolloutPlan("stable", "canary", steps_percent=(50, 100), step_interval_s=3600)
 BASE = RoutingTable.of(

@@ -26,8 +26,8 @@ from typing import Any, TypeVar
 import pytest
 
 from loadtests.gateway_process import Gateway, metric_sum, scrape_metrics, start_gateway
+from loadtests.redis_process import RedisServer
 from switchyard.demo.build_model import build
-from tests.features.support import RedisServer
 from tests.server.test_routing_e2e import ADMIN_TOKEN, admin, infer, rollout_endpoint
 
 T = TypeVar("T")

@@ -7,9 +7,10 @@ from pathlib import Path
 import pytest
 import redis
 
+from loadtests.redis_process import RedisServer
 from switchyard.server.features.config import FeaturesConfig
 from switchyard.server.features.definitions import FeatureDefinitions
-from tests.features.support import SHARED_REDIS_URL, RedisServer, features_section
+from tests.features.support import SHARED_REDIS_URL, features_section
 
 
 @pytest.fixture(scope="session")

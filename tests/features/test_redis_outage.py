@@ -9,10 +9,11 @@ import numpy as np
 import pytest
 import redis
 
+from loadtests.redis_process import RedisServer
 from switchyard.runtimes.errors import Unavailable
 from switchyard.server.features.definitions import FeatureDefinitions
 from switchyard.server.features.redis_store import RedisFeatureStore
-from tests.features.support import CountingProxy, RedisServer
+from tests.features.support import CountingProxy
 from tests.features.test_redis_store import expected_matrix, random_rows, redis_config, write_rows
 
 RECOVERY_BOUND_S = 2.0

@@ -31,9 +31,9 @@ from tritonclient.grpc import service_pb2, service_pb2_grpc
 from tritonclient.utils import InferenceServerException
 
 from loadtests.gateway_process import Gateway, free_port, start_gateway
+from loadtests.redis_process import RedisServer
 from switchyard.protos import recommend_pb2, recommend_pb2_grpc
 from switchyard.server.config import load_config
-from tests.features.support import RedisServer
 from tests.ray_host.support import (
     ADMIN_TOKEN,
     INGRESS_REPLICAS,

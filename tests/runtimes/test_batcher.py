@@ -24,6 +24,7 @@ from switchyard.runtimes.batcher import (
 from switchyard.runtimes.errors import (
     DeadlineExceeded,
     InvalidArgument,
+    Overloaded,
     ResourceExhausted,
     Unavailable,
 )
@@ -195,6 +196,7 @@ async def started(
         ({"preferred_batch_sizes": (2, 2)}, "repeat"),
         ({"max_batch_size": 0, "preferred_batch_sizes": (1,)}, "max_batch_size > 0"),
         ({"default_timeout_s": 0.0}, "default_timeout_s"),
+        ({"max_queue_wait_s": 0.0}, "max_queue_wait_s"),
     ],
 )
 def test_invalid_options_are_refused_with_a_clear_message(
@@ -415,6 +417,107 @@ def test_a_full_queue_refuses_with_resource_exhausted() -> None:
         assert refusals == ["queue_full"]
         runtime.gate.set()
         await asyncio.gather(running, *queued)
+        await batcher.close()
+
+    run(scenario)
+
+
+def test_a_full_queue_refuses_with_overloaded_naming_the_bound() -> None:
+    async def scenario() -> None:
+        runtime = FakeRuntime()
+        batcher = await started(runtime, options(max_queue_size=1), ManualClock())
+        runtime.gate.clear()
+        running = asyncio.create_task(batcher.infer({"x": rows_of(0, 1)}))
+        await settle()
+        queued = asyncio.create_task(batcher.infer({"x": rows_of(1, 1)}))
+        await settle()
+        with pytest.raises(Overloaded) as refused:
+            await batcher.infer({"x": rows_of(2, 1)})
+        assert refused.value.reason == "queue_full"  # the shed counter's reason label
+        runtime.gate.set()
+        await asyncio.gather(running, queued)
+        await batcher.close()
+
+    run(scenario)
+
+
+async def _busy_queue(
+    batcher: DynamicBatcher, first_id: int, count: int
+) -> list[asyncio.Task[dict[str, np.ndarray]]]:
+    """`count` single-row requests sent one after another, each queued behind the last."""
+    tasks = []
+    for request_id in range(first_id, first_id + count):
+        tasks.append(asyncio.create_task(batcher.infer({"x": rows_of(request_id, 1)})))
+        await settle()
+    return tasks
+
+
+def test_a_request_that_would_wait_longer_than_max_queue_wait_is_refused_at_once() -> None:
+    """Batching off, runs of 0.1 s, 0.25 s allowed: a request may queue behind two
+    waiting ones (0.2 s of work) but not behind three (0.3 s): refused at once; once the
+    queue drained requests are taken again. A full queue (max_queue_size 64) is far away."""
+
+    async def scenario() -> None:
+        clock = ManualClock()
+        runtime = FakeRuntime(clock, compute_s=0.1)
+        refusals: list[str] = []
+
+        class Refusals(BatchObserver):
+            def request_refused(self, reason: str) -> None:
+                refusals.append(reason)
+
+        opts = options(max_batch_size=0, max_queue_wait_s=0.25)
+        batcher = await started(runtime, opts, clock, observer=Refusals())
+        first = asyncio.create_task(batcher.infer({"x": rows_of(0, 1)}))
+        await settle()
+        clock.advance(0.1)  # one run measured: 0.1 s per request
+        await first
+        tasks = await _busy_queue(batcher, 1, 4)  # 1 runs, 2 to 4 wait
+        assert batcher.queue_depth == 3
+        with pytest.raises(Overloaded, match=r"ranker:1.*300 ms of work.*max_queue_wait_s") as e:
+            await batcher.infer({"x": rows_of(9, 1)})
+        assert e.value.reason == "queue_wait"
+        assert refusals == ["queue_wait"]
+        for _ in range(4):
+            clock.advance(0.1)
+            await settle()
+        await asyncio.gather(*tasks)
+        assert batcher.queue_depth == 0
+        assert_result(await _accepted(batcher, clock, 10), rows_of(10, 1))
+        await batcher.close()
+
+    run(scenario)
+
+
+async def _accepted(batcher: DynamicBatcher, clock: ManualClock, request_id: int) -> Any:
+    task = asyncio.create_task(batcher.infer({"x": rows_of(request_id, 1)}))
+    await settle()
+    clock.advance(0.1)
+    return await task
+
+
+def test_a_burst_after_light_load_is_judged_by_the_batches_it_will_form() -> None:
+    """A run takes 0.1 s whatever its rows. After runs of one row, 8 queued rows are one
+    batch (0.1 s), not 8 runs: with 0.25 s allowed, 17 requests queue (3 batches' worth
+    is reached by the 17th) and the 18th is refused."""
+
+    async def scenario() -> None:
+        clock = ManualClock()
+        runtime = FakeRuntime(clock, compute_s=0.1)
+        opts = options(max_batch_size=8, max_queue_wait_s=0.25)
+        batcher = await started(runtime, opts, clock)
+        assert_result(await _accepted(batcher, clock, 0), rows_of(0, 1))
+        runtime.gate.clear()
+        tasks = await _busy_queue(batcher, 1, 18)  # 1 runs, 17 wait
+        assert batcher.queue_depth == 17
+        with pytest.raises(Overloaded, match="300 ms of work"):
+            await batcher.infer({"x": rows_of(99, 1)})
+        runtime.gate.set()
+        for _ in range(5):
+            clock.advance(0.1)
+            await settle()
+        for task, request_id in zip(tasks, range(1, 19), strict=True):
+            assert_result(await task, rows_of(request_id, 1))
         await batcher.close()
 
     run(scenario)

@@ -19,10 +19,10 @@ import yaml
 
 from loadtests.gateway_process import Gateway, start_gateway
 from loadtests.recommend_setup import SHARED_REDIS_URL, demo_features, gateway_config, load_features
+from loadtests.redis_process import RedisServer
 from switchyard.demo.paths import DEMO_CONFIG_PATH
 from switchyard.protos import recommend_pb2 as pb
 from switchyard.protos import recommend_pb2_grpc as pb_grpc
-from tests.features.support import RedisServer
 
 
 @pytest.fixture(scope="module")

@@ -6,6 +6,7 @@ import gzip
 import http.client
 import importlib.metadata
 import json
+from collections.abc import Sequence
 
 import numpy as np
 import onnxruntime as ort
@@ -49,7 +50,7 @@ def assert_error(status: int, body: bytes, expected_status: int, *fragments: str
 
 
 # Bad requests too: any JSON values, a shape of strings, extra top-level members.
-def json_request(data: list[object], shape: list[object], **extra: object) -> bytes:
+def json_request(data: Sequence[object], shape: Sequence[object], **extra: object) -> bytes:
     tensor = {"name": "features", "datatype": "FP32", "shape": shape, "data": data}
     return json.dumps({"inputs": [tensor], **extra}).encode()
 

@@ -701,3 +701,30 @@ def test_admin_weights_outlive_unrelated_edits_until_the_file_changes_the_endpoi
         assert actions[3][1].startswith("reset: the config file changed")
     finally:
         gateway.stop()
+
+
+def test_a_file_caught_half_written_is_never_applied(
+    model_paths: dict[str, str], tmp_path: Path
+) -> None:
+    """An editor writing in place: first a truncated file (valid YAML without endpoints),
+    then the whole file. Only the whole file applies; recs is served throughout."""
+    config = base_config(model_paths, tmp_path, config_reload_s=0.05, config_settle_s=0.5)
+    gateway = start_gateway(config, tmp_path)
+    config_path = tmp_path / "switchyard.yaml"
+    try:
+        whole = yaml.safe_load(config_path.read_text())
+        whole["endpoints"][0]["weights"] = {"stable": 1, "canary": 0}
+        half = {key: value for key, value in whole.items() if key != "endpoints"}
+        config_path.write_text(yaml.safe_dump(half))
+        deadline = time.monotonic() + 0.3  # within the settle time: rewritten before read
+        while time.monotonic() < deadline:
+            assert infer(gateway, "recs")[0] == 200
+            time.sleep(0.02)
+        config_path.write_text(yaml.safe_dump(whole))
+        wait_for_reloads(gateway, "applied", 1)
+        assert served_variants(gateway, "recs") == {"stable"}
+        _, _, trail = admin(gateway, "GET", "/audit")
+        changes = [c for e in trail["entries"] if e["actor"] == "config-file" for c in e["changes"]]
+        assert changes and all(c.startswith("endpoints.recs.weights") for c in changes), changes
+    finally:
+        gateway.stop()

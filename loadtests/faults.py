@@ -1,0 +1,279 @@
+"""Faults under load, against real gateways: what callers see while a dependency breaks,
+and how fast it comes back. Each scenario prints its figures and returns them with the
+invariants it checked; tests/loadtests/test_faults.py runs the quick versions in CI.
+
+  python -m loadtests.faults [--quick] [--scenarios redis-kill redis-freeze triton-kill sigterm]
+
+Scenarios:
+  redis-kill, redis-freeze   Recommend over gRPC while the feature store's Redis is killed
+                             (then restarted) or frozen with SIGSTOP (then SIGCONT), with
+                             `on_unavailable: fail` and `degrade`: fail answers UNAVAILABLE
+                             fast, degrade answers every request; both recover.
+  triton-kill                ModelInfer on an endpoint split between a local variant and a
+                             Triton one while the Triton server is killed: the Triton half
+                             fails as UNAVAILABLE, fast once the breaker opens; the local half
+                             never fails.
+  sigterm                    ModelInfer while the gateway gets SIGTERM: every call it took
+                             is answered; later ones find the port closed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from loadtests.clients import OipClient, RecommendGrpcClient, RequestSpec
+from loadtests.fault_traffic import Calls, RecordedTraffic
+from loadtests.gateway_process import Gateway, start_gateway
+from loadtests.recommend_setup import demo_features, gateway_config, load_features
+from loadtests.redis_process import RedisServer
+from switchyard.demo.build_model import ensure_built
+
+# Outcomes a caller may see while a dependency is down: ours, never grpc-core's.
+DEPENDENCY_DOWN = frozenset({"OK", "UNAVAILABLE"})
+
+
+@dataclass
+class Scenario:
+    name: str
+    figures: dict[str, Any] = field(default_factory=dict)
+    violations: list[str] = field(default_factory=list)
+
+    def check(self, ok: bool, what: str) -> None:
+        if not ok:
+            self.violations.append(what)
+
+    def print(self) -> None:
+        verdict = "ok" if not self.violations else "VIOLATED: " + "; ".join(self.violations)
+        print(f"[{self.name}] {verdict}")
+        for key, value in self.figures.items():
+            print(f"  {key}: {value}")
+
+
+@dataclass(frozen=True)
+class Timing:
+    warm_s: float
+    fault_s: float
+    after_s: float
+
+    @classmethod
+    def of(cls, quick: bool) -> Timing:
+        return cls(0.5, 1.5, 2.0) if quick else cls(2.0, 5.0, 5.0)
+
+
+def _ms(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1f} ms"
+
+
+def _phases(calls: Calls, fault_s: float, restored_s: float) -> dict[str, Any]:
+    during = calls.between(fault_s, restored_s)
+    after = calls.between(restored_s, float("inf"))
+    return {
+        "before": dict(calls.between(0, fault_s).outcomes()),
+        "during": dict(during.outcomes()),
+        "during p50 / p99 (OK)": f"{_ms(during.latency_ms(0.5))} / {_ms(during.latency_ms(0.99))}",
+        "during p99 (all)": _ms(during.latency_ms(0.99, None)),
+        "after": dict(after.outcomes()),
+        "recovery (first OK after the restore)": _ms(
+            None if (r := calls.first_ok_after(restored_s)) is None else r * 1000
+        ),
+    }
+
+
+def redis_outage(kind: str, mode: str, workdir: Path, timing: Timing) -> Scenario:
+    """Recommend while Redis is killed (`kind` kill) or frozen (freeze)."""
+    scenario = Scenario(f"redis-{kind} on_unavailable={mode}")
+    server = RedisServer(workdir, persistent=True)  # a restart keeps the features
+    server.start()
+    gateway: Gateway | None = None
+    try:
+        store = {"kind": "redis", "url": server.url, "timeout_s": 0.1, "on_unavailable": mode,
+                 "breaker": {"after_failures": 2, "open_s": 0.2}}  # fmt: skip
+        config = gateway_config(ensure_built(), demo_features("faults:", store))
+        (workdir / "features.yaml").write_text(yaml.safe_dump(config))
+        load_features(workdir / "features.yaml")
+        gateway = start_gateway(config, workdir)
+        spec = RequestSpec(url=gateway.grpc_url, timeout_s=2.0, candidates=50)
+        with RecordedTraffic(lambda: RecommendGrpcClient(spec)) as traffic:
+            traffic.wait_for_ok(20)
+            time.sleep(timing.warm_s)
+            fault_s = time.monotonic()
+            if kind == "kill":
+                server.stop()
+            else:
+                server.freeze()
+            time.sleep(timing.fault_s)
+            restored_s = time.monotonic()
+            if kind == "kill":
+                server.start()
+            else:
+                server.thaw()
+            time.sleep(timing.after_s)
+        calls = traffic.calls()
+        scenario.figures = _phases(calls, fault_s, restored_s)
+        during = calls.between(fault_s, restored_s)
+        allowed = {"OK"} if mode == "degrade" else DEPENDENCY_DOWN
+        scenario.check(set(calls.outcomes()) <= allowed, f"outcomes within {sorted(allowed)}")
+        if mode == "fail":
+            scenario.check(during.outcomes()["UNAVAILABLE"] > 0, "the outage was answered")
+            p99 = during.latency_ms(0.99, "UNAVAILABLE")
+            scenario.check(p99 is not None and p99 < 1000, "refusals fast (p99 < 1 s)")
+        recovery = calls.first_ok_after(restored_s)
+        scenario.check(recovery is not None and recovery < 3.0, "recovered within 3 s")
+        after = calls.between(restored_s + 3.0, float("inf")).outcomes()
+        scenario.check(set(after) <= {"OK"}, "only OK 3 s after the restore")
+    finally:
+        if gateway is not None:
+            scenario.check(gateway.stop() == 0, "the gateway stopped cleanly")
+        if server.running:
+            server.thaw()  # a frozen server would not take the SIGTERM
+        server.stop()
+    return scenario
+
+
+def triton_kill(workdir: Path, timing: Timing) -> Scenario:
+    from loadtests.triton_process import start_triton
+
+    scenario = Scenario("triton-kill")
+    model = ensure_built()
+    triton = start_triton(model, workdir / "triton")
+    gateway: Gateway | None = None
+    try:
+        triton_options = {
+            "url": triton.grpc_url,
+            "model_name": "ranker",
+            "timeout_s": 1.0,
+            "max_attempts": 1,
+            "breaker_failures": 3,
+            "breaker_open_s": 5.0,
+        }
+        config = {
+            "models": [
+                {"name": "local", "versions": [{"version": "1", "path": str(model)}]},
+                {
+                    "name": "remote",
+                    "runtime": "triton",
+                    "versions": [{"version": "1"}],
+                    "triton": triton_options,
+                },
+            ],
+            "endpoints": [
+                {"name": "local_only", "variants": {"local": {"model": "local"}}},
+                {"name": "remote_only", "variants": {"remote": {"model": "remote"}}},
+            ],
+        }
+        (workdir / "gateway").mkdir()
+        gateway = start_gateway(config, workdir / "gateway")
+        local = RequestSpec(url=gateway.grpc_url, model="local_only", timeout_s=3.0)
+        remote = RequestSpec(url=gateway.grpc_url, model="remote_only", timeout_s=3.0)
+        with (
+            RecordedTraffic(lambda: OipClient(local), callers=2) as local_traffic,
+            RecordedTraffic(lambda: OipClient(remote), callers=2) as remote_traffic,
+        ):
+            remote_traffic.wait_for_ok(20)
+            time.sleep(timing.warm_s)
+            fault_s = time.monotonic()
+            triton.kill()
+            time.sleep(timing.fault_s + 1.0)
+            end_s = time.monotonic()
+        remote_calls = remote_traffic.calls().between(fault_s, end_s)
+        local_calls = local_traffic.calls()
+        scenario.figures = {
+            "remote variant while Triton is down": dict(remote_calls.outcomes()),
+            "remote failures p50 / p99": f"{_ms(remote_calls.latency_ms(0.5, 'UNAVAILABLE'))} / "
+            f"{_ms(remote_calls.latency_ms(0.99, 'UNAVAILABLE'))}",
+            "local variant throughout": dict(local_calls.outcomes()),
+            "local p99": _ms(local_calls.latency_ms(0.99)),
+        }
+        scenario.check(set(local_calls.outcomes()) == {"OK"}, "the local variant never failed")
+        scenario.check(set(remote_calls.outcomes()) <= DEPENDENCY_DOWN, "remote: OK/UNAVAILABLE")
+        late = remote_calls.between(fault_s + 1.0, end_s)
+        p99 = late.latency_ms(0.99, "UNAVAILABLE")
+        scenario.check(p99 is not None and p99 < 100, "breaker open: refusals in < 100 ms")
+    finally:
+        if gateway is not None:
+            scenario.check(gateway.stop() == 0, "the gateway stopped cleanly")
+        triton.stop()
+    return scenario
+
+
+def sigterm(workdir: Path, timing: Timing) -> Scenario:
+    scenario = Scenario("sigterm")
+    model = ensure_built()
+    config = {"models": [{"name": "ranker", "versions": [{"version": "1", "path": str(model)}],
+                          "batching": {"max_queue_delay_s": 0.002}}]}  # fmt: skip
+    gateway = start_gateway(config, workdir)
+    spec = RequestSpec(url=gateway.grpc_url, timeout_s=5.0)
+    with RecordedTraffic(lambda: OipClient(spec), callers=8) as traffic:
+        traffic.wait_for_ok(200)
+        time.sleep(timing.warm_s)
+        signalled_s = time.monotonic()
+        gateway.process.send_signal(signal.SIGTERM)
+        exit_code = gateway.process.wait(30)
+        stopped_s = time.monotonic()
+        time.sleep(0.2)
+    calls = traffic.calls()
+    after = calls.between(signalled_s, float("inf")).outcomes()
+    scenario.figures = {
+        "calls after SIGTERM": dict(after),
+        "exit code": exit_code,
+        "drain time": f"{(stopped_s - signalled_s) * 1000:.0f} ms",
+    }
+    scenario.check(exit_code == 0, "exit code 0")
+    # A call the server took is answered; one that finds it gone is UNAVAILABLE from the
+    # client's own channel (connection refused). Nothing else: no CANCELLED, no INTERNAL.
+    scenario.check(set(after) <= DEPENDENCY_DOWN, "after SIGTERM: OK or UNAVAILABLE")
+    return scenario
+
+
+SCENARIOS: dict[str, Callable[[Path, Timing], list[Scenario]]] = {
+    "redis-kill": lambda d, t: [
+        redis_outage("kill", m, _sub(d, f"kill-{m}"), t) for m in ("fail", "degrade")
+    ],
+    "redis-freeze": lambda d, t: [
+        redis_outage("freeze", m, _sub(d, f"freeze-{m}"), t) for m in ("fail", "degrade")
+    ],
+    "triton-kill": lambda d, t: [triton_kill(_sub(d, "triton"), t)],
+    "sigterm": lambda d, t: [sigterm(_sub(d, "sigterm"), t)],
+}
+
+
+def _sub(root: Path, name: str) -> Path:
+    path = root / name
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def run(names: list[str], quick: bool, workdir: Path) -> list[Scenario]:
+    results = []
+    for name in names:
+        for scenario in SCENARIOS[name](workdir, Timing.of(quick)):
+            scenario.print()
+            results.append(scenario)
+    return results
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="short phases (CI)")
+    parser.add_argument("--scenarios", nargs="+", choices=list(SCENARIOS), default=list(SCENARIOS))
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="switchyard-faults-") as tmp:
+        results = run(args.scenarios, args.quick, Path(tmp))
+    failed = [s.name for s in results if s.violations]
+    print("every invariant held" if not failed else f"violated in: {', '.join(failed)}")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("PYTHONUNBUFFERED", "1")
+    raise SystemExit(main())

@@ -1,0 +1,284 @@
+"""Overload over gRPC against a real gateway: is it shed by Switchyard, fast and counted?
+
+  .venv/bin/python -m loadtests.overload                      # slow model, 3x, about 30 s
+  .venv/bin/python -m loadtests.overload --model demo --factor 3 --duration-s 5
+  .venv/bin/python -m loadtests.overload --max-queue-wait-s none   # the queue bound alone
+
+1. Starts `switchyard serve` (loadtests/gateway_process.py) on one model: `slow`, a model of
+   a few milliseconds per run off the event loop (tests/slow_model.py; the model is the
+   bottleneck, as in production), or `demo`, the tiny ranker that runs on the event loop (the
+   Python front end is the bottleneck).
+2. Capacity: a closed loop (`--capacity-concurrency` callers) for `--capacity-s`; its
+   throughput of successful answers.
+3. Overload: an open loop at `--factor` x capacity for `--duration-s` (loadtests/loadgen.py,
+   latency from the scheduled send time, every request with a deadline).
+4. Prints the shed fraction and every status seen, the p50/p99 of accepted requests, the p99
+   of the refusals (a refusal must come at once), and the gateway's
+   switchyard_shed_requests_total{protocol="grpc"} by reason next to the RESOURCE_EXHAUSTED
+   answers the client saw (they must be equal). Writes `--json`.
+
+REST is not driven here (the load generator has no OIP REST client).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from loadtests.clients import RequestSpec
+from loadtests.gateway_process import Gateway, scrape_metrics, start_gateway
+from loadtests.loadgen import LoadGenerator, LoadResult, LoadSpec
+from loadtests.procstat import tree_cpu_s
+from loadtests.report import num, write_json
+from switchyard.demo.build_model import ensure_built
+from tests.slow_model import build_slow_model
+
+SHED_METRIC = "switchyard_shed_requests_total"
+REFUSED = "RESOURCE_EXHAUSTED"
+MODELS = ("slow", "demo")
+
+
+@dataclass(frozen=True)
+class OverloadSettings:
+    model: str = "slow"
+    work_dim: int = 768  # the slow model's matrix size: its run time (~10 ms here)
+    max_batch_size: int = 1
+    max_queue_size: int = 1024
+    max_queue_wait_s: float | None = 0.25
+    max_concurrent_rpcs: int = 1024
+    factor: float = 3.0
+    capacity_concurrency: int = 4
+    capacity_s: float = 3.0
+    warmup_s: float = 1.0
+    duration_s: float = 5.0
+    timeout_s: float = 5.0
+    processes: int = 2
+
+
+@dataclass
+class OverloadReport:
+    settings: OverloadSettings
+    capacity_per_s: float
+    offered_per_s: float
+    requests: int
+    statuses: dict[str, int]  # every answer of the overload run, OK included
+    shed_fraction: float  # RESOURCE_EXHAUSTED answers of all requests
+    accepted_latency_ms: dict[str, float]
+    shed_latency_ms: dict[str, float]
+    shed_counted: dict[str, float]  # the gateway's shed counter over the run, by reason
+    server_cpu_cores: float | None
+    run: dict[str, Any] = field(default_factory=dict)  # the whole LoadResult
+    refusals_seen: int = 0  # RESOURCE_EXHAUSTED answers of the run, in the window or not
+
+    @property
+    def refusals_counted(self) -> float:
+        return sum(self.shed_counted.values())
+
+
+def gateway_config(settings: OverloadSettings, workdir: Path) -> dict[str, Any]:
+    if settings.model not in MODELS:
+        raise ValueError(f"model must be one of {MODELS}, got {settings.model!r}")
+    if settings.model == "slow":
+        path = build_slow_model(workdir / "slow.onnx", work_dim=settings.work_dim)
+    else:
+        path = ensure_built()
+    batching: dict[str, Any] = {
+        "max_batch_size": settings.max_batch_size,
+        "max_queue_size": settings.max_queue_size,
+    }
+    if settings.max_queue_wait_s is not None:
+        batching["max_queue_wait_s"] = settings.max_queue_wait_s
+    return {
+        "server": {"max_concurrent_rpcs": settings.max_concurrent_rpcs},
+        "models": [
+            {
+                "name": settings.model,
+                "versions": [{"version": "1", "path": str(path)}],
+                "runtime_options": {"intra_op_threads": 1},
+                "batching": batching,
+            }
+        ],
+    }
+
+
+def request_spec(settings: OverloadSettings, gateway: Gateway) -> RequestSpec:
+    if settings.model == "slow":
+        return RequestSpec(
+            url=gateway.grpc_url,
+            model="slow",
+            input_name="x",
+            columns=4,
+            timeout_s=settings.timeout_s,
+        )
+    return RequestSpec(url=gateway.grpc_url, model="demo", timeout_s=settings.timeout_s)
+
+
+def shed_counts(gateway: Gateway) -> dict[str, float]:
+    """switchyard_shed_requests_total{protocol="grpc"} by reason."""
+    counts: dict[str, float] = {}
+    for line in scrape_metrics(gateway).splitlines():
+        if line.startswith(SHED_METRIC + "{") and 'protocol="grpc"' in line:
+            reason = line.split('reason="', 1)[1].split('"', 1)[0]
+            counts[reason] = counts.get(reason, 0.0) + float(line.rsplit(" ", 1)[1])
+    return counts
+
+
+def measure(
+    gateway: Gateway, settings: OverloadSettings, generator: LoadGenerator
+) -> OverloadReport:
+    """Capacity, then `factor` x capacity; the gateway must already serve settings.model."""
+    request = request_spec(settings, gateway)
+    capacity = generator.run(
+        LoadSpec(
+            request,
+            mode="closed",
+            concurrency=settings.capacity_concurrency,
+            warmup_s=settings.warmup_s,
+            duration_s=settings.capacity_s,
+        ),
+        label="capacity",
+    )
+    if capacity.throughput_per_s <= 0:
+        raise RuntimeError(f"no request succeeded while finding capacity: {capacity.first_error}")
+    offered_per_s = settings.factor * capacity.throughput_per_s
+    before = shed_counts(gateway)
+    # No warm-up: every request of the run is counted, so that the client's refusals and
+    # the gateway's counter cover the same requests.
+    overload = generator.run(
+        LoadSpec(
+            request,
+            mode="open",
+            rate_per_s=offered_per_s,
+            warmup_s=0.0,
+            duration_s=settings.duration_s,
+        ),
+        label=f"{settings.factor:g}x",
+        server_cpu_s=lambda: tree_cpu_s(gateway.process.pid),
+    )
+    after = shed_counts(gateway)
+    return _report(settings, capacity, overload, before, after)
+
+
+def _report(
+    settings: OverloadSettings,
+    capacity: LoadResult,
+    overload: LoadResult,
+    before: dict[str, float],
+    after: dict[str, float],
+) -> OverloadReport:
+    statuses = {"OK": overload.ok, **overload.error_kinds}
+    nan = float("nan")
+    shed_latency = overload.error_latency_ms.get(REFUSED, {"p50_ms": nan, "p99_ms": nan})
+    return OverloadReport(
+        settings=settings,
+        capacity_per_s=capacity.throughput_per_s,
+        offered_per_s=overload.offered_rate_per_s or 0.0,
+        requests=overload.requests,
+        statuses=statuses,
+        shed_fraction=statuses.get(REFUSED, 0) / max(1, overload.requests),
+        accepted_latency_ms=overload.latency_ms,
+        shed_latency_ms=shed_latency,
+        shed_counted={
+            reason: after[reason] - before.get(reason, 0.0)
+            for reason in after
+            if after[reason] != before.get(reason, 0.0)
+        },
+        server_cpu_cores=overload.server_cpu_cores,
+        refusals_seen=overload.answered_kinds.get(REFUSED, 0),
+        run=overload.to_dict(),
+    )
+
+
+def format_report(report: OverloadReport) -> str:
+    s = report.settings
+    statuses = ", ".join(f"{name} {count}" for name, count in sorted(report.statuses.items()))
+    counted = ", ".join(f"{r} {n:.0f}" for r, n in sorted(report.shed_counted.items())) or "none"
+    accepted, shed = report.accepted_latency_ms, report.shed_latency_ms
+    wait = "unset" if s.max_queue_wait_s is None else f"{s.max_queue_wait_s:g} s"
+    return "\n".join(
+        [
+            f"model {s.model}: max_batch_size {s.max_batch_size}, max_queue_size "
+            f"{s.max_queue_size}, max_queue_wait_s {wait}, max_concurrent_rpcs "
+            f"{s.max_concurrent_rpcs}",
+            f"capacity {num(report.capacity_per_s, 0)} req/s; offered "
+            f"{num(report.offered_per_s, 0)} req/s ({s.factor:g}x) for {s.duration_s:g} s: "
+            f"{report.requests} requests",
+            f"statuses: {statuses}",
+            f"shed: {report.shed_fraction:.1%} as {REFUSED}; refusal p50 "
+            f"{num(shed.get('p50_ms'), 2)} ms, p99 {num(shed.get('p99_ms'), 2)} ms",
+            f"accepted: p50 {num(accepted.get('p50_ms'), 2)} ms, p99 "
+            f"{num(accepted.get('p99_ms'), 2)} ms, max {num(accepted.get('max_ms'), 1)} ms",
+            f"shed counter (grpc): {counted}; client saw {report.refusals_seen} refusals "
+            f"({'equal' if report.refusals_counted == report.refusals_seen else 'NOT equal'})",
+            f"server CPU {num(report.server_cpu_cores, 2)} cores",
+        ]
+    )
+
+
+def _parse(argv: Sequence[str] | None) -> tuple[OverloadSettings, Path]:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    defaults = OverloadSettings()
+    parser.add_argument("--model", choices=MODELS, default=defaults.model)
+    parser.add_argument("--work-dim", type=int, default=defaults.work_dim, help="slow model size")
+    parser.add_argument("--max-batch-size", type=int, default=defaults.max_batch_size)
+    parser.add_argument("--max-queue-size", type=int, default=defaults.max_queue_size)
+    parser.add_argument(
+        "--max-queue-wait-s",
+        default=str(defaults.max_queue_wait_s),
+        help="seconds, or none for no queue-wait bound",
+    )
+    parser.add_argument("--max-concurrent-rpcs", type=int, default=defaults.max_concurrent_rpcs)
+    parser.add_argument("--factor", type=float, default=defaults.factor, help="x capacity")
+    parser.add_argument("--capacity-concurrency", type=int, default=defaults.capacity_concurrency)
+    parser.add_argument("--capacity-s", type=float, default=defaults.capacity_s)
+    parser.add_argument("--warmup-s", type=float, default=defaults.warmup_s)
+    parser.add_argument("--duration-s", type=float, default=defaults.duration_s)
+    parser.add_argument("--timeout-s", type=float, default=defaults.timeout_s)
+    parser.add_argument("--processes", type=int, default=defaults.processes)
+    parser.add_argument("--json", type=Path, default=Path("overload.json"))
+    args = parser.parse_args(argv)
+    wait = None if args.max_queue_wait_s.lower() == "none" else float(args.max_queue_wait_s)
+    settings = replace(
+        defaults,
+        model=args.model,
+        work_dim=args.work_dim,
+        max_batch_size=args.max_batch_size,
+        max_queue_size=args.max_queue_size,
+        max_queue_wait_s=wait,
+        max_concurrent_rpcs=args.max_concurrent_rpcs,
+        factor=args.factor,
+        capacity_concurrency=args.capacity_concurrency,
+        capacity_s=args.capacity_s,
+        warmup_s=args.warmup_s,
+        duration_s=args.duration_s,
+        timeout_s=args.timeout_s,
+        processes=args.processes,
+    )
+    return settings, args.json
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    settings, json_path = _parse(argv)
+    with tempfile.TemporaryDirectory(prefix="overload-") as tmp:
+        workdir = Path(tmp)
+        gateway = start_gateway(gateway_config(settings, workdir), workdir)
+        try:
+            with LoadGenerator(settings.processes, progress=False) as generator:
+                report = measure(gateway, settings, generator)
+        finally:
+            gateway.stop()
+    print(format_report(report), flush=True)
+    write_json(json_path, {"command": sys.argv, **asdict(report)})
+    print(f"wrote {json_path}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,188 @@
+"""gRPC overload through the real gateway: shed by Switchyard's bounds with RESOURCE_EXHAUSTED
+at once and counted, never by grpc-core (CANCELLED) or left to miss deadlines.
+
+No timing is asserted: statuses and counts are, and the figures are printed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, cast
+
+import grpc
+import numpy as np
+import pytest
+
+from loadtests.gateway_process import Gateway, metric_sum, scrape_metrics, start_gateway
+from loadtests.loadgen import LoadGenerator
+from loadtests.overload import OverloadSettings, format_report, gateway_config, measure
+from switchyard.protos import open_inference_pb2 as pb
+from switchyard.protos import open_inference_pb2_grpc as pb_grpc
+from switchyard.server.grpc_ingress import InferenceServicer, create_grpc_server
+from switchyard.server.inference import InferenceService
+from switchyard.server.metrics import ServerMetrics
+from switchyard.server.repository_api import RepositoryApi
+from tests.slow_model import build_slow_model
+
+SHED = "switchyard_shed_requests_total"
+
+# A model of about 10-20 ms a run, one row per run: capacity is tens of requests a second,
+# so that 3x of it leaves the event loop and the client idle most of the time.
+OVERLOAD = OverloadSettings(
+    model="slow",
+    work_dim=768,
+    max_batch_size=1,
+    max_queue_wait_s=0.2,
+    factor=3.0,
+    capacity_concurrency=4,
+    capacity_s=1.5,
+    warmup_s=0.5,
+    duration_s=3.0,
+    # Far more than the queue-wait bound: without it (a queue of 1024 runs) requests miss it.
+    timeout_s=2.0,
+    processes=1,
+)
+
+
+@pytest.fixture(scope="module")
+def overload_gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
+    workdir = tmp_path_factory.mktemp("overload")
+    gateway = start_gateway(gateway_config(OVERLOAD, workdir), workdir)
+    yield gateway
+    assert gateway.stop() == 0, gateway.log()
+
+
+def test_three_times_capacity_is_shed_with_resource_exhausted_and_counted(
+    overload_gateway: Gateway,
+) -> None:
+    with LoadGenerator(OVERLOAD.processes, progress=False) as generator:
+        report = measure(overload_gateway, OVERLOAD, generator)
+    print(format_report(report))
+    assert set(report.statuses) <= {"OK", "RESOURCE_EXHAUSTED"}, report.statuses
+    assert report.statuses.get("OK", 0) > 0, "nothing was served"
+    assert report.refusals_seen > 0, "3x capacity was not shed"
+    assert report.shed_counted == {"queue_wait": report.refusals_seen}
+    assert report.run["first_error"] is None or "retry later" in report.run["first_error"]
+
+
+def _request(value: float) -> pb.ModelInferRequest:
+    x = np.full((1, 4), value, dtype=np.float32)
+    tensor = pb.ModelInferRequest.InferInputTensor(name="x", datatype="FP32", shape=[1, 4])
+    return pb.ModelInferRequest(
+        model_name="slow", inputs=[tensor], raw_input_contents=[x.tobytes()]
+    )
+
+
+async def _concurrent_calls(url: str, count: int) -> list[grpc.StatusCode | str]:
+    """`count` ModelInfer calls at once; each answer's code, or its details when refused."""
+    async with grpc.aio.insecure_channel(url) as channel:
+        stub = pb_grpc.GRPCInferenceServiceStub(channel)
+
+        async def one(value: float) -> grpc.StatusCode | str:
+            try:
+                await stub.ModelInfer(_request(value), timeout=30)
+            except grpc.aio.AioRpcError as error:
+                if error.code() is grpc.StatusCode.RESOURCE_EXHAUSTED:
+                    return error.details() or ""
+                return error.code()
+            return grpc.StatusCode.OK
+
+        live = stub.ServerLive(pb.ServerLiveRequest(), timeout=30)
+        answers = await asyncio.gather(*(one(float(i)) for i in range(count)))
+        assert (await live).live  # liveness is never refused, even at the bound
+        return list(answers)
+
+
+def test_calls_beyond_max_concurrent_rpcs_are_refused_by_us_and_counted(tmp_path: Path) -> None:
+    config = {
+        "server": {"max_concurrent_rpcs": 2},
+        "models": [
+            {
+                "name": "slow",
+                "versions": [
+                    {"version": "1", "path": str(build_slow_model(tmp_path / "slow.onnx"))}
+                ],
+                "runtime_options": {"intra_op_threads": 1},
+                "batching": {"max_batch_size": 0},
+            }
+        ],
+    }
+    gateway = start_gateway(config, tmp_path)
+    try:
+        answers = asyncio.run(_concurrent_calls(gateway.grpc_url, 12))
+        shed = metric_sum(scrape_metrics(gateway), SHED, protocol="grpc")
+        by_reason = metric_sum(
+            scrape_metrics(gateway), SHED, protocol="grpc", reason="max_concurrent_rpcs"
+        )
+    finally:
+        assert gateway.stop() == 0, gateway.log()
+    counts = Counter(a if isinstance(a, grpc.StatusCode) else "refused" for a in answers)
+    print(f"12 calls at once, max_concurrent_rpcs 2: {dict(counts)}")
+    refusals = [a for a in answers if isinstance(a, str)]
+    assert set(counts) == {grpc.StatusCode.OK, "refused"}, counts
+    assert counts[grpc.StatusCode.OK] >= 2  # the two admitted ran
+    for details in refusals:
+        assert "server.max_concurrent_rpcs 2" in details and "retry later" in details
+    assert shed == by_reason == len(refusals)
+
+
+class _LoopBlockingServicer(InferenceServicer):
+    """ModelInfer holds the event loop for a millisecond: calls pile up inside grpc-core."""
+
+    def __init__(self) -> None:
+        inference = cast(InferenceService, None)  # ModelInfer is overridden; nothing else runs
+        super().__init__(inference, ServerMetrics(), cast(RepositoryApi, None))
+
+    async def ModelInfer(self, request: pb.ModelInferRequest, context: Any) -> Any:
+        time.sleep(0.001)  # blocking on purpose
+        return pb.ModelInferResponse(model_name=request.model_name)
+
+
+def _serve_in_thread(ready: threading.Event, port: list[int], stop: threading.Event) -> None:
+    async def serve() -> None:
+        server, port[0] = create_grpc_server(
+            _LoopBlockingServicer(), "127.0.0.1", 0, 1 << 20, max_concurrent_rpcs=100_000
+        )
+        await server.start()
+        ready.set()
+        while not stop.is_set():
+            await asyncio.sleep(0.05)
+        await server.stop(None)
+
+    asyncio.run(serve())
+
+
+def test_grpc_core_never_sheds_calls_the_server_has_not_picked_up_yet() -> None:
+    """grpc-core refuses calls waiting for the application beyond 1000 at random (3000 at
+    most) as CANCELLED; create_grpc_server raises those limits, so that only our bounds
+    shed. 2500 calls at once on a server whose loop is busy: every one is answered OK."""
+    ready, stop, port = threading.Event(), threading.Event(), [0]
+    thread = threading.Thread(target=_serve_in_thread, args=(ready, port, stop))
+    thread.start()
+    try:
+        assert ready.wait(10)
+
+        async def calls() -> Counter[str]:
+            async with grpc.aio.insecure_channel(f"127.0.0.1:{port[0]}") as channel:
+                stub = pb_grpc.GRPCInferenceServiceStub(channel)
+
+                async def one() -> str:
+                    try:
+                        await stub.ModelInfer(pb.ModelInferRequest(model_name="m"), timeout=60)
+                    except grpc.aio.AioRpcError as error:
+                        return error.code().name
+                    return "OK"
+
+                return Counter(await asyncio.gather(*(one() for _ in range(2500))))
+
+        statuses = asyncio.run(calls())
+    finally:
+        stop.set()
+        thread.join(30)
+    print(f"2500 calls at once on a busy loop: {dict(statuses)}")
+    assert statuses == {"OK": 2500}
