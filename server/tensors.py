@@ -101,7 +101,9 @@ def decode_json_values(
 
 def _leaf_types(name: str, values: list[object], depth_left: int) -> set[type]:
     """The types of the non-list values, at most `depth_left` lists deep."""
-    found = set(map(type, values))
+    found: set[type] = set()
+    for start in range(0, len(values), CONVERT_CHUNK_VALUES):  # bounded calls, as below
+        found |= set(map(type, values[start : start + CONVERT_CHUNK_VALUES]))
     if list in found:
         if depth_left <= 1:
             raise InvalidArgument(
@@ -121,6 +123,11 @@ def decode_values(
     nested in row-major order."""
     dtype = numpy_dtype(datatype, name)
     tensor = f"tensor '{client_text(name)}'"
+    count = math.prod(shape)
+    if not _nested(values) and len(values) != count:  # refused before converting any
+        raise InvalidArgument(
+            f"{tensor}: {len(values)} values, but shape {list(shape)} needs {count}"
+        )
     try:
         if datatype == "BYTES":
             flat = values if not _nested(values) else np.asarray(values, dtype=object).ravel()
@@ -134,7 +141,6 @@ def decode_values(
         raise InvalidArgument(
             f"{tensor}: data is not a list of {datatype} values ({client_text(exc)})"
         ) from None
-    count = math.prod(shape)
     if array.size != count:
         raise InvalidArgument(
             f"{tensor}: {array.size} values, but shape {list(shape)} needs {count}"

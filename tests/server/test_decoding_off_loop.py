@@ -11,11 +11,16 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import grpc
 import numpy as np
+import onnxruntime as ort
 import pytest
 import tritonclient.grpc as triton_grpc
+from tritonclient.grpc import service_pb2, service_pb2_grpc
 
 from loadtests.gateway_process import Gateway, demo_model_config, start_gateway
+from switchyard.server.grpc_ingress import INLINE_DECODE_MAX_VALUES, decoding_work
+from switchyard.server.rest_ingress import INLINE_PARSE_MAX_BYTES
 
 INFLATED_BYTES = 60 * 1024 * 1024
 REST_CLIENTS = 4
@@ -101,3 +106,34 @@ def test_grpc_latency_holds_while_gzip_bodies_inflate(big_gateway: Gateway) -> N
     # Generous: the 2-core machine is shared, and the bodies still take CPU. Decoded on the
     # event loop, each body held it for ~100 ms and gRPC p99 rose past 300 ms.
     assert p99(loaded) < max(10 * p99(alone), 0.25), (p99(alone), p99(loaded))
+
+
+def test_large_requests_decoded_off_the_loop_are_answered_correctly(
+    big_gateway: Gateway, direct_session: ort.InferenceSession
+) -> None:
+    rows = np.random.default_rng(11).normal(size=(5000, 16)).astype(np.float32)
+    expected = direct_session.run(None, {"features": rows})[0]
+    # gRPC typed contents: 80,000 values, over the inline decoding bound.
+    request = service_pb2.ModelInferRequest(model_name="ranker")
+    tensor = request.inputs.add(name="features", datatype="FP32", shape=[5000, 16])
+    tensor.contents.fp32_contents.extend(rows.ravel().tolist())
+    assert decoding_work(request) > INLINE_DECODE_MAX_VALUES
+    channel = grpc.insecure_channel(big_gateway.grpc_url)
+    response = service_pb2_grpc.GRPCInferenceServiceStub(channel).ModelInfer(request, timeout=60)
+    scores = np.frombuffer(response.raw_output_contents[0], dtype=np.float32).reshape(5000, 1)
+    np.testing.assert_allclose(scores, expected, rtol=1e-5, atol=1e-6)
+    # A REST JSON body over the inline parsing bound.
+    tensor_json = {"name": "features", "datatype": "FP32", "shape": [5000, 16]}
+    body = json.dumps({"inputs": [{**tensor_json, "data": rows.ravel().tolist()}]}).encode()
+    assert len(body) > INLINE_PARSE_MAX_BYTES
+    connection = http.client.HTTPConnection("127.0.0.1", big_gateway.http_port, timeout=60)
+    connection.request("POST", "/v2/models/ranker/infer", body=body)
+    answer = connection.getresponse()
+    assert answer.status == 200
+    data = json.loads(answer.read())["outputs"][0]["data"]
+    np.testing.assert_allclose(np.asarray(data).reshape(5000, 1), expected, rtol=1e-5, atol=1e-6)
+    # Refusals raised in the decoding thread reach the caller as theirs.
+    bad = json.dumps({"inputs": [{**tensor_json, "data": [None] * 80_000}]}).encode()
+    connection.request("POST", "/v2/models/ranker/infer", body=bad)
+    refused = connection.getresponse()
+    assert refused.status == 400 and b"null" in refused.read()
