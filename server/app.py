@@ -3,38 +3,38 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
 import signal
 import socket
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import grpc
-import uvicorn
 import uvloop
-from prometheus_client import make_asgi_app
 
 from switchyard.protos.recommend_pb2_grpc import add_RecommenderServicer_to_server
 from switchyard.server.autoscaling.metrics import AutoscalingSignals
 from switchyard.server.config import SwitchyardConfig
 from switchyard.server.gateway_core import GatewayCore
+from switchyard.server.grpc_drain import GrpcDrain
 from switchyard.server.grpc_ingress import create_grpc_server
+from switchyard.server.http_serving import (
+    HttpServer,
+    metrics_limits,
+    raise_open_files_limit,
+    rest_limits,
+)
 from switchyard.server.metrics import FeatureStatsCollector, FeatureStatsCounters, ServerMetrics
+from switchyard.server.metrics_endpoint import MetricsEndpoint
 from switchyard.server.repository import ModelRepository
 from switchyard.server.rest_ingress import Receive, RestApp, Scope, Send
 
 log = logging.getLogger(__name__)
-
-
-class EmbeddedUvicorn(uvicorn.Server):
-    """uvicorn inside our loop: signals are the host's to handle, not uvicorn's."""
-
-    @contextlib.contextmanager
-    def capture_signals(self) -> Iterator[None]:
-        yield
+# grpc-core cancels calls still running this long after the grace; GrpcDrain answers them
+# UNAVAILABLE at the grace itself.
+GRPC_CANCEL_MARGIN_S = 1.0
 
 
 def bind_socket(
@@ -113,61 +113,68 @@ class StandaloneServer:
         self._signals = AutoscalingSignals(self.metrics.registry)
         self._signal_task: asyncio.Task[None] | None = None
         self._grpc_server: grpc.aio.Server | None = None
-        self._http_servers: list[EmbeddedUvicorn] = []
-        self._http_tasks: list[asyncio.Task[None]] = []
+        self._grpc_drain = GrpcDrain(self._shed_counter("grpc"))
+        self._http_servers: list[HttpServer] = []
         self.http_port = self.grpc_port = self.metrics_port = 0
+
+    def _shed_counter(self, protocol: str) -> Callable[[str], None]:
+        def shed(reason: str) -> None:
+            self.metrics.shed.labels(protocol, reason).inc()
+
+        return shed
 
     async def start(self) -> None:
         settings = self.config.server
+        open_files = raise_open_files_limit()
         await self.core.start()
         shared = self.worker is not None
         self._grpc_server, self.grpc_port = create_grpc_server(
-            self.core.oip_servicer(),
+            self._grpc_drain.guard(self.core.oip_servicer()),
             settings.host,
             settings.grpc_port,
             settings.max_request_size_bytes,
             settings.max_concurrent_rpcs,
             share_port=shared,
         )
-        add_RecommenderServicer_to_server(self.core.recommend_servicer(), self._grpc_server)
+        add_RecommenderServicer_to_server(
+            self._grpc_drain.guard(self.core.recommend_servicer()), self._grpc_server
+        )
         http_socket = bind_socket(settings.host, settings.http_port, share_port=shared)
         self.http_port = http_socket.getsockname()[1]
-        apps: list[tuple[Callable[..., object], socket.socket]]
+        rest_app: Callable[..., object] = self.core.rest_app()
+        if self.worker is not None:
+            rest_app = _WorkerHeader(self.core.rest_app(), self.worker)
+        self._http_servers.append(
+            HttpServer(
+                rest_app,
+                http_socket,
+                rest_limits(settings, open_files),
+                log_level=settings.log_level,
+                shed=self._shed_counter("rest"),
+            )
+        )
+        metrics_host = settings.metrics_host or settings.host
         if self.worker is None:
-            metrics_socket = bind_socket(settings.host, settings.metrics_port)
+            metrics_socket = bind_socket(metrics_host, settings.metrics_port)
             self.metrics_port = metrics_socket.getsockname()[1]
-            apps = [
-                (self.core.rest_app(), http_socket),
-                (make_asgi_app(self.metrics.registry), metrics_socket),
-            ]
-        else:
-            apps = [(_WorkerHeader(self.core.rest_app(), self.worker), http_socket)]
-        await self._grpc_server.start()
-        for app, sock in apps:
-            server = EmbeddedUvicorn(
-                uvicorn.Config(
-                    app,
-                    http="httptools",
-                    lifespan="off",
-                    access_log=False,
-                    log_config=None,
+            self._http_servers.append(
+                HttpServer(
+                    MetricsEndpoint(self.metrics.registry),
+                    metrics_socket,
+                    metrics_limits(settings),
                     log_level=settings.log_level,
-                    timeout_graceful_shutdown=int(settings.shutdown_grace_s) or None,
+                    shed=self._shed_counter("metrics"),
                 )
             )
-            self._http_servers.append(server)
-            self._http_tasks.append(asyncio.create_task(server.serve(sockets=[sock])))
-        while not all(server.started for server in self._http_servers):
-            if any(task.done() for task in self._http_tasks):
-                await asyncio.gather(*self._http_tasks)  # surfaces the start-up error
-                raise RuntimeError("an HTTP server stopped during start-up")
-            await asyncio.sleep(0.01)
+        await self._grpc_server.start()
+        for server in self._http_servers:
+            await server.start()
         self._signal_task = asyncio.create_task(self._export_autoscaling_signal_forever())
         if self.worker is None:
             log.info(
                 "switchyard ready: REST on %s:%d, gRPC on %s:%d, metrics on %s:%d",
                 settings.host, self.http_port, settings.host, self.grpc_port,
-                settings.host, self.metrics_port,
+                metrics_host, self.metrics_port,
             )  # fmt: skip
         else:
             self._feature_task = asyncio.create_task(self._sync_feature_counters_forever())
@@ -176,6 +183,20 @@ class StandaloneServer:
                 self.worker, os.getpid(), settings.host, self.http_port,
                 settings.host, self.grpc_port,
             )  # fmt: skip
+
+    async def _stop_grpc(self, grace_s: float) -> None:
+        if self._grpc_server is None:
+            return
+        stopped = asyncio.create_task(self._grpc_server.stop(grace_s + GRPC_CANCEL_MARGIN_S))
+        done, _ = await asyncio.wait({stopped}, timeout=grace_s)
+        if not done:
+            answered = self._grpc_drain.expire()
+            if answered:
+                log.warning(
+                    "shutdown grace of %g s over: %d gRPC call(s) answered UNAVAILABLE",
+                    grace_s, answered,
+                )  # fmt: skip
+        await stopped
 
     async def _sync_feature_counters_forever(self) -> None:
         """A worker's feature store counters reach its metrics files once a second."""
@@ -203,17 +224,17 @@ class StandaloneServer:
                 log.exception("exporting the autoscaling signal failed")
 
     async def stop(self) -> None:
-        """Stop taking requests, let in-flight ones finish within the grace period, release."""
+        """Stop taking requests, let in-flight ones finish within the grace period (gRPC and
+        HTTP drain at the same time), answer the rest 503 / UNAVAILABLE, release."""
         self.core.inference.set_ready(False)
         for task in (self._signal_task, self._feature_task):
             if task is not None:
                 task.cancel()
                 await asyncio.gather(task, return_exceptions=True)
-        if self._grpc_server is not None:
-            await self._grpc_server.stop(self.config.server.shutdown_grace_s)
-        for server in self._http_servers:
-            server.should_exit = True
-        await asyncio.gather(*self._http_tasks, return_exceptions=True)
+        grace_s = self.config.server.shutdown_grace_s
+        await asyncio.gather(
+            self._stop_grpc(grace_s), *(server.stop(grace_s) for server in self._http_servers)
+        )
         await self.core.stop()
         if self._feature_counters is not None:
             self._feature_counters.sync()

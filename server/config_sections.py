@@ -41,6 +41,11 @@ class ServerSettings(StrictModel):
     http_port: Port = Field(default=8000, description="Port of the REST API (and admin API).")
     grpc_port: Port = Field(default=8001, description="Port of the gRPC API.")
     metrics_port: Port = Field(default=8002, description="Port of the Prometheus metrics.")
+    metrics_host: str | None = Field(
+        default=None,
+        description="Address the metrics port listens on; unset: `host`. 127.0.0.1 keeps "
+        "the metrics off the network.",
+    )
     max_concurrent_rpcs: int = Field(
         default=1024,
         ge=1,
@@ -53,13 +58,50 @@ class ServerSettings(StrictModel):
         gt=0,
         description="Largest request on either protocol; also bounds a tensor's declared size.",
     )
+    http_header_timeout_s: float = Field(
+        default=10.0,
+        gt=0,
+        description="Seconds from a request's first byte until its headers must be complete; "
+        "a client still sending them (slowloris) gets 408 and is disconnected.",
+    )
+    http_body_timeout_s: float = Field(
+        default=30.0,
+        gt=0,
+        description="Seconds a request body may stall (no byte arriving) before 408 and "
+        "disconnection.",
+    )
+    http_keep_alive_timeout_s: float = Field(
+        default=5.0,
+        gt=0,
+        description="Seconds an HTTP connection may stay idle (before its first request or "
+        "between requests) before it is closed; behind a load balancer, set it above the "
+        "balancer's idle timeout.",
+    )
+    http_max_header_bytes: int = Field(
+        default=64 * 1024,
+        ge=1024,
+        description="Largest request line plus headers of an HTTP request; beyond, 431.",
+    )
+    http_max_connections: int | None = Field(
+        default=None,
+        ge=1,
+        description="HTTP connections open at once; beyond, a connection's request gets 503 "
+        "with Retry-After. Unset: sized from the open-files limit (raised to its hard limit "
+        "at start) so that the gRPC and metrics ports keep descriptors.",
+    )
+    http_max_concurrent_requests: int = Field(
+        default=1024,
+        ge=1,
+        description="HTTP requests served at once; more get 503 with Retry-After.",
+    )
     log_level: Literal["debug", "info", "warning", "error"] = Field(
         default="info", description="Log level of the gateway's own loggers."
     )
     shutdown_grace_s: float = Field(
         default=5.0,
         ge=0,
-        description="Seconds shutdown waits for in-flight requests before cancelling them.",
+        description="Seconds shutdown waits for in-flight requests (gRPC and HTTP at the "
+        "same time); those still running then are answered 503 / UNAVAILABLE.",
     )
     model_memory_budget_bytes: int | None = Field(
         default=None,

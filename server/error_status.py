@@ -55,6 +55,9 @@ ERROR_STATUS: Mapping[type[SwitchyardError], ErrorStatus] = MappingProxyType(
 )
 INTERNAL = ErrorStatus(grpc.StatusCode.INTERNAL, 500)
 INTERNAL_ERROR_MESSAGE = "internal server error; the server log has the details"
+# A 503 (at capacity, not ready) is worth retrying: in this many seconds (RFC 9110 10.2.3).
+RETRY_AFTER_S = 1
+RETRY_AFTER = ((b"retry-after", str(RETRY_AFTER_S).encode()),)
 
 
 def error_status(error: Exception) -> tuple[ErrorStatus, str]:
@@ -90,7 +93,7 @@ def http_status(error: Exception) -> tuple[int, str, tuple[tuple[bytes, bytes], 
     if isinstance(error, HttpError):
         return error.status, str(error), error.headers
     status, message = error_status(error)
-    return status.http, message, ()
+    return status.http, message, RETRY_AFTER if status.http == 503 else ()
 
 
 def require_method(method: str, *allowed: str) -> None:

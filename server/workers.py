@@ -35,14 +35,15 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import uvicorn
 import uvloop
-from prometheus_client import CollectorRegistry, Counter, make_asgi_app
+from prometheus_client import CollectorRegistry, Counter
 from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
 
-from switchyard.server.app import EmbeddedUvicorn, bind_socket, serve_until_signalled
+from switchyard.server.app import bind_socket, serve_until_signalled
 from switchyard.server.config import SwitchyardConfig
 from switchyard.server.event_wait import wait_for_event
+from switchyard.server.http_serving import HttpServer, metrics_limits
+from switchyard.server.metrics_endpoint import MetricsEndpoint
 
 log = logging.getLogger(__name__)
 
@@ -54,8 +55,8 @@ READY_LINE = b"ready\n"
 RESTART_BACKOFF_S = 0.5  # doubled after each exit before ready, up to the maximum
 MAX_RESTART_BACKOFF_S = 10.0
 CRASH_LOOP_LIMIT = 5  # exits in a row before ready: the worker cannot start, give up
-# Beyond the grace period a worker waits for gRPC calls and again for HTTP requests, then
-# drains its batchers: the supervisor waits that long plus a margin before SIGKILL.
+# Within the grace period a worker drains gRPC calls and HTTP requests together, then its
+# batchers: the supervisor waits twice the grace plus a margin before SIGKILL.
 STOP_MARGIN_S = 10.0
 
 
@@ -123,31 +124,29 @@ class Supervisor:
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, self._stopping.set)
         held: list[socket.socket] = []
-        metrics_server: EmbeddedUvicorn | None = None
-        metrics_task: asyncio.Task[None] | None = None
+        metrics_server: HttpServer | None = None
         self._metrics_dir = tempfile.mkdtemp(prefix="switchyard-metrics-")
         try:
             try:
                 for port in (settings.http_port, settings.grpc_port):
                     held.append(bind_socket(settings.host, port, share_port=True, listen=False))
-                metrics_socket = bind_socket(settings.host, settings.metrics_port)
+                metrics_socket = bind_socket(
+                    settings.metrics_host or settings.host, settings.metrics_port
+                )
             except OSError as exc:
                 print(f"switchyard: {exc}", file=sys.stderr)
                 return 1
             self.http_port, self.grpc_port = (sock.getsockname()[1] for sock in held)
             self.metrics_port = metrics_socket.getsockname()[1]
             MultiProcessCollector(self._registry, path=self._metrics_dir)  # type: ignore[no-untyped-call]
-            metrics_server = EmbeddedUvicorn(
-                uvicorn.Config(
-                    make_asgi_app(self._registry),
-                    http="httptools",
-                    lifespan="off",
-                    access_log=False,
-                    log_config=None,
-                    log_level=settings.log_level,
-                )
+            # Its refusals are not counted: the workers' files are this registry's metrics.
+            metrics_server = HttpServer(
+                MetricsEndpoint(self._registry),
+                metrics_socket,
+                metrics_limits(settings),
+                log_level=settings.log_level,
             )
-            metrics_task = asyncio.create_task(metrics_server.serve(sockets=[metrics_socket]))
+            await metrics_server.start()
             for worker in self._workers:
                 worker.task = asyncio.create_task(self._supervise(worker))
             await self._stopping.wait()
@@ -155,9 +154,8 @@ class Supervisor:
                 log.info("signal received, stopping %d workers", self.count)
             await self._stop_workers()
         finally:
-            if metrics_server is not None and metrics_task is not None:
-                metrics_server.should_exit = True
-                await asyncio.gather(metrics_task, return_exceptions=True)
+            if metrics_server is not None:
+                await metrics_server.stop(settings.shutdown_grace_s)
             for sock in held:
                 sock.close()
             shutil.rmtree(self._metrics_dir, ignore_errors=True)
@@ -239,10 +237,12 @@ class Supervisor:
             log.info("worker %d ready again", worker.index)
         elif all(w.ready for w in self._workers):
             self._all_ready_once = True
-            host = self.config.server.host
+            settings = self.config.server
+            host, metrics_host = settings.host, settings.metrics_host or settings.host
             log.info(
                 "switchyard ready: %d workers, REST on %s:%d, gRPC on %s:%d, metrics on %s:%d",
-                self.count, host, self.http_port, host, self.grpc_port, host, self.metrics_port,
+                self.count, host, self.http_port, host, self.grpc_port,
+                metrics_host, self.metrics_port,
             )  # fmt: skip
 
     async def _stop_workers(self) -> None:
