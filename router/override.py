@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from switchyard.router.decision import Choice, RouteReason, RouteRequest
 from switchyard.router.endpoint import EndpointSpec
+from switchyard.runtimes.client_text import client_text
 from switchyard.runtimes.errors import InvalidArgument
 
 
@@ -20,11 +21,12 @@ class OverridePolicy:
         if not endpoint.override.allowed:
             raise InvalidArgument(
                 f"endpoint '{endpoint.name}' does not allow choosing a variant "
-                f"(the request named '{name}'); send the request without a variant"
+                f"(the request named '{client_text(name)}'); send the request without a variant"
             )
         if name not in endpoint.variants:
             valid = ", ".join(sorted(endpoint.variants))
             raise InvalidArgument(
-                f"endpoint '{endpoint.name}' has no variant '{name}' (valid variants: {valid})"
+                f"endpoint '{endpoint.name}' has no variant '{client_text(name)}' "
+                f"(valid variants: {valid})"
             )
         return Choice(name, RouteReason.OVERRIDE)

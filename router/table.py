@@ -13,6 +13,7 @@ from types import MappingProxyType
 
 from switchyard.router.endpoint import EndpointSpec
 from switchyard.router.errors import RoutingConfigError
+from switchyard.runtimes.client_text import client_text
 from switchyard.runtimes.errors import NotFound
 
 
@@ -42,7 +43,9 @@ class RoutingTable:
             return self.endpoints[name]
         except KeyError:
             known = ", ".join(sorted(self.endpoints)) or "none"
-            raise NotFound(f"endpoint '{name}' does not exist (endpoints: {known})") from None
+            raise NotFound(
+                f"endpoint '{client_text(name)}' does not exist (endpoints: {known})"
+            ) from None
 
     def with_weights(self, endpoint: str, weights: Mapping[str, float]) -> RoutingTable:
         """A new table in which `endpoint` has exactly `weights` (unlisted variants get 0).

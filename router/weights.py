@@ -6,6 +6,7 @@ import math
 from collections.abc import Collection, Mapping
 
 from switchyard.router.errors import RoutingConfigError
+from switchyard.runtimes.client_text import client_text
 
 
 def validate_weights(raw: Mapping[str, object], variants: Collection[str]) -> dict[str, float]:
@@ -21,15 +22,27 @@ def validate_weights(raw: Mapping[str, object], variants: Collection[str]) -> di
     for name, value in raw.items():
         if name not in weights:
             known = ", ".join(weights)
-            raise RoutingConfigError(f"weights.{name}", f"unknown variant (variants: {known})")
+            raise RoutingConfigError(
+                f"weights.{client_text(name)}", f"unknown variant (variants: {known})"
+            )
         # bool is an int subclass; True as a weight is a mistake, not 1.
         if isinstance(value, bool) or not isinstance(value, int | float):
-            raise RoutingConfigError(f"weights.{name}", f"must be a number, got {value!r}")
+            raise RoutingConfigError(
+                f"weights.{name}", f"must be a number, got {client_text(repr(value))}"
+            )
         if not math.isfinite(value) or value < 0:
             raise RoutingConfigError(f"weights.{name}", f"must be finite and >= 0, got {value}")
         weights[name] = float(value)
     if not any(weights.values()):
         raise RoutingConfigError("weights", "at least one weight must be above zero")
+    # Each weight finite is not enough: 1e308 + 1e308 is inf, and shares over an infinite
+    # total are 0 or NaN. (math.fsum raises OverflowError for it instead.)
+    if not math.isfinite(sum(weights.values())):
+        raise RoutingConfigError(
+            "weights",
+            "the weights add up to more than the largest number; they are relative, so "
+            "scale them down (95 and 5 split like 0.95 and 0.05)",
+        )
     return weights
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from switchyard.runtimes.client_text import client_text
 from switchyard.runtimes.errors import InvalidArgument
 
 # BYTES tensors are numpy object arrays of `bytes`; BF16 has no numpy dtype and is refused.
@@ -35,7 +36,8 @@ def numpy_dtype(datatype: str, tensor_name: str) -> np.dtype:
     except KeyError:
         supported = ", ".join(OIP_TO_NUMPY)
         raise InvalidArgument(
-            f"tensor '{tensor_name}': unsupported datatype '{datatype}' (supported: {supported})"
+            f"tensor '{client_text(tensor_name)}': unsupported datatype "
+            f"'{client_text(datatype)}' (supported: {supported})"
         ) from None
 
 

@@ -13,6 +13,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from switchyard.runtimes.client_text import client_text
 from switchyard.runtimes.datatypes import numpy_dtype
 from switchyard.runtimes.errors import InvalidArgument
 
@@ -30,8 +31,8 @@ def decode_raw(
     expected = count * dtype.itemsize
     if len(raw) != expected:
         raise InvalidArgument(
-            f"tensor '{name}': {len(raw)} raw bytes, but shape {list(shape)} of {datatype} "
-            f"needs {expected}"
+            f"tensor '{client_text(name)}': {len(raw)} raw bytes, but shape {list(shape)} of "
+            f"{datatype} needs {expected}"
         )
     return np.frombuffer(raw, dtype=dtype).reshape(shape)
 
@@ -44,16 +45,20 @@ def _decode_bytes_elements(
     offset = 0
     while offset < len(view):
         if offset + BYTES_LENGTH_PREFIX.size > len(view):
-            raise InvalidArgument(f"tensor '{name}': BYTES data ends inside a length prefix")
+            raise InvalidArgument(
+                f"tensor '{client_text(name)}': BYTES data ends inside a length prefix"
+            )
         (length,) = BYTES_LENGTH_PREFIX.unpack_from(view, offset)
         offset += BYTES_LENGTH_PREFIX.size
         if offset + length > len(view):
-            raise InvalidArgument(f"tensor '{name}': BYTES element runs past the end of the data")
+            raise InvalidArgument(
+                f"tensor '{client_text(name)}': BYTES element runs past the end of the data"
+            )
         elements.append(bytes(view[offset : offset + length]))
         offset += length
     if len(elements) != count:
         raise InvalidArgument(
-            f"tensor '{name}': {len(elements)} BYTES elements, "
+            f"tensor '{client_text(name)}': {len(elements)} BYTES elements, "
             f"but shape {list(shape)} needs {count}"
         )
     array = np.empty(count, dtype=object)

@@ -18,6 +18,7 @@ import hmac
 from typing import Any
 
 from switchyard.router.config import table_to_config
+from switchyard.runtimes.client_text import client_text
 from switchyard.runtimes.errors import InvalidArgument, NotFound, PermissionDenied, Unauthenticated
 from switchyard.server.control.plane import ControlPlane
 from switchyard.server.error_status import require_method
@@ -83,7 +84,7 @@ class AdminApi:
         if parts == ["lease"]:
             require_method(method, "GET")
             return {"holder": await control.lease_holder()}
-        raise NotFound(f"no admin route /admin/v1/{'/'.join(parts)}")
+        raise NotFound(f"no admin route /admin/v1/{client_text('/'.join(parts))}")
 
 
 def check_bearer(token: str, authorization: str, what: str) -> None:

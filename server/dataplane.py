@@ -16,6 +16,7 @@ import numpy as np
 
 from switchyard.protos import open_inference_pb2 as pb
 from switchyard.runtimes.base import ModelSignature, TensorSpec
+from switchyard.runtimes.client_text import client_text
 from switchyard.runtimes.errors import InvalidArgument, UnknownOutput
 from switchyard.server.repository import LoadedModel, ModelRepository
 from switchyard.server.triton_config_bridge import to_triton_config, with_model_tensors
@@ -152,9 +153,11 @@ def _check_request(signature: ModelSignature, request: InferRequest) -> list[str
     given = [tensor.name for tensor in request.inputs]
     expected = [spec.name for spec in signature.inputs]
     if len(set(given)) != len(given):
-        raise InvalidArgument(f"input tensors repeat: {given}")
+        raise InvalidArgument(f"input tensors repeat: {client_text(given)}")
     if set(given) != set(expected):
-        raise InvalidArgument(f"model takes inputs {expected}, the request gave {given}")
+        raise InvalidArgument(
+            f"model takes inputs {expected}, the request gave {client_text(given)}"
+        )
     for tensor in request.inputs:
         spec = signature.input(tensor.name)
         assert spec is not None
@@ -164,14 +167,17 @@ def _check_request(signature: ModelSignature, request: InferRequest) -> list[str
     outputs = [spec.name for spec in signature.outputs]
     unknown = [name for name in request.output_names if name not in outputs]
     if unknown:
-        raise UnknownOutput(f"requested outputs {unknown} do not exist (outputs: {outputs})")
+        raise UnknownOutput(
+            f"requested outputs {client_text(unknown)} do not exist (outputs: {outputs})"
+        )
     return list(dict.fromkeys(request.output_names))
 
 
 def _check_tensor(spec: TensorSpec, tensor: InferInput) -> None:
     if tensor.datatype != spec.datatype:
         raise InvalidArgument(
-            f"tensor '{tensor.name}': datatype {tensor.datatype} does not match the model's "
+            f"tensor '{client_text(tensor.name)}': datatype {client_text(tensor.datatype)} "
+            f"does not match the model's "
             f"{spec.datatype}"
         )
     fits = len(tensor.shape) == len(spec.shape) and all(
@@ -179,7 +185,8 @@ def _check_tensor(spec: TensorSpec, tensor: InferInput) -> None:
     )
     if not fits:
         raise InvalidArgument(
-            f"tensor '{tensor.name}': shape {list(tensor.shape)} does not match the model's "
+            f"tensor '{client_text(tensor.name)}': shape {list(tensor.shape)} does not match the "
+            "model's "
             f"{list(spec.shape)} (-1 is any size)"
         )
 

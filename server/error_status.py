@@ -16,6 +16,7 @@ from types import MappingProxyType
 
 import grpc
 
+from switchyard.runtimes.client_text import client_text
 from switchyard.runtimes.errors import (
     DeadlineExceeded,
     FailedPrecondition,
@@ -113,6 +114,6 @@ def require_method(method: str, *allowed: str) -> None:
         names = ", ".join(allowed)
         raise HttpError(
             405,
-            f"method {method} is not allowed here; use {names}",
+            f"method {client_text(method)} is not allowed here; use {names}",
             ((b"allow", names.encode()),),
         )

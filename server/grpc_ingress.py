@@ -18,12 +18,15 @@ import grpc
 
 from switchyard.protos import open_inference_pb2 as pb
 from switchyard.protos import open_inference_pb2_grpc as pb_grpc
+from switchyard.runtimes.client_text import client_text
 from switchyard.runtimes.errors import InvalidArgument
 from switchyard.runtimes.tensor_codec import decode_raw, encode_raw
 from switchyard.server.error_status import grpc_status
 from switchyard.server.grpc_admission import AdmissionInterceptor
+from switchyard.server.grpc_decoding import CleanDecodingInterceptor
 from switchyard.server.inference import InferenceService
 from switchyard.server.metrics import ServerMetrics
+from switchyard.server.off_loop import decode_off_loop
 from switchyard.server.repository_api import RepositoryApi
 from switchyard.server.routing import VARIANT_HEADER, VARIANT_PARAMETER
 from switchyard.server.tensors import checked_element_count, decode_values
@@ -47,6 +50,9 @@ CONTENTS_FIELD = {
     "FP64": "fp64_contents",
     "BYTES": "bytes_contents",
 }
+# Requests carrying more than this many typed values, or raw BYTES tensors larger than this,
+# are decoded off the event loop (server/off_loop.py): both are converted value by value.
+INLINE_DECODE_MAX_VALUES = 64 * 1024
 
 
 class CallContext(Protocol):
@@ -124,18 +130,16 @@ def decode_infer_request(message: pb.ModelInferRequest, max_size_bytes: int) -> 
     for index, tensor in enumerate(message.inputs):
         shape = tuple(tensor.shape)
         checked_element_count(tensor.name, tensor.datatype, shape, max_size_bytes)
+        where = f"tensor '{client_text(tensor.name)}'"
         if raw_contents:
             if tensor.HasField("contents"):
-                raise InvalidArgument(
-                    f"tensor '{tensor.name}': both contents and raw_input_contents are set"
-                )
+                raise InvalidArgument(f"{where}: both contents and raw_input_contents are set")
             data = decode_raw(tensor.name, tensor.datatype, shape, raw_contents[index])
         else:
             field = CONTENTS_FIELD.get(tensor.datatype)
             if field is None:
                 raise InvalidArgument(
-                    f"tensor '{tensor.name}': {tensor.datatype} data must be sent in "
-                    "raw_input_contents"
+                    f"{where}: {tensor.datatype} data must be sent in raw_input_contents"
                 )
             data = decode_values(
                 tensor.name, tensor.datatype, shape, getattr(tensor.contents, field)
@@ -149,6 +153,29 @@ def decode_infer_request(message: pb.ModelInferRequest, max_size_bytes: int) -> 
         output_names=[output.name for output in message.outputs],
         parameters=_parameters(message.parameters),
     )
+
+
+def decoding_work(message: pb.ModelInferRequest) -> int:
+    """About how many values decoding `message` converts one by one (typed contents, and
+    raw BYTES data by its size), without converting any."""
+    work = 0
+    for index, tensor in enumerate(message.inputs):
+        if tensor.HasField("contents"):
+            field = CONTENTS_FIELD.get(tensor.datatype)
+            if field is not None:
+                work += len(getattr(tensor.contents, field))
+        if tensor.datatype == "BYTES" and index < len(message.raw_input_contents):
+            work += len(message.raw_input_contents[index])
+    return work
+
+
+async def decode_infer_request_off_loop_if_large(
+    message: pb.ModelInferRequest, max_size_bytes: int
+) -> InferRequest:
+    """decode_infer_request, off the event loop when the request is large to decode."""
+    if decoding_work(message) <= INLINE_DECODE_MAX_VALUES:
+        return decode_infer_request(message, max_size_bytes)
+    return await decode_off_loop(decode_infer_request, message, max_size_bytes)
 
 
 def encode_infer_response(response: InferResponse) -> pb.ModelInferResponse:
@@ -263,7 +290,9 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     ) -> pb.ModelInferResponse:
         with self._metrics.track(PROTOCOL, self._inference.model_label) as labels:
             labels.model = request.model_name
-            infer_request = decode_infer_request(request, self._inference.max_request_size_bytes)
+            infer_request = await decode_infer_request_off_loop_if_large(
+                request, self._inference.max_request_size_bytes
+            )
             infer_request.headers = _text_metadata(context)
             remaining_s = context.time_remaining()
             if remaining_s is not None:
@@ -299,7 +328,12 @@ def create_grpc_server(
     with RESOURCE_EXHAUSTED and counted (server/grpc_admission.py).
     `share_port`: SO_REUSEPORT, for worker processes that all listen on one port."""
     server = grpc.aio.server(
-        interceptors=[AdmissionInterceptor(max_concurrent_rpcs, servicer.metrics)],
+        # Admission first: a call refused for capacity is never decoded. Then a request
+        # that does not decode is INVALID_ARGUMENT, not grpc's UNKNOWN and a traceback.
+        interceptors=[
+            AdmissionInterceptor(max_concurrent_rpcs, servicer.metrics),
+            CleanDecodingInterceptor(servicer.metrics),
+        ],
         options=[
             ("grpc.max_receive_message_length", max_message_bytes),
             ("grpc.max_send_message_length", max_message_bytes),

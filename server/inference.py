@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from switchyard import __version__
 from switchyard.protos import open_inference_pb2 as pb
 from switchyard.router.endpoint import EndpointSpec, VariantTarget
+from switchyard.runtimes.client_text import client_text
 from switchyard.runtimes.errors import NotFound
 from switchyard.server.dataplane import DataPlane
 from switchyard.server.routing import RoutingService
@@ -104,7 +105,8 @@ class InferenceService:
         if spec is not None:
             if version:
                 raise NotFound(
-                    f"'{name}' is an endpoint and has no version '{version}': its router "
+                    f"'{client_text(name)}' is an endpoint and has no version "
+                    f"'{client_text(version)}': its router "
                     "picks the variant; name a model to ask for a version"
                 )
             return EndpointTarget(spec)
@@ -112,7 +114,8 @@ class InferenceService:
             models = ", ".join(self._models.model_names()) or "none"
             endpoints = ", ".join(sorted(self._routing.table.endpoints)) or "none"
             raise NotFound(
-                f"no model or endpoint named '{name}' (models: {models}; endpoints: {endpoints})"
+                f"no model or endpoint named '{client_text(name)}' (models: {models}; "
+                f"endpoints: {endpoints})"
             )
         self._models.check(name, version)  # NotFound naming the versions there are
         return ModelVersionTarget(name, version)

@@ -6,6 +6,7 @@ from typing import Any
 
 import orjson
 
+from switchyard.runtimes.client_text import client_text
 from switchyard.runtimes.errors import InvalidArgument
 
 REQUIRED = ...
@@ -16,7 +17,7 @@ def parse_object(body: bytes | memoryview) -> dict[str, Any]:
     try:
         document = orjson.loads(body)
     except orjson.JSONDecodeError as exc:
-        raise InvalidArgument(f"request body is not valid JSON: {exc}") from None
+        raise InvalidArgument(f"request body is not valid JSON: {client_text(exc)}") from None
     if not isinstance(document, dict):
         raise InvalidArgument("request body must be a JSON object")
     return document

@@ -29,6 +29,7 @@ from pathlib import Path
 
 from switchyard.protos import open_inference_pb2 as pb
 from switchyard.router.table import RoutingTable
+from switchyard.runtimes.client_text import client_text
 from switchyard.runtimes.errors import FailedPrecondition, NotFound, SwitchyardError
 from switchyard.server import triton_layout
 from switchyard.server.config import ModelConfig, ModelVersionConfig, SwitchyardConfig
@@ -357,7 +358,7 @@ class ModelControl:
     async def _unload(self, name: str) -> None:
         old = self._repository.catalog
         if name not in old:
-            raise NotFound(f"model '{name}' is not loaded")
+            raise NotFound(f"model '{client_text(name)}' is not loaded")
         catalog = {n: served for n, served in old.items() if n != name}
         still_routed = unrouted_targets(self._control.table, catalog)
         if still_routed:
@@ -407,7 +408,7 @@ class ModelControl:
             return self._resolve_files(ModelSource(self._configured[name]))
         if root is None:
             known = ", ".join(sorted(self._configured)) or "none"
-            raise NotFound(f"model '{name}' is not in the config's models: ({known})")
+            raise NotFound(f"model '{client_text(name)}' is not in the config's models: ({known})")
         read = triton_layout.read_model(root, name, config_json)
         return ModelSource(read.config, read.triton_config, read.warnings, read.stamp)
 

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from switchyard.runtimes.client_text import client_text
 from switchyard.runtimes.errors import InvalidArgument, NotFound, UnknownOutput
 from switchyard.server.config import RecommendSettings
 from switchyard.server.features.definitions import FeatureDefinitions, RowLayout
@@ -87,7 +88,7 @@ class Recommender:
             )
         if len(set(request.candidate_ids)) != count:
             repeated = [c for c, n in Counter(request.candidate_ids).items() if n > 1]
-            raise InvalidArgument(f"candidate_ids repeat: {sorted(repeated)[:10]}")
+            raise InvalidArgument(f"candidate_ids repeat: {client_text(sorted(repeated)[:10])}")
         if any(not item for item in request.candidate_ids):
             raise InvalidArgument("candidate_ids contains an empty id")
         if request.k < 0:

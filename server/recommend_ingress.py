@@ -8,6 +8,7 @@ from typing import Any
 
 from switchyard.protos import recommend_pb2 as pb
 from switchyard.protos import recommend_pb2_grpc as pb_grpc
+from switchyard.runtimes.client_text import client_text
 from switchyard.runtimes.errors import InvalidArgument
 from switchyard.server.grpc_ingress import CallContext, maps_errors
 from switchyard.server.json_body import field, parse_object
@@ -70,7 +71,7 @@ def parse_recommend_json(body: bytes, headers: dict[str, str]) -> RecommendReque
     known = {"endpoint", "user_id", "candidate_ids", "k", "context", "request_id", "timeout_ms"}
     unknown = sorted(set(document) - known)
     if unknown:
-        raise InvalidArgument(f"unknown fields {unknown}; known: {sorted(known)}")
+        raise InvalidArgument(f"unknown fields {client_text(unknown)}; known: {sorted(known)}")
     candidates = field(document, "candidate_ids", list, "request", [])
     context = field(document, "context", dict, "request", {})
     if not all(isinstance(c, str) for c in candidates):

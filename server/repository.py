@@ -20,6 +20,7 @@ from pathlib import Path
 from switchyard.protos import open_inference_pb2 as pb
 from switchyard.runtimes.base import ModelSignature, Runtime
 from switchyard.runtimes.batcher import BatchingOptions, DynamicBatcher
+from switchyard.runtimes.client_text import client_text
 from switchyard.runtimes.errors import ModelLoadError, NotFound, ResourceExhausted
 from switchyard.runtimes.ort_runtime import OnnxRuntimeModel
 from switchyard.runtimes.triton_runtime import TritonModel, TritonOptions
@@ -271,13 +272,16 @@ class ModelRepository:
         served = self._catalog.get(name)
         if served is None:
             known = ", ".join(sorted(self._catalog)) or "none"
-            raise NotFound(f"model '{name}' not found (models served: {known})")
+            raise NotFound(f"model '{client_text(name)}' not found (models served: {known})")
         if not version:
             return served.default
         loaded = served.versions.get(version)
         if loaded is None:
             versions = ", ".join(served.versions)
-            raise NotFound(f"model '{name}' has no version '{version}' (versions: {versions})")
+            raise NotFound(
+                f"model '{client_text(name)}' has no version '{client_text(version)}' "
+                f"(versions: {versions})"
+            )
         return loaded
 
     def served(self, name: str) -> ServedModel:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
+from switchyard.runtimes.client_text import client_text
 from switchyard.runtimes.errors import InvalidArgument, PermissionDenied
 from switchyard.server.admin_api import check_bearer
 from switchyard.server.model_control import IndexEntry, ModelControl
@@ -52,13 +53,14 @@ class RepositoryApi:
                 config_json = value
             elif key.startswith("file:"):
                 raise InvalidArgument(
-                    f"load parameter '{key}': model files sent with a load are not taken "
+                    f"load parameter '{client_text(key)}': model files sent with a load are not "
+                    "taken "
                     "(every replica must load the same files); put them in the model "
                     "repository and load again"
                 )
             else:
                 raise InvalidArgument(
-                    f"unknown load parameter '{key}' (known: '{CONFIG_PARAMETER}', a "
+                    f"unknown load parameter '{client_text(key)}' (known: '{CONFIG_PARAMETER}', a "
                     "ModelConfig as a JSON string)"
                 )
         await self._models.load(_model_name(name), config_json, actor)
@@ -69,7 +71,8 @@ class RepositoryApi:
         unknown = sorted(set(parameters) - UNLOAD_PARAMETERS)
         if unknown:
             raise InvalidArgument(
-                f"unknown unload parameters {unknown} (known: {sorted(UNLOAD_PARAMETERS)})"
+                f"unknown unload parameters {client_text(unknown)} "
+                f"(known: {sorted(UNLOAD_PARAMETERS)})"
             )
         await self._models.unload(_model_name(name), actor)
 

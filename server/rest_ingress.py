@@ -12,13 +12,14 @@ from __future__ import annotations
 import logging
 import zlib
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import parse_qs
 
 import orjson
 from google.protobuf import json_format
 from google.protobuf.message import Message
 
+from switchyard.runtimes.client_text import client_text
 from switchyard.runtimes.errors import InvalidArgument, NotFound, PayloadTooLarge
 from switchyard.runtimes.tensor_codec import decode_raw, encode_raw
 from switchyard.server.admin_api import AdminApi
@@ -27,16 +28,24 @@ from switchyard.server.inference import InferenceService
 from switchyard.server.json_body import field, parse_object
 from switchyard.server.metrics import ServerMetrics
 from switchyard.server.model_control import IndexEntry
+from switchyard.server.off_loop import decode_off_loop
 from switchyard.server.recommend import Recommender
 from switchyard.server.recommend_ingress import REST_PATH, parse_recommend_json, recommend_json
 from switchyard.server.repository_api import RepositoryApi
 from switchyard.server.routing import VARIANT_HEADER, VARIANT_PARAMETER
-from switchyard.server.tensors import checked_element_count, decode_values, json_values
+from switchyard.server.tensors import checked_element_count, decode_json_values, json_values
 from switchyard.server.types import InferInput, InferRequest, InferResponse
 
 log = logging.getLogger(__name__)
 PROTOCOL = "rest"
 HEADER_LENGTH = b"inference-header-content-length"
+# Bodies above these sizes are inflated / parsed off the event loop (server/off_loop.py): a
+# 4 KiB gzip body can inflate to 4 MiB, and parsing a 256 KiB JSON body and converting its
+# values takes a few milliseconds. Smaller ones are not worth the thread hop.
+INLINE_INFLATE_MAX_BYTES = 4 * 1024
+INLINE_PARSE_MAX_BYTES = 256 * 1024
+# Output of one zlib call while inflating: the size limit is checked after each.
+INFLATE_CHUNK_BYTES = 1024 * 1024
 
 Scope = dict[str, Any]
 Receive = Callable[[], Awaitable[dict[str, Any]]]
@@ -115,7 +124,7 @@ class RestApp:
             require_method(method, "POST")
             return await self._recommend(scope, receive)
         if parts[0] != "v2":
-            raise NotFound(f"no route for {scope['path']}; the API lives under /v2")
+            raise NotFound(f"no route for {client_text(scope['path'])}; the API lives under /v2")
         if parts == ["v2"]:
             require_method(method, "GET")
             meta = self._inference.server_metadata()
@@ -141,18 +150,24 @@ class RestApp:
                 require_method(method, "GET")
                 if await self._inference.model_ready(name, version):
                     return Response(200)
-                return Response.json(503, {"error": f"'{name}' is not ready"})
+                return Response.json(503, {"error": f"'{client_text(name)}' is not ready"})
             require_method(method, "POST")
             return await self._infer(scope, receive, name, version)
-        raise NotFound(f"no route for {scope['path']}")
+        raise NotFound(f"no route for {client_text(scope['path'])}")
 
     async def _infer(self, scope: Scope, receive: Receive, name: str, version: str) -> Response:
         with self._metrics.track(PROTOCOL, self._inference.model_label) as labels:
             labels.model = name
             headers = dict(scope["headers"])
             body = await self._read_body(headers, receive)
-            request, binary_outputs = parse_infer_request(
-                body, headers.get(HEADER_LENGTH), name, version, self._max_bytes
+            request, binary_outputs = await _parse_off_loop_if_large(
+                len(body),
+                parse_infer_request,
+                body,
+                headers.get(HEADER_LENGTH),
+                name,
+                version,
+                self._max_bytes,
             )
             request.headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in headers.items()}
             response = await self._inference.infer(request)
@@ -186,7 +201,7 @@ class RestApp:
             else:
                 await self._repository.unload(route[1], parameters, actor)
             return Response(200)
-        raise NotFound(f"no route for {scope['path']}")
+        raise NotFound(f"no route for {client_text(scope['path'])}")
 
     async def _recommend(self, scope: Scope, receive: Receive) -> Response:
         assert self._recommender is not None
@@ -194,7 +209,9 @@ class RestApp:
             headers = dict(scope["headers"])
             body = await self._read_body(headers, receive)
             text_headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in headers.items()}
-            request = parse_recommend_json(body, text_headers)
+            request = await _parse_off_loop_if_large(
+                len(body), parse_recommend_json, body, text_headers
+            )
             labels.model = request.endpoint
             response = await self._recommender.recommend(request)
             labels.version = response.model_version
@@ -222,7 +239,24 @@ class RestApp:
                 break
         body = b"".join(chunks)
         encoding = headers.get(b"content-encoding", b"identity").strip().lower()
-        return _decompress(body, encoding, self._max_bytes)
+        wbits = _inflate_wbits(encoding)
+        if wbits is None:
+            return body
+        if len(body) <= INLINE_INFLATE_MAX_BYTES:
+            return _inflate(body, wbits, encoding, self._max_bytes)
+        return await decode_off_loop(_inflate, body, wbits, encoding, self._max_bytes)
+
+
+Parsed = TypeVar("Parsed")
+
+
+async def _parse_off_loop_if_large(
+    size_bytes: int, parse: Callable[..., Parsed], *args: Any
+) -> Parsed:
+    """parse(*args): on the loop for a small body, off it for a large one."""
+    if size_bytes <= INLINE_PARSE_MAX_BYTES:
+        return parse(*args)
+    return await decode_off_loop(parse, *args)
 
 
 def _model_route(parts: list[str], path: str) -> tuple[str, str, str]:
@@ -231,39 +265,62 @@ def _model_route(parts: list[str], path: str) -> tuple[str, str, str]:
     version = ""
     if rest[:1] == ["versions"]:
         if len(rest) < 2 or not rest[1]:
-            raise NotFound(f"no route for {path}: the version is missing")
+            raise NotFound(f"no route for {client_text(path)}: the version is missing")
         version, rest = rest[1], rest[2:]
     if rest == []:
         return name, version, ""
     if rest in (["ready"], ["infer"], ["config"]):
         return name, version, rest[0]
-    raise NotFound(f"no route for {path}")
+    raise NotFound(f"no route for {client_text(path)}")
 
 
-def _decompress(body: bytes, encoding: bytes, max_bytes: int) -> bytes:
+def _inflate_wbits(encoding: bytes) -> int | None:
+    """zlib's wbits for a Content-Encoding; None for none; 415 for one not supported."""
     if encoding in (b"identity", b""):
-        return body
+        return None
     wbits = {b"gzip": 16 + zlib.MAX_WBITS, b"deflate": zlib.MAX_WBITS}.get(encoding)
     if wbits is None:
         raise HttpError(
-            415, f"Content-Encoding {encoding.decode()!r} is not supported (gzip, deflate)"
+            415,
+            f"Content-Encoding {client_text(encoding.decode('latin-1'))!r} is not supported "
+            "(gzip, deflate)",
         )
+    return wbits
+
+
+def _inflate(body: bytes, wbits: int, encoding: bytes, max_bytes: int) -> bytes:
+    """The inflated body, INFLATE_CHUNK_BYTES of output per zlib call, refused as soon as it
+    grows over `max_bytes`: a small bomb never costs more than the limit."""
+    name = encoding.decode("latin-1")
     decompressor = zlib.decompressobj(wbits)
+    parts: list[bytes] = []
+    size_bytes = 0
+    pending = body
     try:
-        data = decompressor.decompress(body, max_bytes + 1)
+        while not decompressor.eof:
+            part = decompressor.decompress(pending, INFLATE_CHUNK_BYTES)
+            pending = decompressor.unconsumed_tail
+            if not part and not pending:
+                break  # all input used and nothing more comes out: the stream is cut short
+            size_bytes += len(part)
+            if size_bytes > max_bytes:
+                raise PayloadTooLarge(
+                    f"decompressed request body is over the maximum of {max_bytes} bytes"
+                )
+            parts.append(part)
     except zlib.error as exc:
-        raise InvalidArgument(
-            f"request body is not valid {encoding.decode()} data: {exc}"
-        ) from None
-    if len(data) > max_bytes:
-        raise PayloadTooLarge(f"decompressed request body is over the maximum of {max_bytes} bytes")
-    return data
+        raise InvalidArgument(f"request body is not valid {name} data: {exc}") from None
+    if not decompressor.eof:
+        raise InvalidArgument(f"request body is not valid {name} data: it ends early")
+    return b"".join(parts)
 
 
 def _shape(tensor: dict[str, Any], where: str) -> tuple[int, ...]:
     shape = field(tensor, "shape", list, where)
     if not all(isinstance(dim, int) and not isinstance(dim, bool) for dim in shape):
-        raise InvalidArgument(f"{where}: 'shape' must be a list of integers, got {shape}")
+        raise InvalidArgument(
+            f"{where}: 'shape' must be a list of integers, got {client_text(shape)}"
+        )
     return tuple(shape)
 
 
@@ -280,7 +337,8 @@ def parse_infer_request(
     if header_length is not None:
         if not header_length.isdigit() or int(header_length) > len(body):
             raise InvalidArgument(
-                f"Inference-Header-Content-Length {header_length.decode(errors='replace')!r} "
+                "Inference-Header-Content-Length "
+                f"{client_text(header_length.decode(errors='replace'))!r} "
                 f"must be a byte count within the {len(body)}-byte body"
             )
         split = int(header_length)
@@ -293,7 +351,7 @@ def parse_infer_request(
         if not isinstance(tensor, dict):
             raise InvalidArgument(f"{where} must be a JSON object")
         name = field(tensor, "name", str, where)
-        where = f"tensor '{name}'"
+        where = f"tensor '{client_text(name)}'"
         datatype = field(tensor, "datatype", str, where)
         shape = _shape(tensor, where)
         checked_element_count(name, datatype, shape, max_bytes)
@@ -301,13 +359,14 @@ def parse_infer_request(
         if size is not None:
             if not isinstance(size, int) or size < 0 or offset + size > len(binary):
                 raise InvalidArgument(
-                    f"{where}: binary_data_size {size} does not fit in the {len(binary) - offset} "
+                    f"{where}: binary_data_size {client_text(size)} does not fit in the "
+                    f"{len(binary) - offset} "
                     "binary bytes left in the body"
                 )
             data = decode_raw(name, datatype, shape, binary[offset : offset + size])
             offset += size
         else:
-            data = decode_values(name, datatype, shape, field(tensor, "data", list, where))
+            data = decode_json_values(name, datatype, shape, field(tensor, "data", list, where))
         inputs.append(InferInput(name, datatype, shape, data))
     if offset != len(binary):
         raise InvalidArgument(
@@ -322,7 +381,7 @@ def parse_infer_request(
             raise InvalidArgument(f"outputs[{index}] must be a JSON object")
         out_name = field(output, "name", str, f"outputs[{index}]")
         output_names.append(out_name)
-        out_params = field(output, "parameters", dict, f"output '{out_name}'", {})
+        out_params = field(output, "parameters", dict, f"output '{client_text(out_name)}'", {})
         if out_params.get("binary_data", binary_by_default) is True:
             binary_outputs.add(out_name)
     request_id = field(document, "id", str, "request", "")

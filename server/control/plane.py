@@ -37,6 +37,7 @@ from switchyard.router.rollout import (
 from switchyard.router.rollout_plan import RolloutPlan
 from switchyard.router.router import Router
 from switchyard.router.table import RoutingTable
+from switchyard.runtimes.client_text import client_text
 from switchyard.runtimes.errors import InvalidArgument, NotFound, Unavailable
 from switchyard.server.audit_log import AuditLog
 from switchyard.server.config_sections import ControlSettings
@@ -206,7 +207,9 @@ class ControlPlane:
 
     async def rollout_action(self, endpoint: str, action: str, actor: str) -> RolloutStatus:
         if action not in ROLLOUT_ACTIONS:
-            raise NotFound(f"unknown rollout action '{action}' (actions: {ROLLOUT_ACTIONS})")
+            raise NotFound(
+                f"unknown rollout action '{client_text(action)}' (actions: {ROLLOUT_ACTIONS})"
+            )
         rollout = self._rollout(endpoint)
         events: list[RolloutEvent] = []
 

@@ -15,6 +15,7 @@ from typing import Protocol
 
 import numpy as np
 
+from switchyard.runtimes.client_text import client_text
 from switchyard.runtimes.errors import InvalidArgument
 from switchyard.server.features.definitions import RowLayout, assemble_rows
 
@@ -70,7 +71,7 @@ def ids_per_part(
     if set(context_ids) != set(names):
         raise InvalidArgument(
             f"features of model '{layout.model}' need one id for each of {names}, "
-            f"got {sorted(context_ids)}"
+            f"got {client_text(sorted(context_ids))}"
         )
     return [*([context_ids[name]] for name in names), candidate_ids]
 

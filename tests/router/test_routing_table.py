@@ -192,3 +192,16 @@ def test_table_and_specs_are_immutable() -> None:
         table.endpoint("recs").weights["canary"] = 50  # type: ignore[index]
     with pytest.raises(AttributeError):
         table.endpoint("recs").name = "other"  # type: ignore[misc]
+
+
+def test_weights_whose_sum_overflows_are_a_config_error_naming_the_key() -> None:
+    table = build_routing_table(FULL)
+    with pytest.raises(RoutingConfigError, match="endpoints.recs.weights: .*add up to more"):
+        table.with_weights("recs", {"stable": 1e308, "canary": 1e308})
+    huge = copy.deepcopy(FULL)
+    huge[0]["weights"] = {"stable": 1e308, "canary": 1e308}
+    with pytest.raises(ConfigError, match="endpoints.0.weights: .*add up to more"):
+        build_routing_table(huge)
+    # Large but summable weights still split by their ratio.
+    huge[0]["weights"] = {"stable": 6e307, "canary": 2e307}
+    assert build_routing_table(huge).endpoint("recs").shares["canary"] == pytest.approx(0.25)

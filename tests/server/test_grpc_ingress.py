@@ -14,7 +14,7 @@ import tritonclient.grpc as triton_grpc
 from tritonclient.grpc import service_pb2, service_pb2_grpc
 from tritonclient.utils import InferenceServerException
 
-from loadtests.gateway_process import Gateway
+from loadtests.gateway_process import Gateway, metric_sum, scrape_metrics
 from tests.conftest import TEST_MAX_REQUEST_SIZE_BYTES
 
 
@@ -240,3 +240,66 @@ def test_server_survives_bad_requests(
             stub.ModelInfer(service_pb2.ModelInferRequest(model_name="ranker"))
     assert client.is_server_ready()
     assert client.infer("ranker", [features_input(features)]).as_numpy("score").shape == (4, 1)
+
+
+@pytest.mark.parametrize(
+    ("shape", "fragments"),
+    [([0, 10**12], ["no elements", "maximum request size"]), ([1] * 100, ["100 dimensions"])],
+)
+def test_bad_shapes_are_invalid_argument(
+    stub: service_pb2_grpc.GRPCInferenceServiceStub, shape: list[int], fragments: list[str]
+) -> None:
+    request = service_pb2.ModelInferRequest(model_name="ranker")
+    request.inputs.add(name="features", datatype="FP32", shape=shape)
+    request.raw_input_contents.append(b"" if 0 in shape else b"\x00" * 4)
+    with expect_status(grpc.StatusCode.INVALID_ARGUMENT, "'features'", *fragments):
+        stub.ModelInfer(request)
+
+
+def test_a_huge_model_name_is_not_found_with_a_short_message(
+    client: triton_grpc.InferenceServerClient, features: np.ndarray
+) -> None:
+    # The whole name in the status would pass grpc's 8 KiB metadata limit: no NOT_FOUND then.
+    with pytest.raises(InferenceServerException) as raised:
+        client.infer("m" * 20_000, [features_input(features)])
+    assert raised.value.status() == "StatusCode.NOT_FOUND", raised.value.message()
+    assert "(20000 characters)" in raised.value.message()
+    assert len(raised.value.message()) < 1000
+    with expect_status(grpc.StatusCode.NOT_FOUND, "(20000 characters)"):
+        client.get_model_metadata("ranker", "v" * 20_000)
+
+
+UNDECODABLE = [b"\xff\xff\xff\xff", b"\x0a\x05ab"]  # a tag cut short, a field cut short
+BAD_UTF8_FIELD_1 = b"\x0a\x02\xc3\x28"  # for messages whose field 1 is a string
+
+
+@pytest.mark.parametrize(
+    ("method", "string_field_1"),
+    [
+        ("/inference.GRPCInferenceService/ModelInfer", True),
+        ("/inference.GRPCInferenceService/ServerLive", False),
+        ("/inference.GRPCInferenceService/RepositoryIndex", True),
+        ("/switchyard.recommend.v1.Recommender/Recommend", True),
+    ],
+)
+def test_undecodable_protobufs_are_invalid_argument_without_a_traceback(
+    gateway: Gateway, client: triton_grpc.InferenceServerClient, method: str, string_field_1: bool
+) -> None:
+    undecodable = [*UNDECODABLE, BAD_UTF8_FIELD_1] if string_field_1 else UNDECODABLE
+    log_start = len(gateway.log())
+    shed_before = metric_sum(
+        scrape_metrics(gateway), "switchyard_shed_requests_total", reason="undecodable_request"
+    )
+    with grpc.insecure_channel(gateway.grpc_url) as channel:
+        # No serializers: the bytes go as they are.
+        call: grpc.UnaryUnaryMultiCallable[bytes, bytes] = channel.unary_unary(method)
+        for wire in undecodable:
+            with expect_status(grpc.StatusCode.INVALID_ARGUMENT, "not a valid protobuf message"):
+                call(wire, timeout=10)
+    shed_after = metric_sum(
+        scrape_metrics(gateway), "switchyard_shed_requests_total", reason="undecodable_request"
+    )
+    assert shed_after - shed_before == len(undecodable)
+    new_log = gateway.log()[log_start:]
+    assert "Traceback" not in new_log and "Unexpected" not in new_log, new_log
+    assert client.is_server_ready()

@@ -6,6 +6,7 @@ import gzip
 import http.client
 import importlib.metadata
 import json
+from collections.abc import Sequence
 
 import numpy as np
 import onnxruntime as ort
@@ -14,6 +15,7 @@ import tritonclient.http as triton_http
 from tritonclient.utils import InferenceServerException
 
 from loadtests.gateway_process import Gateway
+from switchyard.server.rest_ingress import INLINE_INFLATE_MAX_BYTES
 from tests.conftest import TEST_MAX_REQUEST_SIZE_BYTES
 
 
@@ -48,7 +50,7 @@ def assert_error(status: int, body: bytes, expected_status: int, *fragments: str
 
 
 # Bad requests too: any JSON values, a shape of strings, extra top-level members.
-def json_request(data: list[object], shape: list[object], **extra: object) -> bytes:
+def json_request(data: Sequence[object], shape: Sequence[object], **extra: object) -> bytes:
     tensor = {"name": "features", "datatype": "FP32", "shape": shape, "data": data}
     return json.dumps({"inputs": [tensor], **extra}).encode()
 
@@ -302,3 +304,60 @@ def test_requests_larger_than_one_batch_run_as_several(
     np.testing.assert_array_equal(
         result.as_numpy("score"), direct_session.run(["score"], {"features": rows})[0]
     )
+
+
+@pytest.mark.parametrize(
+    ("tensor", "fragments"),
+    [
+        (
+            {"datatype": "FP32", "shape": [0, 10**12], "data": []},
+            ["no elements", "1000000000000", "maximum"],
+        ),
+        ({"datatype": "FP32", "shape": [1] * 100, "data": [0.5]}, ["100 dimensions", "32"]),
+        ({"datatype": "BYTES", "shape": [1], "data": [10**9]}, ["BYTES", "string", "integer"]),
+        ({"datatype": "FP32", "shape": [1, 2], "data": [None, 1.0]}, ["FP32", "null"]),
+        ({"datatype": "FP32", "shape": [1, 2], "data": [True, 1.0]}, ["FP32", "true/false"]),
+        ({"datatype": "FP32", "shape": [1, 2], "data": ["1.5", 1.0]}, ["FP32", "string"]),
+    ],
+)
+def test_bad_tensors_are_the_callers_fault(
+    gateway: Gateway, tensor: dict[str, object], fragments: list[str]
+) -> None:
+    body = json.dumps({"inputs": [{"name": "features", **tensor}]}).encode()
+    status, _, response = post(gateway, "/v2/models/ranker/infer", body)
+    assert_error(status, response, 400, "'features'", *fragments)
+
+
+def test_a_huge_model_name_is_not_found_with_a_short_message(
+    gateway: Gateway, client: triton_http.InferenceServerClient, features: np.ndarray
+) -> None:
+    name = "m" * 20_000
+    status, _, response = post(
+        gateway, f"/v2/models/{name}/infer", json_request([0.0] * 16, [1, 16])
+    )
+    assert_error(status, response, 404, "no model or endpoint named 'mmm", "(20000 characters)")
+    assert len(response) < 1000, len(response)
+    connection = http.client.HTTPConnection("127.0.0.1", gateway.http_port, timeout=10)
+    connection.request("GET", f"/v2/models/{name}/versions/{'v' * 20_000}/ready")
+    ready = connection.getresponse()
+    assert ready.status == 404 and len(ready.read()) < 1000
+    assert client.infer("ranker", [features_input(features)]).as_numpy("score").shape == (4, 1)
+
+
+def test_gzip_bodies_cut_short_or_large_are_handled(gateway: Gateway, features: np.ndarray) -> None:
+    path = "/v2/models/ranker/infer"
+    whole = gzip.compress(json_request(features.ravel().tolist(), [4, 16]))
+    status, _, response = post(
+        gateway, path, whole[: len(whole) // 2], {"Content-Encoding": "gzip"}
+    )
+    assert_error(status, response, 400, "not valid gzip data", "ends early")
+    # Over the inline size: inflated off the event loop, answered the same.
+    rows = np.random.default_rng(3).normal(size=(200, 16)).astype(np.float32)
+    big = gzip.compress(json_request(rows.ravel().tolist(), [200, 16]))
+    assert len(big) > INLINE_INFLATE_MAX_BYTES
+    status, _, response = post(gateway, path, big, {"Content-Encoding": "gzip"})
+    assert status == 200, response
+    assert len(json.loads(response)["outputs"][0]["data"]) == 200
+    bomb = gzip.compress(b" " * (64 * TEST_MAX_REQUEST_SIZE_BYTES))
+    status, _, response = post(gateway, path, bomb, {"Content-Encoding": "gzip"})
+    assert_error(status, response, 413, "decompressed")

@@ -9,7 +9,13 @@ from hypothesis.extra import numpy as hnp
 from switchyard.runtimes.datatypes import OIP_TO_NUMPY, oip_datatype
 from switchyard.runtimes.errors import InvalidArgument
 from switchyard.runtimes.tensor_codec import decode_raw, encode_raw
-from switchyard.server.tensors import checked_element_count, decode_values
+from switchyard.server.tensors import (
+    CONVERT_CHUNK_VALUES,
+    MAX_TENSOR_DIMS,
+    checked_element_count,
+    decode_json_values,
+    decode_values,
+)
 
 FIXED_SIZE = [name for name in OIP_TO_NUMPY if name != "BYTES"]
 
@@ -64,3 +70,76 @@ def test_declared_size_checks() -> None:
     # 2**70 elements would overflow a C integer; Python ints catch it as too large instead.
     with pytest.raises(InvalidArgument, match="maximum request size"):
         checked_element_count("t", "UINT8", (2**35, 2**35), 2**62)
+
+
+def test_a_zero_element_shape_with_a_huge_dimension_is_refused() -> None:
+    with pytest.raises(InvalidArgument, match="'t': shape .* has no elements, .* 1000000000000"):
+        checked_element_count("t", "FP32", (0, 10**12), 48)
+    # Each dim within bounds, their product not: numpy itself refuses such a shape.
+    with pytest.raises(InvalidArgument, match="no elements"):
+        checked_element_count("t", "BOOL", (0, 128, 16384, 16384, 16384, 16384), 2**16)
+    # What a request could fill is accepted, with or without a zero beside it.
+    assert checked_element_count("t", "FP32", (0, 12), 48) == 0
+    assert checked_element_count("t", "FP32", (3, 0, 4), 48) == 0
+    assert checked_element_count("t", "BYTES", (12,), 48) == 12  # 4-byte length prefixes
+
+
+def test_too_many_dimensions_are_refused_before_numpy_sees_them() -> None:
+    assert checked_element_count("t", "FP32", (1,) * MAX_TENSOR_DIMS, 48) == 1
+    with pytest.raises(InvalidArgument, match="'t': shape has 10000 dimensions; at most 32"):
+        checked_element_count("t", "FP32", (1,) * 10000, 48)
+
+
+@pytest.mark.parametrize(
+    ("datatype", "values", "sent"),
+    [
+        ("FP32", [1.0, None], "null"),
+        ("FP32", [True, 1.0], "true/false"),
+        ("FP32", ["1.5", 1.0], "string"),
+        ("FP64", [[1.0], [{"a": 1}]], "object"),
+        ("INT64", [1, 2.5], "number"),
+        ("BOOL", [1, 0], "integer"),
+        ("BYTES", [5, "a"], "integer"),
+        ("BYTES", [None, "a"], "null"),
+    ],
+)
+def test_json_values_of_the_wrong_type_are_refused(
+    datatype: str, values: list[object], sent: str
+) -> None:
+    with pytest.raises(InvalidArgument, match=f"'t': {datatype} data must be JSON .*got {sent}"):
+        decode_json_values(
+            "t", datatype, (2,) if not isinstance(values[0], list) else (2, 1), values
+        )
+
+
+def test_json_values_of_the_right_types_decode() -> None:
+    assert decode_json_values("t", "FP32", (2,), [1, 2.5]).tolist() == [1.0, 2.5]
+    assert decode_json_values("t", "BOOL", (2,), [True, False]).tolist() == [True, False]
+    assert decode_json_values("t", "BYTES", (1, 2), [["a", "b"]]).tolist() == [[b"a", b"b"]]
+    assert decode_json_values("t", "UINT8", (1,), [255]).tolist() == [255]
+    with pytest.raises(InvalidArgument, match="'t': data is not a list of UINT8 values"):
+        decode_json_values("t", "UINT8", (1,), [256])
+    with pytest.raises(InvalidArgument, match="nested deeper than its shape"):
+        decode_json_values("t", "FP32", (2,), [[1.0], [2.0]])
+    with pytest.raises(InvalidArgument, match="'t': unsupported datatype 'BF16'"):
+        decode_json_values("t", "BF16", (1,), [1.0])
+
+
+def test_long_flat_values_convert_in_slices_to_the_same_array() -> None:
+    count = CONVERT_CHUNK_VALUES * 2 + 3
+    values = [float(i % 1000) for i in range(count)]
+    decoded = decode_values("t", "FP32", (count,), values)
+    np.testing.assert_array_equal(decoded, np.asarray(values, dtype=np.float32))
+    mixed: list[object] = [*values[:-1], [1.0]]
+    with pytest.raises(InvalidArgument, match="'t': data is not a list of FP32 values"):
+        decode_values("t", "FP32", (count,), mixed)
+
+
+def test_messages_echo_a_bounded_prefix_of_a_long_name() -> None:
+    name = "n" * 20_000
+    with pytest.raises(InvalidArgument) as raised:
+        checked_element_count(name, "FP32", (-1,), 48)
+    assert len(str(raised.value)) < 400 and "(20000 characters)" in str(raised.value)
+    with pytest.raises(InvalidArgument) as raised:
+        checked_element_count("t", "X" * 20_000, (1,), 48)
+    assert len(str(raised.value)) < 600

@@ -1,0 +1,105 @@
+"""gRPC requests that do not decode answered as the caller's fault.
+
+grpc.aio runs a method's request deserializer itself, and when it raises (a protobuf that
+does not parse: cut short, a bad wire type, a string that is not UTF-8) it logs a traceback
+and answers UNKNOWN. The interceptor here gives every method a deserializer that never
+raises, and a behaviour that answers such a request INVALID_ARGUMENT before the servicer
+sees it: one debug log line, and the request counted as shed ("undecodable_request").
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import grpc
+from google.protobuf.message import DecodeError
+
+from switchyard.server.metrics import ServerMetrics
+
+log = logging.getLogger(__name__)
+PROTOCOL = "grpc"
+SHED_REASON = "undecodable_request"
+
+
+class UndecodableRequest:
+    """Stands in for a request message that did not decode."""
+
+    __slots__ = ("method", "problem")
+
+    def __init__(self, method: str, problem: str) -> None:
+        self.method = method
+        self.problem = problem
+
+    def message(self) -> str:
+        return (
+            f"the request is not a valid protobuf message for {self.method} ({self.problem}); "
+            "send it as the service's .proto defines it"
+        )
+
+
+def safe_deserializer(method: str, deserialize: Callable[[bytes], Any]) -> Callable[[bytes], Any]:
+    """`deserialize`, returning an UndecodableRequest where it would raise."""
+
+    def deserialize_or_mark(raw: bytes) -> Any:
+        try:
+            return deserialize(raw)
+        except (DecodeError, ValueError, TypeError, UnicodeDecodeError) as exc:
+            log.debug("undecodable %s request of %d bytes: %s", method, len(raw), exc)
+            return UndecodableRequest(method, type(exc).__name__)
+
+    return deserialize_or_mark
+
+
+class CleanDecodingInterceptor(grpc.aio.ServerInterceptor):
+    """Unary methods with a safe deserializer and an INVALID_ARGUMENT answer for what
+    did not decode (the OIP and Recommend services are unary only)."""
+
+    def __init__(self, metrics: ServerMetrics) -> None:
+        self._shed = metrics.shed.labels(PROTOCOL, SHED_REASON)
+        # Per method: the handler last wrapped and its wrapping, reused while the inner
+        # handler is the same object (an interceptor inside this one may vary it per call).
+        self._wrapped: dict[
+            str, tuple[grpc.RpcMethodHandler[Any, Any], grpc.RpcMethodHandler[Any, Any]]
+        ] = {}
+
+    async def intercept_service(
+        self,
+        continuation: Callable[
+            [grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler[Any, Any] | None]
+        ],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler[Any, Any] | None:
+        handler = await continuation(handler_call_details)
+        if handler is None or handler.unary_unary is None or handler.request_deserializer is None:
+            return handler
+        method = str(handler_call_details.method)
+        cached = self._wrapped.get(method)
+        if cached is not None and cached[0] is handler:
+            return cached[1]
+        wrapped = self._wrap(method, handler)
+        self._wrapped[method] = (handler, wrapped)
+        return wrapped
+
+    def _wrap(
+        self, method: str, handler: grpc.RpcMethodHandler[Any, Any]
+    ) -> grpc.RpcMethodHandler[Any, Any]:
+        # grpc.aio's behaviours are coroutine functions; the stubs type them as grpc's.
+        behaviour: Any = handler.unary_unary
+        deserialize = handler.request_deserializer
+        assert behaviour is not None and deserialize is not None  # checked by the caller
+        shed = self._shed
+
+        async def refuse_undecodable(
+            request: Any, context: grpc.aio.ServicerContext[Any, Any]
+        ) -> Any:
+            if isinstance(request, UndecodableRequest):
+                shed.inc()
+                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, request.message())
+            return await behaviour(request, context)
+
+        return handler._replace(  # type: ignore[attr-defined, no-any-return]
+            request_deserializer=safe_deserializer(method, deserialize),
+            unary_unary=refuse_undecodable,
+        )
