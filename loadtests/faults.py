@@ -15,6 +15,14 @@ Scenarios:
                              never fails.
   sigterm                    ModelInfer while the gateway gets SIGTERM: every call it took
                              is answered; later ones find the port closed.
+  slow-clients               ModelInfer and REST health checks while hundreds of idle HTTP
+                             connections and slowloris clients (a header byte now and then)
+                             hold the HTTP port: both keep answering, the slow clients are cut
+                             off (408) within the header deadline, memory stays flat.
+
+Elsewhere in the fault suite: overload at 3x capacity (loadtests/overload.py), mutated
+requests over both protocols (loadtests/fuzz.py), oversized headers and connection floods
+(tests/server/test_http_limits.py).
 """
 
 from __future__ import annotations
@@ -22,6 +30,7 @@ from __future__ import annotations
 import argparse
 import os
 import signal
+import socket
 import tempfile
 import time
 from collections.abc import Callable
@@ -33,7 +42,8 @@ import yaml
 
 from loadtests.clients import OipClient, RecommendGrpcClient, RequestSpec
 from loadtests.fault_traffic import Calls, RecordedTraffic
-from loadtests.gateway_process import Gateway, start_gateway
+from loadtests.gateway_process import Gateway, demo_model_config, http_ok, start_gateway
+from loadtests.latency import percentile_s
 from loadtests.recommend_setup import demo_features, gateway_config, load_features
 from loadtests.redis_process import RedisServer
 from switchyard.demo.build_model import ensure_built
@@ -74,13 +84,17 @@ def _ms(value: float | None) -> str:
     return "-" if value is None else f"{value:.1f} ms"
 
 
+def _p50_p99(calls: Calls, outcome: str = "OK") -> str:
+    return f"{_ms(calls.latency_ms(0.5, outcome))} / {_ms(calls.latency_ms(0.99, outcome))}"
+
+
 def _phases(calls: Calls, fault_s: float, restored_s: float) -> dict[str, Any]:
     during = calls.between(fault_s, restored_s)
     after = calls.between(restored_s, float("inf"))
     return {
         "before": dict(calls.between(0, fault_s).outcomes()),
         "during": dict(during.outcomes()),
-        "during p50 / p99 (OK)": f"{_ms(during.latency_ms(0.5))} / {_ms(during.latency_ms(0.99))}",
+        "during p50 / p99 (OK)": _p50_p99(during),
         "during p99 (all)": _ms(during.latency_ms(0.99, None)),
         "after": dict(after.outcomes()),
         "recovery (first OK after the restore)": _ms(
@@ -189,8 +203,7 @@ def triton_kill(workdir: Path, timing: Timing) -> Scenario:
         local_calls = local_traffic.calls()
         scenario.figures = {
             "remote variant while Triton is down": dict(remote_calls.outcomes()),
-            "remote failures p50 / p99": f"{_ms(remote_calls.latency_ms(0.5, 'UNAVAILABLE'))} / "
-            f"{_ms(remote_calls.latency_ms(0.99, 'UNAVAILABLE'))}",
+            "remote failures p50 / p99": _p50_p99(remote_calls, "UNAVAILABLE"),
             "local variant throughout": dict(local_calls.outcomes()),
             "local p99": _ms(local_calls.latency_ms(0.99)),
         }
@@ -235,6 +248,86 @@ def sigterm(workdir: Path, timing: Timing) -> Scenario:
     return scenario
 
 
+def _rss_mib(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def slow_clients(workdir: Path, timing: Timing) -> Scenario:
+    scenario = Scenario("slow-clients")
+    model = ensure_built()
+    header_timeout_s = 1.0
+    config = demo_model_config(model, http_header_timeout_s=header_timeout_s)
+    gateway = start_gateway(config, workdir)
+    idle: list[socket.socket] = []
+    slow: list[socket.socket] = []
+    health_failures = 0
+    health_latency_s: list[float] = []
+    try:
+        rss_before = _rss_mib(gateway.process.pid)
+        spec = RequestSpec(url=gateway.grpc_url, timeout_s=5.0)
+        with RecordedTraffic(lambda: OipClient(spec), callers=2) as traffic:
+            traffic.wait_for_ok(50)
+            fault_s = time.monotonic()
+            for _ in range(200):
+                idle.append(socket.create_connection(("127.0.0.1", gateway.http_port)))
+            for _ in range(20):  # slowloris: headers that never end
+                sock = socket.create_connection(("127.0.0.1", gateway.http_port))
+                slow.append(sock)
+                sock.sendall(b"POST /v2/models/ranker/infer HTTP/1.1\r\nHost: x\r\nX-Slow: ")
+                sock.settimeout(0.05)
+            cut_off_s: dict[int, float] = {}
+            deadline_s = fault_s + max(timing.fault_s, header_timeout_s * 3)
+            while time.monotonic() < deadline_s:
+                for n, sock in enumerate(slow):
+                    if n in cut_off_s:
+                        continue
+                    try:
+                        sock.sendall(b"a")
+                        answer = sock.recv(256)
+                        if answer == b"" or answer.startswith(b"HTTP/1.1 408"):
+                            cut_off_s[n] = time.monotonic() - fault_s
+                    except (TimeoutError, BlockingIOError):
+                        pass
+                    except OSError:
+                        cut_off_s[n] = time.monotonic() - fault_s
+                started_s = time.monotonic()
+                if http_ok(f"http://{gateway.http_url}/v2/health/ready"):
+                    health_latency_s.append(time.monotonic() - started_s)
+                else:
+                    health_failures += 1
+                time.sleep(0.1)
+            end_s = time.monotonic()
+        rss_after = _rss_mib(gateway.process.pid)
+        grpc_calls = traffic.calls().between(fault_s, end_s)
+        scenario.figures = {
+            "gRPC while held": dict(grpc_calls.outcomes()),
+            "gRPC p50 / p99": _p50_p99(grpc_calls),
+            "REST health checks ok / failed": f"{len(health_latency_s)} / {health_failures}",
+            "REST health p99": _ms(
+                percentile_s(health_latency_s, 0.99) * 1000 if health_latency_s else None
+            ),
+            "slowloris cut off": f"{len(cut_off_s)} of {len(slow)}, the last after "
+            f"{max(cut_off_s.values(), default=float('nan')):.2f} s",
+            "RSS before / after": f"{rss_before:.0f} / {rss_after:.0f} MiB",
+        }
+        scenario.check(set(grpc_calls.outcomes()) == {"OK"}, "gRPC only OK")
+        scenario.check(health_failures == 0, "every REST health check answered")
+        scenario.check(len(cut_off_s) == len(slow), "every slowloris client cut off")
+        scenario.check(
+            max(cut_off_s.values(), default=0.0) < header_timeout_s + 1.5,
+            "cut off within the header deadline (+1.5 s)",
+        )
+        scenario.check(rss_after < rss_before + 50, "RSS grew by less than 50 MiB")
+    finally:
+        for sock in idle + slow:
+            sock.close()
+        scenario.check(gateway.stop() == 0, "the gateway stopped cleanly")
+    return scenario
+
+
 SCENARIOS: dict[str, Callable[[Path, Timing], list[Scenario]]] = {
     "redis-kill": lambda d, t: [
         redis_outage("kill", m, _sub(d, f"kill-{m}"), t) for m in ("fail", "degrade")
@@ -244,6 +337,7 @@ SCENARIOS: dict[str, Callable[[Path, Timing], list[Scenario]]] = {
     ],
     "triton-kill": lambda d, t: [triton_kill(_sub(d, "triton"), t)],
     "sigterm": lambda d, t: [sigterm(_sub(d, "sigterm"), t)],
+    "slow-clients": lambda d, t: [slow_clients(_sub(d, "slow-clients"), t)],
 }
 
 
