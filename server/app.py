@@ -35,6 +35,7 @@ log = logging.getLogger(__name__)
 # grpc-core cancels calls still running this long after the grace; GrpcDrain answers them
 # UNAVAILABLE at the grace itself.
 GRPC_CANCEL_MARGIN_S = 1.0
+GRPC_QUEUE_DRAIN_S = 0.5  # at most, of the grace, to answer calls queued in grpc-core
 
 
 def bind_socket(
@@ -189,6 +190,7 @@ class StandaloneServer:
     async def _stop_grpc(self, grace_s: float) -> None:
         if self._grpc_server is None:
             return
+        await self._grpc_drain.drain_queue(min(GRPC_QUEUE_DRAIN_S, grace_s / 2))
         stopped = asyncio.create_task(self._grpc_server.stop(grace_s + GRPC_CANCEL_MARGIN_S))
         done, _ = await asyncio.wait({stopped}, timeout=grace_s)
         if not done:
