@@ -143,8 +143,9 @@ def redis_outage(kind: str, mode: str, workdir: Path, timing: Timing) -> Scenari
             scenario.check(p99 is not None and p99 < 1000, "refusals fast (p99 < 1 s)")
         recovery = calls.first_ok_after(restored_s)
         scenario.check(recovery is not None and recovery < 3.0, "recovered within 3 s")
-        after = calls.between(restored_s + 3.0, float("inf")).outcomes()
-        scenario.check(set(after) <= {"OK"}, "only OK 3 s after the restore")
+        if recovery is not None:  # settled: one second after the first success, only successes
+            after = calls.between(restored_s + recovery + 1.0, float("inf")).outcomes()
+            scenario.check(set(after) == {"OK"}, "only OK from 1 s after the recovery")
     finally:
         if gateway is not None:
             scenario.check(gateway.stop() == 0, "the gateway stopped cleanly")
