@@ -51,6 +51,7 @@ class OverloadSettings:
     max_queue_size: int = 1024
     max_queue_wait_s: float | None = 0.25
     max_concurrent_rpcs: int = 1024
+    grpc_max_pending_wait_s: float | None = 0.25  # None: off
     factor: float = 3.0
     capacity_concurrency: int = 4
     capacity_s: float = 3.0
@@ -94,7 +95,10 @@ def gateway_config(settings: OverloadSettings, workdir: Path) -> dict[str, Any]:
     if settings.max_queue_wait_s is not None:
         batching["max_queue_wait_s"] = settings.max_queue_wait_s
     return {
-        "server": {"max_concurrent_rpcs": settings.max_concurrent_rpcs},
+        "server": {
+            "max_concurrent_rpcs": settings.max_concurrent_rpcs,
+            "grpc_max_pending_wait_s": settings.grpc_max_pending_wait_s,
+        },
         "models": [
             {
                 "name": settings.model,
@@ -235,6 +239,11 @@ def _parse(argv: Sequence[str] | None) -> tuple[OverloadSettings, Path]:
         help="seconds, or none for no queue-wait bound",
     )
     parser.add_argument("--max-concurrent-rpcs", type=int, default=defaults.max_concurrent_rpcs)
+    parser.add_argument(
+        "--grpc-max-pending-wait-s",
+        default=str(defaults.grpc_max_pending_wait_s),
+        help="server.grpc_max_pending_wait_s: seconds, or none for off",
+    )
     parser.add_argument("--factor", type=float, default=defaults.factor, help="x capacity")
     parser.add_argument("--capacity-concurrency", type=int, default=defaults.capacity_concurrency)
     parser.add_argument("--capacity-s", type=float, default=defaults.capacity_s)
@@ -244,7 +253,7 @@ def _parse(argv: Sequence[str] | None) -> tuple[OverloadSettings, Path]:
     parser.add_argument("--processes", type=int, default=defaults.processes)
     parser.add_argument("--json", type=Path, default=Path("overload.json"))
     args = parser.parse_args(argv)
-    wait = None if args.max_queue_wait_s.lower() == "none" else float(args.max_queue_wait_s)
+    wait = _seconds_or_none(args.max_queue_wait_s)
     settings = replace(
         defaults,
         model=args.model,
@@ -253,6 +262,7 @@ def _parse(argv: Sequence[str] | None) -> tuple[OverloadSettings, Path]:
         max_queue_size=args.max_queue_size,
         max_queue_wait_s=wait,
         max_concurrent_rpcs=args.max_concurrent_rpcs,
+        grpc_max_pending_wait_s=_seconds_or_none(args.grpc_max_pending_wait_s),
         factor=args.factor,
         capacity_concurrency=args.capacity_concurrency,
         capacity_s=args.capacity_s,
@@ -262,6 +272,10 @@ def _parse(argv: Sequence[str] | None) -> tuple[OverloadSettings, Path]:
         processes=args.processes,
     )
     return settings, args.json
+
+
+def _seconds_or_none(text: str) -> float | None:
+    return None if text.lower() == "none" else float(text)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -131,22 +131,40 @@ def test_calls_beyond_max_concurrent_rpcs_are_refused_by_us_and_counted(tmp_path
     assert shed == by_reason == len(refusals)
 
 
-class _LoopBlockingServicer(InferenceServicer):
-    """ModelInfer holds the event loop for a millisecond: calls pile up inside grpc-core."""
+class _Live:
+    def live(self) -> bool:
+        return True
 
-    def __init__(self) -> None:
-        inference = cast(InferenceService, None)  # ModelInfer is overridden; nothing else runs
+
+class _LoopBlockingServicer(InferenceServicer):
+    """ModelInfer holds the event loop for `block_s`: the Python front end is the bottleneck,
+    and calls pile up inside grpc-core."""
+
+    def __init__(self, block_s: float = 0.001) -> None:
+        inference = cast(InferenceService, _Live())  # only ServerLive asks it anything
         super().__init__(inference, ServerMetrics(), cast(RepositoryApi, None))
+        self._block_s = block_s
 
     async def ModelInfer(self, request: pb.ModelInferRequest, context: Any) -> Any:
-        time.sleep(0.001)  # blocking on purpose
+        time.sleep(self._block_s)  # blocking on purpose
         return pb.ModelInferResponse(model_name=request.model_name)
 
 
-def _serve_in_thread(ready: threading.Event, port: list[int], stop: threading.Event) -> None:
+def _serve_in_thread(
+    ready: threading.Event,
+    port: list[int],
+    stop: threading.Event,
+    servicer: InferenceServicer | None = None,
+    max_pending_wait_s: float | None = None,
+) -> None:
     async def serve() -> None:
         server, port[0] = create_grpc_server(
-            _LoopBlockingServicer(), "127.0.0.1", 0, 1 << 20, max_concurrent_rpcs=100_000
+            servicer or _LoopBlockingServicer(),
+            "127.0.0.1",
+            0,
+            1 << 20,
+            max_concurrent_rpcs=100_000,
+            max_pending_wait_s=max_pending_wait_s,
         )
         await server.start()
         ready.set()
@@ -186,3 +204,74 @@ def test_grpc_core_never_sheds_calls_the_server_has_not_picked_up_yet() -> None:
         thread.join(30)
     print(f"2500 calls at once on a busy loop: {dict(statuses)}")
     assert statuses == {"OK": 2500}
+
+
+BLOCK_S = 0.005  # each served call holds the loop this long: capacity ~200 calls a second
+MAX_PENDING_WAIT_S = 0.2
+BURST_CALLS = 800  # 4 s of work at once: 20x what the bound lets wait
+
+
+async def _burst(url: str, count: int) -> tuple[list[tuple[str, float]], bool, str]:
+    """`count` ModelInfer calls at once and a ServerLive among them: each call's status and
+    seconds; whether the liveness call was answered live; one refusal's details."""
+    async with grpc.aio.insecure_channel(url) as channel:
+        stub = pb_grpc.GRPCInferenceServiceStub(channel)
+        await stub.ServerLive(pb.ServerLiveRequest(), timeout=10)  # connected
+        details: list[str] = []
+
+        async def one() -> tuple[str, float]:
+            started_s = time.perf_counter()
+            try:
+                await stub.ModelInfer(pb.ModelInferRequest(model_name="m"), timeout=30)
+            except grpc.aio.AioRpcError as error:
+                details.append(error.details() or "")
+                return error.code().name, time.perf_counter() - started_s
+            return "OK", time.perf_counter() - started_s
+
+        calls = [asyncio.ensure_future(one()) for _ in range(count)]
+        live = await stub.ServerLive(pb.ServerLiveRequest(), timeout=30)
+        answers = await asyncio.gather(*calls)
+        refused = next((d for d in details if d), "")
+        return list(answers), live.live, refused
+
+
+def test_a_front_end_bound_burst_is_shed_by_pending_wait_with_accepted_latency_bounded() -> None:
+    """The Python front end is the bottleneck (ModelInfer blocks the loop), so calls queue
+    inside grpc-core, where neither max_concurrent_rpcs nor any queue of ours sees them.
+    Calls that waited there longer than max_pending_wait_s are refused at once, counted, and
+    the accepted ones stay within a generous multiple of the bound; without it every call
+    would be served, the last after the whole burst's 4 s of work."""
+    servicer = _LoopBlockingServicer(block_s=BLOCK_S)
+    ready, stop, port = threading.Event(), threading.Event(), [0]
+    thread = threading.Thread(
+        target=_serve_in_thread, args=(ready, port, stop, servicer, MAX_PENDING_WAIT_S)
+    )
+    thread.start()
+    try:
+        assert ready.wait(10)
+        answers, live, refused = asyncio.run(_burst(f"127.0.0.1:{port[0]}", BURST_CALLS))
+    finally:
+        stop.set()
+        thread.join(30)
+    statuses = Counter(status for status, _ in answers)
+    accepted_s = sorted(seconds for status, seconds in answers if status == "OK")
+    refused_s = sorted(seconds for status, seconds in answers if status != "OK")
+    counted = servicer.metrics.registry.get_sample_value(
+        SHED, {"protocol": "grpc", "reason": "pending_wait"}
+    )
+    p99 = accepted_s[int(0.99 * (len(accepted_s) - 1))] if accepted_s else float("nan")
+    refusal_p99 = refused_s[int(0.99 * (len(refused_s) - 1))] if refused_s else float("nan")
+    print(
+        f"{BURST_CALLS} calls at once, {BLOCK_S * 1e3:g} ms of loop each, max_pending_wait_s "
+        f"{MAX_PENDING_WAIT_S:g}: {dict(statuses)}; accepted p99 {p99 * 1e3:.0f} ms, max "
+        f"{accepted_s[-1] * 1e3 if accepted_s else float('nan'):.0f} ms; refusal p99 "
+        f"{refusal_p99 * 1e3:.0f} ms; counted {counted}"
+    )
+    assert set(statuses) <= {"OK", "RESOURCE_EXHAUSTED"}, statuses
+    assert statuses["OK"] > 0, "nothing was served"
+    assert statuses["RESOURCE_EXHAUSTED"] > BURST_CALLS / 2, "the burst was not shed"
+    assert counted == statuses["RESOURCE_EXHAUSTED"]
+    assert "server.grpc_max_pending_wait_s 0.2" in refused and "retry later" in refused
+    assert live  # liveness is never refused, even at the bound
+    # Without the bound the accepted p99 is the whole burst, about 4 s.
+    assert p99 < 10 * MAX_PENDING_WAIT_S
