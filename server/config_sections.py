@@ -49,7 +49,7 @@ class ServerSettings(StrictModel):
         "max_concurrent_rpcs). Liveness and readiness calls are never refused.",
     )
     grpc_max_pending_wait_s: float | None = Field(
-        default=0.25,
+        default=0.5,
         ge=0,
         description="Seconds a gRPC call may wait inside grpc-core before the server picks "
         "it up (it queues there when the Python front end is the bottleneck); an older call "

@@ -23,6 +23,7 @@ from loadtests.loadgen import LoadGenerator
 from loadtests.overload import OverloadSettings, format_report, gateway_config, measure
 from switchyard.protos import open_inference_pb2 as pb
 from switchyard.protos import open_inference_pb2_grpc as pb_grpc
+from switchyard.server.config import parse_config
 from switchyard.server.grpc_ingress import InferenceServicer, create_grpc_server
 from switchyard.server.inference import InferenceService
 from switchyard.server.metrics import ServerMetrics
@@ -275,3 +276,28 @@ def test_a_front_end_bound_burst_is_shed_by_pending_wait_with_accepted_latency_b
     assert live  # liveness is never refused, even at the bound
     # Without the bound the accepted p99 is the whole burst, about 4 s.
     assert p99 < 10 * MAX_PENDING_WAIT_S
+
+
+def test_overload_is_shed_by_default_and_each_bound_can_be_turned_off(tmp_path: Path) -> None:
+    """A config that says nothing about overload bounds both queues (the batcher's and
+    grpc-core's) at half a second of waiting; null turns each off."""
+    model = {"name": "m", "versions": [{"version": "1", "path": "m.onnx"}]}
+    config = parse_config({"models": [model]}, tmp_path, "x.yaml", env={})
+    options = config.models[0].batching.to_options(8)
+    print(
+        f"defaults: batching.max_queue_wait_s {options.max_queue_wait_s}, "
+        f"server.grpc_max_pending_wait_s {config.server.grpc_max_pending_wait_s}"
+    )
+    assert options.max_queue_wait_s == 0.5
+    assert config.server.grpc_max_pending_wait_s == 0.5
+    off = parse_config(
+        {
+            "server": {"grpc_max_pending_wait_s": None},
+            "models": [{**model, "batching": {"max_queue_wait_s": None}}],
+        },
+        tmp_path,
+        "x.yaml",
+        env={},
+    )
+    assert off.models[0].batching.to_options(8).max_queue_wait_s is None
+    assert off.server.grpc_max_pending_wait_s is None
