@@ -23,9 +23,9 @@ from loadtests.clients import RequestSpec, error_kind, open_client
 from loadtests.gateway_process import Gateway, metric_sum, scrape_metrics, start_gateway
 from loadtests.loadgen import LoadGenerator
 from loadtests.overload import OverloadSettings, format_report, gateway_config, measure
+from switchyard.demo.build_model import ensure_built
 from switchyard.protos import open_inference_pb2 as pb
 from switchyard.protos import open_inference_pb2_grpc as pb_grpc
-from switchyard.demo.build_model import ensure_built
 from switchyard.server.config import parse_config
 from switchyard.server.grpc_ingress import InferenceServicer, create_grpc_server
 from switchyard.server.inference import InferenceService
