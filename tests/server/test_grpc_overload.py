@@ -295,7 +295,7 @@ def test_overload_is_shed_by_default_and_each_bound_can_be_turned_off(tmp_path: 
     assert config.server.grpc_max_pending_wait_s == 0.5
     off = parse_config(
         {
-            "server": {"grpc_max_pending_wait_s": MAX_PENDING_WAIT_S},
+            "server": {"grpc_max_pending_wait_s": None},
             "models": [{**model, "batching": {"max_queue_wait_s": None}}],
         },
         tmp_path,
