@@ -1,28 +1,34 @@
 """Overload over gRPC against a real gateway: is it shed by Switchyard, fast and counted?
 
   .venv/bin/python -m loadtests.overload                      # slow model, 3x, about 30 s
-  .venv/bin/python -m loadtests.overload --model demo --factor 3 --duration-s 5
+  .venv/bin/python -m loadtests.overload --model demo --factor 1.5 --capacity-steps 4 \
+      --grpc-max-pending-wait-s none 0.5 --server-cpus 0     # front-end bound, off vs on
   .venv/bin/python -m loadtests.overload --max-queue-wait-s none   # the queue bound alone
 
 1. Starts `switchyard serve` (loadtests/gateway_process.py) on one model: `slow`, a model of
    a few milliseconds per run off the event loop (tests/slow_model.py; the model is the
    bottleneck, as in production), or `demo`, the tiny ranker that runs on the event loop (the
-   Python front end is the bottleneck).
-2. Capacity: a closed loop (`--capacity-concurrency` callers) for `--capacity-s`; its
-   throughput of successful answers.
+   Python front end is the bottleneck). `--server-cpus` pins it (taskset) and the load
+   generator to the other CPUs, so that on a small machine the two do not trade cores.
+2. Capacity: a closed loop (`--capacity-concurrency` callers) for `--capacity-s`, then
+   `--capacity-steps` open-loop steps up while the gateway keeps up (the closed loop
+   underestimates a front end whose cost per call falls as calls overlap).
 3. Overload: an open loop at `--factor` x capacity for `--duration-s` (loadtests/loadgen.py,
    latency from the scheduled send time, every request with a deadline).
 4. Prints the shed fraction and every status seen, the p50/p99 of accepted requests, the p99
-   of the refusals (a refusal must come at once), and the gateway's
-   switchyard_shed_requests_total{protocol="grpc"} by reason next to the RESOURCE_EXHAUSTED
-   answers the client saw (they must be equal). Writes `--json`.
+   of the refusals, and the gateway's switchyard_shed_requests_total{protocol="grpc"} by
+   reason next to the RESOURCE_EXHAUSTED answers the client saw (they must be equal).
+   Writes `--json`.
 
+Several `--grpc-max-pending-wait-s` values run one gateway each, one after the other, at
+the same offered rate (the capacity found on the first), reported one after the other.
 REST is not driven here (the load generator has no OIP REST client).
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import tempfile
 from collections.abc import Sequence
@@ -51,13 +57,18 @@ class OverloadSettings:
     max_queue_size: int = 1024
     max_queue_wait_s: float | None = 0.25
     max_concurrent_rpcs: int = 1024
+    grpc_max_pending_wait_s: float | None = 0.5  # server.grpc_max_pending_wait_s; None: off
     factor: float = 3.0
     capacity_concurrency: int = 4
     capacity_s: float = 3.0
+    capacity_steps: int = 0  # open-loop steps after the closed loop (find_capacity)
+    capacity_step_factor: float = 1.25
+    capacity_p99_ms: float = 50.0
     warmup_s: float = 1.0
     duration_s: float = 5.0
     timeout_s: float = 5.0
     processes: int = 2
+    server_cpus: str | None = None  # taskset list for the gateway; the clients get the rest
 
 
 @dataclass
@@ -90,11 +101,13 @@ def gateway_config(settings: OverloadSettings, workdir: Path) -> dict[str, Any]:
     batching: dict[str, Any] = {
         "max_batch_size": settings.max_batch_size,
         "max_queue_size": settings.max_queue_size,
+        "max_queue_wait_s": settings.max_queue_wait_s,  # null: off (the default is on)
     }
-    if settings.max_queue_wait_s is not None:
-        batching["max_queue_wait_s"] = settings.max_queue_wait_s
     return {
-        "server": {"max_concurrent_rpcs": settings.max_concurrent_rpcs},
+        "server": {
+            "max_concurrent_rpcs": settings.max_concurrent_rpcs,
+            "grpc_max_pending_wait_s": settings.grpc_max_pending_wait_s,
+        },
         "models": [
             {
                 "name": settings.model,
@@ -128,12 +141,16 @@ def shed_counts(gateway: Gateway) -> dict[str, float]:
     return counts
 
 
-def measure(
-    gateway: Gateway, settings: OverloadSettings, generator: LoadGenerator
-) -> OverloadReport:
-    """Capacity, then `factor` x capacity; the gateway must already serve settings.model."""
+def find_capacity(gateway: Gateway, settings: OverloadSettings, generator: LoadGenerator) -> float:
+    """Successful answers a second the gateway sustains.
+
+    A closed loop first (`capacity_concurrency` callers); it underestimates a front end
+    whose cost per call falls as calls overlap (the demo model), so with `capacity_steps`
+    open-loop steps follow, each `capacity_step_factor` x the last, while the gateway keeps
+    up (answers at least 95% of what is offered, accepted p99 under `capacity_p99_ms`):
+    the capacity is the best throughput of the steps that kept up."""
     request = request_spec(settings, gateway)
-    capacity = generator.run(
+    closed = generator.run(
         LoadSpec(
             request,
             mode="closed",
@@ -143,9 +160,39 @@ def measure(
         ),
         label="capacity",
     )
-    if capacity.throughput_per_s <= 0:
-        raise RuntimeError(f"no request succeeded while finding capacity: {capacity.first_error}")
-    offered_per_s = settings.factor * capacity.throughput_per_s
+    if closed.throughput_per_s <= 0:
+        raise RuntimeError(f"no request succeeded while finding capacity: {closed.first_error}")
+    capacity = closed.throughput_per_s
+    rate = capacity
+    for _ in range(settings.capacity_steps):
+        step = generator.run(
+            LoadSpec(request, mode="open", rate_per_s=rate, warmup_s=0.5, duration_s=1.5),
+            label=f"capacity {rate:.0f}/s",
+        )
+        kept_up = (
+            step.throughput_per_s >= 0.95 * rate
+            and step.errors == 0
+            and step.p99_ms < settings.capacity_p99_ms
+        )
+        if not kept_up:
+            break
+        capacity = max(capacity, step.throughput_per_s)
+        rate *= settings.capacity_step_factor
+    return capacity
+
+
+def measure(
+    gateway: Gateway,
+    settings: OverloadSettings,
+    generator: LoadGenerator,
+    capacity_per_s: float | None = None,
+) -> OverloadReport:
+    """`factor` x capacity (found first unless given); the gateway must already serve
+    settings.model."""
+    request = request_spec(settings, gateway)
+    if capacity_per_s is None:
+        capacity_per_s = find_capacity(gateway, settings, generator)
+    offered_per_s = settings.factor * capacity_per_s
     before = shed_counts(gateway)
     # No warm-up: every request of the run is counted, so that the client's refusals and
     # the gateway's counter cover the same requests.
@@ -161,12 +208,12 @@ def measure(
         server_cpu_s=lambda: tree_cpu_s(gateway.process.pid),
     )
     after = shed_counts(gateway)
-    return _report(settings, capacity, overload, before, after)
+    return _report(settings, capacity_per_s, overload, before, after)
 
 
 def _report(
     settings: OverloadSettings,
-    capacity: LoadResult,
+    capacity_per_s: float,
     overload: LoadResult,
     before: dict[str, float],
     after: dict[str, float],
@@ -176,7 +223,7 @@ def _report(
     shed_latency = overload.error_latency_ms.get(REFUSED, {"p50_ms": nan, "p99_ms": nan})
     return OverloadReport(
         settings=settings,
-        capacity_per_s=capacity.throughput_per_s,
+        capacity_per_s=capacity_per_s,
         offered_per_s=overload.offered_rate_per_s or 0.0,
         requests=overload.requests,
         statuses=statuses,
@@ -200,11 +247,12 @@ def format_report(report: OverloadReport) -> str:
     counted = ", ".join(f"{r} {n:.0f}" for r, n in sorted(report.shed_counted.items())) or "none"
     accepted, shed = report.accepted_latency_ms, report.shed_latency_ms
     wait = "unset" if s.max_queue_wait_s is None else f"{s.max_queue_wait_s:g} s"
+    pending = "off" if s.grpc_max_pending_wait_s is None else f"{s.grpc_max_pending_wait_s:g} s"
     return "\n".join(
         [
             f"model {s.model}: max_batch_size {s.max_batch_size}, max_queue_size "
             f"{s.max_queue_size}, max_queue_wait_s {wait}, max_concurrent_rpcs "
-            f"{s.max_concurrent_rpcs}",
+            f"{s.max_concurrent_rpcs}, grpc_max_pending_wait_s {pending}",
             f"capacity {num(report.capacity_per_s, 0)} req/s; offered "
             f"{num(report.offered_per_s, 0)} req/s ({s.factor:g}x) for {s.duration_s:g} s: "
             f"{report.requests} requests",
@@ -220,7 +268,7 @@ def format_report(report: OverloadReport) -> str:
     )
 
 
-def _parse(argv: Sequence[str] | None) -> tuple[OverloadSettings, Path]:
+def _parse(argv: Sequence[str] | None) -> tuple[list[OverloadSettings], Path]:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -235,6 +283,20 @@ def _parse(argv: Sequence[str] | None) -> tuple[OverloadSettings, Path]:
         help="seconds, or none for no queue-wait bound",
     )
     parser.add_argument("--max-concurrent-rpcs", type=int, default=defaults.max_concurrent_rpcs)
+    parser.add_argument(
+        "--grpc-max-pending-wait-s",
+        nargs="+",
+        default=[str(defaults.grpc_max_pending_wait_s)],
+        help="server.grpc_max_pending_wait_s: seconds, or none for off; several: one gateway "
+        "each, at the same offered rate (the capacity of the first), reported side by side",
+    )
+    parser.add_argument("--capacity-steps", type=int, default=defaults.capacity_steps)
+    parser.add_argument("--capacity-p99-ms", type=float, default=defaults.capacity_p99_ms)
+    parser.add_argument(
+        "--server-cpus",
+        default=defaults.server_cpus,
+        help="CPUs of the gateway (a taskset list, e.g. 0); the load generator gets the others",
+    )
     parser.add_argument("--factor", type=float, default=defaults.factor, help="x capacity")
     parser.add_argument("--capacity-concurrency", type=int, default=defaults.capacity_concurrency)
     parser.add_argument("--capacity-s", type=float, default=defaults.capacity_s)
@@ -244,7 +306,7 @@ def _parse(argv: Sequence[str] | None) -> tuple[OverloadSettings, Path]:
     parser.add_argument("--processes", type=int, default=defaults.processes)
     parser.add_argument("--json", type=Path, default=Path("overload.json"))
     args = parser.parse_args(argv)
-    wait = None if args.max_queue_wait_s.lower() == "none" else float(args.max_queue_wait_s)
+    wait = _seconds_or_none(args.max_queue_wait_s)
     settings = replace(
         defaults,
         model=args.model,
@@ -253,6 +315,10 @@ def _parse(argv: Sequence[str] | None) -> tuple[OverloadSettings, Path]:
         max_queue_size=args.max_queue_size,
         max_queue_wait_s=wait,
         max_concurrent_rpcs=args.max_concurrent_rpcs,
+        grpc_max_pending_wait_s=_seconds_or_none(args.grpc_max_pending_wait_s[0]),
+        capacity_steps=args.capacity_steps,
+        capacity_p99_ms=args.capacity_p99_ms,
+        server_cpus=args.server_cpus,
         factor=args.factor,
         capacity_concurrency=args.capacity_concurrency,
         capacity_s=args.capacity_s,
@@ -261,21 +327,50 @@ def _parse(argv: Sequence[str] | None) -> tuple[OverloadSettings, Path]:
         timeout_s=args.timeout_s,
         processes=args.processes,
     )
-    return settings, args.json
+    variants = [
+        replace(settings, grpc_max_pending_wait_s=_seconds_or_none(text))
+        for text in args.grpc_max_pending_wait_s
+    ]
+    return variants, args.json
+
+
+def _seconds_or_none(text: str) -> float | None:
+    return None if text.lower() == "none" else float(text)
+
+
+def _pin_clients(server_cpus: str | None) -> list[str]:
+    """The command prefix that puts the gateway on `server_cpus`; this process (and so its
+    load-generator processes) moves to the other CPUs."""
+    if server_cpus is None:
+        return []
+    cpus = {int(cpu) for cpu in server_cpus.split(",")}
+    others = os.sched_getaffinity(0) - cpus
+    if not others:
+        raise ValueError(f"--server-cpus {server_cpus} leaves no CPU for the load generator")
+    os.sched_setaffinity(0, others)
+    return ["taskset", "-c", server_cpus]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    settings, json_path = _parse(argv)
-    with tempfile.TemporaryDirectory(prefix="overload-") as tmp:
-        workdir = Path(tmp)
-        gateway = start_gateway(gateway_config(settings, workdir), workdir)
-        try:
-            with LoadGenerator(settings.processes, progress=False) as generator:
-                report = measure(gateway, settings, generator)
-        finally:
-            gateway.stop()
-    print(format_report(report), flush=True)
-    write_json(json_path, {"command": sys.argv, **asdict(report)})
+    variants, json_path = _parse(argv)
+    prefix = _pin_clients(variants[0].server_cpus)
+    command = [*prefix, sys.executable, "-m", "switchyard.server.cli"]
+    reports: list[OverloadReport] = []
+    capacity_per_s: float | None = None
+    with LoadGenerator(variants[0].processes, progress=False) as generator:
+        for settings in variants:
+            with tempfile.TemporaryDirectory(prefix="overload-") as tmp:
+                workdir = Path(tmp)
+                config = gateway_config(settings, workdir)
+                gateway = start_gateway(config, workdir, command=command)
+                try:
+                    report = measure(gateway, settings, generator, capacity_per_s)
+                finally:
+                    gateway.stop()
+            capacity_per_s = report.capacity_per_s  # the next variants get the same load
+            reports.append(report)
+            print(format_report(report) + "\n", flush=True)
+    write_json(json_path, {"command": sys.argv, "runs": [asdict(r) for r in reports]})
     print(f"wrote {json_path}", file=sys.stderr)
     return 0
 

@@ -138,6 +138,7 @@ class StandaloneServer:
             settings.max_request_size_bytes,
             settings.max_concurrent_rpcs,
             share_port=shared,
+            max_pending_wait_s=settings.grpc_max_pending_wait_s,
         )
         add_RecommenderServicer_to_server(
             self._grpc_drain.guard(self.core.recommend_servicer()), self._grpc_server

@@ -53,6 +53,15 @@ class ServerSettings(StrictModel):
         "RESOURCE_EXHAUSTED and counted in switchyard_shed_requests_total (reason "
         "max_concurrent_rpcs). Liveness and readiness calls are never refused.",
     )
+    grpc_max_pending_wait_s: float | None = Field(
+        default=0.5,
+        ge=0,
+        description="Seconds a gRPC call may wait inside grpc-core before the server picks "
+        "it up (it queues there when the Python front end is the bottleneck); an older call "
+        "is refused at once with RESOURCE_EXHAUSTED and counted in "
+        "switchyard_shed_requests_total (reason pending_wait). Liveness and readiness calls "
+        "are never refused. 0 or null: off.",
+    )
     max_request_size_bytes: int = Field(
         default=64 * 1024 * 1024,
         gt=0,

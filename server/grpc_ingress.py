@@ -24,6 +24,11 @@ from switchyard.runtimes.tensor_codec import decode_raw, encode_raw
 from switchyard.server.error_status import grpc_status
 from switchyard.server.grpc_admission import AdmissionInterceptor
 from switchyard.server.grpc_decoding import CleanDecodingInterceptor
+from switchyard.server.grpc_pending import (
+    PendingWaitEstimator,
+    channelz_calls_started,
+    channelz_server_ids,
+)
 from switchyard.server.inference import InferenceService
 from switchyard.server.metrics import ServerMetrics
 from switchyard.server.off_loop import decode_off_loop
@@ -322,18 +327,20 @@ def create_grpc_server(
     max_concurrent_rpcs: int,
     *,
     share_port: bool = False,
+    max_pending_wait_s: float | None = None,
 ) -> tuple[grpc.aio.Server, int]:
     """A grpc.aio server bound to host:port; returns it and the port actually bound.
     `max_concurrent_rpcs`: calls running at once, beyond which calls are refused at once
-    with RESOURCE_EXHAUSTED and counted (server/grpc_admission.py).
-    `share_port`: SO_REUSEPORT, for worker processes that all listen on one port."""
+    with RESOURCE_EXHAUSTED and counted (server/grpc_admission.py); so are calls that waited
+    longer than `max_pending_wait_s` inside grpc-core (server/grpc_pending.py; None or 0:
+    never). `share_port`: SO_REUSEPORT, for worker processes that all listen on one port."""
+    # The server's channelz id is found as the one that appears when it is created.
+    servers_before = channelz_server_ids() if max_pending_wait_s else set()
+    admission = AdmissionInterceptor(max_concurrent_rpcs, servicer.metrics)
     server = grpc.aio.server(
         # Admission first: a call refused for capacity is never decoded. Then a request
         # that does not decode is INVALID_ARGUMENT, not grpc's UNKNOWN and a traceback.
-        interceptors=[
-            AdmissionInterceptor(max_concurrent_rpcs, servicer.metrics),
-            CleanDecodingInterceptor(servicer.metrics),
-        ],
+        interceptors=[admission, CleanDecodingInterceptor(servicer.metrics)],
         options=[
             ("grpc.max_receive_message_length", max_message_bytes),
             ("grpc.max_send_message_length", max_message_bytes),
@@ -344,6 +351,13 @@ def create_grpc_server(
             ("grpc.server.max_pending_requests_hard_limit", CORE_MAX_PENDING_REQUESTS),
         ],
     )
+    if max_pending_wait_s:
+        created = channelz_server_ids() - servers_before
+        if len(created) == 1:
+            estimator = PendingWaitEstimator(channelz_calls_started(created.pop()))
+            admission.bound_pending_wait(estimator, max_pending_wait_s)
+        else:  # another thread created a server at the same moment: cannot tell which
+            log.warning("gRPC server not found in channelz: no pending-wait shedding")
     pb_grpc.add_GRPCInferenceServiceServicer_to_server(servicer, server)
     try:
         return server, server.add_insecure_port(f"{host}:{port}")

@@ -77,12 +77,12 @@ class BatchingConfig(StrictModel):
         description="Requests waiting at most; more are refused (RESOURCE_EXHAUSTED / 503).",
     )
     max_queue_wait_s: float | None = Field(
-        default=None,
+        default=0.5,
         gt=0,
         description="Seconds of queued work a new request may wait behind, estimated from "
         "the recent run times; beyond it the request is refused at once (RESOURCE_EXHAUSTED / "
         "503), so that under overload accepted requests wait about this long at most "
-        "(accepted latency: about this plus one run). Unset: only max_queue_size bounds it.",
+        "(accepted latency: about this plus one run). null: only max_queue_size bounds it.",
     )
     instance_count: int = Field(
         default=1, ge=1, description="Batches running at once (threads running the model)."

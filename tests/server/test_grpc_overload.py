@@ -1,7 +1,8 @@
 """gRPC overload through the real gateway: shed by Switchyard's bounds with RESOURCE_EXHAUSTED
 at once and counted, never by grpc-core (CANCELLED) or left to miss deadlines.
 
-No timing is asserted: statuses and counts are, and the figures are printed.
+Statuses and counts are asserted, timing only as a generous bound on accepted latency (ten
+times the configured wait bound, against about twenty without it); the figures are printed.
 """
 
 from __future__ import annotations
@@ -18,11 +19,14 @@ import grpc
 import numpy as np
 import pytest
 
+from loadtests.clients import RequestSpec, error_kind, open_client
 from loadtests.gateway_process import Gateway, metric_sum, scrape_metrics, start_gateway
 from loadtests.loadgen import LoadGenerator
 from loadtests.overload import OverloadSettings, format_report, gateway_config, measure
+from switchyard.demo.build_model import ensure_built
 from switchyard.protos import open_inference_pb2 as pb
 from switchyard.protos import open_inference_pb2_grpc as pb_grpc
+from switchyard.server.config import parse_config
 from switchyard.server.grpc_ingress import InferenceServicer, create_grpc_server
 from switchyard.server.inference import InferenceService
 from switchyard.server.metrics import ServerMetrics
@@ -131,22 +135,40 @@ def test_calls_beyond_max_concurrent_rpcs_are_refused_by_us_and_counted(tmp_path
     assert shed == by_reason == len(refusals)
 
 
-class _LoopBlockingServicer(InferenceServicer):
-    """ModelInfer holds the event loop for a millisecond: calls pile up inside grpc-core."""
+class _Live:
+    def live(self) -> bool:
+        return True
 
-    def __init__(self) -> None:
-        inference = cast(InferenceService, None)  # ModelInfer is overridden; nothing else runs
+
+class _LoopBlockingServicer(InferenceServicer):
+    """ModelInfer holds the event loop for `block_s`: the Python front end is the bottleneck,
+    and calls pile up inside grpc-core."""
+
+    def __init__(self, block_s: float = 0.001) -> None:
+        inference = cast(InferenceService, _Live())  # only ServerLive asks it anything
         super().__init__(inference, ServerMetrics(), cast(RepositoryApi, None))
+        self._block_s = block_s
 
     async def ModelInfer(self, request: pb.ModelInferRequest, context: Any) -> Any:
-        time.sleep(0.001)  # blocking on purpose
+        time.sleep(self._block_s)  # blocking on purpose
         return pb.ModelInferResponse(model_name=request.model_name)
 
 
-def _serve_in_thread(ready: threading.Event, port: list[int], stop: threading.Event) -> None:
+def _serve_in_thread(
+    ready: threading.Event,
+    port: list[int],
+    stop: threading.Event,
+    servicer: InferenceServicer | None = None,
+    max_pending_wait_s: float | None = None,
+) -> None:
     async def serve() -> None:
         server, port[0] = create_grpc_server(
-            _LoopBlockingServicer(), "127.0.0.1", 0, 1 << 20, max_concurrent_rpcs=100_000
+            servicer or _LoopBlockingServicer(),
+            "127.0.0.1",
+            0,
+            1 << 20,
+            max_concurrent_rpcs=100_000,
+            max_pending_wait_s=max_pending_wait_s,
         )
         await server.start()
         ready.set()
@@ -186,3 +208,158 @@ def test_grpc_core_never_sheds_calls_the_server_has_not_picked_up_yet() -> None:
         thread.join(30)
     print(f"2500 calls at once on a busy loop: {dict(statuses)}")
     assert statuses == {"OK": 2500}
+
+
+BLOCK_S = 0.005  # each served call holds the loop this long: capacity ~200 calls a second
+MAX_PENDING_WAIT_S = 0.2
+BURST_CALLS = 800  # 4 s of work at once: 20x what the bound lets wait
+
+
+async def _burst(url: str, count: int) -> tuple[list[tuple[str, float]], bool, str]:
+    """`count` ModelInfer calls at once and a ServerLive among them: each call's status and
+    seconds; whether the liveness call was answered live; one refusal's details."""
+    async with grpc.aio.insecure_channel(url) as channel:
+        stub = pb_grpc.GRPCInferenceServiceStub(channel)
+        await stub.ServerLive(pb.ServerLiveRequest(), timeout=10)  # connected
+        details: list[str] = []
+
+        async def one() -> tuple[str, float]:
+            started_s = time.perf_counter()
+            try:
+                await stub.ModelInfer(pb.ModelInferRequest(model_name="m"), timeout=30)
+            except grpc.aio.AioRpcError as error:
+                details.append(error.details() or "")
+                return error.code().name, time.perf_counter() - started_s
+            return "OK", time.perf_counter() - started_s
+
+        calls = [asyncio.ensure_future(one()) for _ in range(count)]
+        live = await stub.ServerLive(pb.ServerLiveRequest(), timeout=30)
+        answers = await asyncio.gather(*calls)
+        refused = next((d for d in details if d), "")
+        return list(answers), live.live, refused
+
+
+def test_a_front_end_bound_burst_is_shed_by_pending_wait_with_accepted_latency_bounded() -> None:
+    """The Python front end is the bottleneck (ModelInfer blocks the loop), so calls queue
+    inside grpc-core, where neither max_concurrent_rpcs nor any queue of ours sees them.
+    Calls that waited there longer than max_pending_wait_s are refused at once, counted, and
+    the accepted ones stay within a generous multiple of the bound; without it every call
+    would be served, the last after the whole burst's 4 s of work."""
+    servicer = _LoopBlockingServicer(block_s=BLOCK_S)
+    ready, stop, port = threading.Event(), threading.Event(), [0]
+    thread = threading.Thread(
+        target=_serve_in_thread, args=(ready, port, stop, servicer, MAX_PENDING_WAIT_S)
+    )
+    thread.start()
+    try:
+        assert ready.wait(10)
+        answers, live, refused = asyncio.run(_burst(f"127.0.0.1:{port[0]}", BURST_CALLS))
+    finally:
+        stop.set()
+        thread.join(30)
+    statuses = Counter(status for status, _ in answers)
+    accepted_s = sorted(seconds for status, seconds in answers if status == "OK")
+    refused_s = sorted(seconds for status, seconds in answers if status != "OK")
+    counted = servicer.metrics.registry.get_sample_value(
+        SHED, {"protocol": "grpc", "reason": "pending_wait"}
+    )
+    p99 = accepted_s[int(0.99 * (len(accepted_s) - 1))] if accepted_s else float("nan")
+    refusal_p99 = refused_s[int(0.99 * (len(refused_s) - 1))] if refused_s else float("nan")
+    print(
+        f"{BURST_CALLS} calls at once, {BLOCK_S * 1e3:g} ms of loop each, max_pending_wait_s "
+        f"{MAX_PENDING_WAIT_S:g}: {dict(statuses)}; accepted p99 {p99 * 1e3:.0f} ms, max "
+        f"{accepted_s[-1] * 1e3 if accepted_s else float('nan'):.0f} ms; refusal p99 "
+        f"{refusal_p99 * 1e3:.0f} ms; counted {counted}"
+    )
+    assert set(statuses) <= {"OK", "RESOURCE_EXHAUSTED"}, statuses
+    assert statuses["OK"] > 0, "nothing was served"
+    assert statuses["RESOURCE_EXHAUSTED"] > BURST_CALLS / 2, "the burst was not shed"
+    assert counted == statuses["RESOURCE_EXHAUSTED"]
+    assert "server.grpc_max_pending_wait_s 0.2" in refused and "retry later" in refused
+    assert live  # liveness is never refused, even at the bound
+    # Without the bound the accepted p99 is the whole burst, about 4 s.
+    assert p99 < 10 * MAX_PENDING_WAIT_S
+
+
+def test_overload_is_shed_by_default_and_each_bound_can_be_turned_off(tmp_path: Path) -> None:
+    """A config that says nothing about overload bounds both queues (the batcher's and
+    grpc-core's) at half a second of waiting; null turns each off."""
+    model = {"name": "m", "versions": [{"version": "1", "path": "m.onnx"}]}
+    config = parse_config({"models": [model]}, tmp_path, "x.yaml", env={})
+    options = config.models[0].batching.to_options(8)
+    print(
+        f"defaults: batching.max_queue_wait_s {options.max_queue_wait_s}, "
+        f"server.grpc_max_pending_wait_s {config.server.grpc_max_pending_wait_s}"
+    )
+    assert options.max_queue_wait_s == 0.5
+    assert config.server.grpc_max_pending_wait_s == 0.5
+    off = parse_config(
+        {
+            "server": {"grpc_max_pending_wait_s": None},
+            "models": [{**model, "batching": {"max_queue_wait_s": None}}],
+        },
+        tmp_path,
+        "x.yaml",
+        env={},
+    )
+    assert off.models[0].batching.to_options(8).max_queue_wait_s is None
+    assert off.server.grpc_max_pending_wait_s is None
+
+
+GATEWAY_BURST_CALLS = 6000  # ~2 s of the demo's front-end work (~320 us a call here)
+
+
+async def _gateway_burst(url: str, count: int) -> list[tuple[str, float]]:
+    client = open_client(RequestSpec(url=url, model="demo", timeout_s=30.0))
+    try:
+        await client.check()  # connected and answering
+
+        async def one() -> tuple[str, float]:
+            started_s = time.perf_counter()
+            try:
+                await client.call()
+            except Exception as exc:
+                return error_kind(exc), time.perf_counter() - started_s
+            return "OK", time.perf_counter() - started_s
+
+        return list(await asyncio.gather(*(one() for _ in range(count))))
+    finally:
+        await client.close()
+
+
+def test_the_gateway_sheds_a_front_end_bound_burst_by_pending_wait(tmp_path: Path) -> None:
+    """The real gateway on the demo model (cheap, run on the event loop: the Python front
+    end is the bottleneck): a burst of calls at once queues inside grpc-core; the calls that
+    waited there longer than server.grpc_max_pending_wait_s are refused and counted, and
+    nothing but OK and RESOURCE_EXHAUSTED comes back. (No latency is asserted here: the
+    client shares the machine's two cores; the figures are printed.)"""
+    config = {
+        "server": {"grpc_max_pending_wait_s": MAX_PENDING_WAIT_S},
+        "models": [
+            {
+                "name": "demo",
+                "versions": [{"version": "1", "path": str(ensure_built())}],
+                "runtime_options": {"intra_op_threads": 1},
+                "batching": {"max_batch_size": 1},
+            }
+        ],
+    }
+    gateway = start_gateway(config, tmp_path)
+    try:
+        answers = asyncio.run(_gateway_burst(gateway.grpc_url, GATEWAY_BURST_CALLS))
+        metrics = scrape_metrics(gateway)
+    finally:
+        assert gateway.stop() == 0, gateway.log()
+    statuses = Counter(status for status, _ in answers)
+    accepted_s = sorted(seconds for status, seconds in answers if status == "OK")
+    counted = metric_sum(metrics, SHED, protocol="grpc", reason="pending_wait")
+    p99 = accepted_s[int(0.99 * (len(accepted_s) - 1))] if accepted_s else float("nan")
+    print(
+        f"gateway, demo model, {GATEWAY_BURST_CALLS} calls at once, grpc_max_pending_wait_s "
+        f"{MAX_PENDING_WAIT_S:g}: {dict(statuses)}; accepted p99 {p99 * 1e3:.0f} ms; "
+        f"shed counter {counted:.0f}"
+    )
+    assert set(statuses) <= {"OK", "RESOURCE_EXHAUSTED"}, statuses
+    assert statuses["OK"] > 0
+    assert statuses["RESOURCE_EXHAUSTED"] > 0, "the burst was not shed"
+    assert counted == statuses["RESOURCE_EXHAUSTED"]
