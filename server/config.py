@@ -189,6 +189,38 @@ def _apply_env_overrides(raw: dict[str, Any], env: Mapping[str, str]) -> dict[st
     return raw
 
 
+# Redis URLs may hold a password: on Kubernetes they come from a Secret, through these.
+CONTROL_URL_ENV = ENV_PREFIX + "CONTROL_URL"
+FEATURES_STORE_URL_ENV = ENV_PREFIX + "FEATURES_STORE_URL"
+
+
+def _apply_redis_url_env(
+    raw: dict[str, Any], env: Mapping[str, str], source: str
+) -> dict[str, Any]:
+    """`control.url` from SWITCHYARD_CONTROL_URL and `features.store.url` (a redis store's)
+    from SWITCHYARD_FEATURES_STORE_URL; a variable set for a section that has no such URL is
+    an error, not ignored, so that a deployment never runs without the Redis it names."""
+    errors: list[str] = []
+    control_url = env.get(CONTROL_URL_ENV)
+    control = raw.get("control")
+    if control_url is not None and isinstance(control, dict | None):
+        raw = {**raw, "control": {**(control or {}), "url": control_url}}
+    store_url = env.get(FEATURES_STORE_URL_ENV)
+    features = raw.get("features")
+    if store_url is not None:
+        store = features.get("store") if isinstance(features, dict) else None
+        if isinstance(features, dict) and isinstance(store, dict) and store.get("kind") == "redis":
+            raw = {**raw, "features": {**features, "store": {**store, "url": store_url}}}
+        else:
+            errors.append(
+                f"{FEATURES_STORE_URL_ENV}: is set, but features.store is not "
+                "`kind: redis` (unset the variable or configure a redis store)"
+            )
+    if errors:
+        raise ConfigError(source, errors)
+    return raw
+
+
 REPOSITORY_ENV = {
     "path": ENV_PREFIX + "MODEL_REPOSITORY",
     "control_mode": ENV_PREFIX + "MODEL_CONTROL_MODE",
@@ -230,7 +262,9 @@ def parse_config(
     if not isinstance(raw, dict):
         raise ConfigError(source, ["(top level): must be a mapping of sections"])
     raw = copy.deepcopy(raw)  # paths and overrides are applied to a copy
-    raw = _apply_env_overrides(raw, os.environ if env is None else env)
+    env = os.environ if env is None else env
+    raw = _apply_env_overrides(raw, env)
+    raw = _apply_redis_url_env(raw, env, source)
     _resolve_paths(raw, base_dir)
     try:
         return SwitchyardConfig.model_validate(raw)

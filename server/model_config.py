@@ -191,6 +191,12 @@ class RayDeploymentSettings(StrictModel):
     num_cpus: float = Field(
         default=1.0, ge=0, description="CPUs reserved per replica (placement deployment)."
     )
+    num_gpus: float = Field(
+        default=0.0,
+        ge=0,
+        description="GPUs reserved per replica (placement deployment): Serve places the "
+        "replicas on nodes that have them (KubeRay: a worker group with nvidia.com/gpu).",
+    )
     look_back_period_s: float = Field(
         default=30.0,
         gt=0,
@@ -255,6 +261,12 @@ class ModelConfig(StrictModel):
             raise ValueError(f"versions of model '{self.name}' repeat: {names}")
         if self.default_version is not None and self.default_version not in names:
             raise ValueError(f"default_version '{self.default_version}' is not in {names}")
+        if self.ray.num_gpus > 0 and self.ray_placement != "deployment":
+            # Co-located versions run in the ingress replicas, which reserve no GPUs.
+            raise ValueError(
+                f"ray.num_gpus ({self.ray.num_gpus}) needs `ray.placement: deployment`: "
+                "versions placed in the ingress reserve no GPUs of their own"
+            )
         return self
 
     @property

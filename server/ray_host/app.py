@@ -203,8 +203,13 @@ def run_on_local_ray(config: SwitchyardConfig, config_path: Path | None = None) 
         ray.shutdown()
 
 
-def serve_config(config: SwitchyardConfig, config_path: Path) -> dict[str, Any]:
-    """The Serve config (ServeDeploySchema) that deploys what build_app builds."""
+def serve_config(
+    config: SwitchyardConfig, config_path: Path, cluster_config_path: Path | None = None
+) -> dict[str, Any]:
+    """The Serve config (ServeDeploySchema) that deploys what build_app builds; its
+    application reads the config file at `cluster_config_path` (a path on the cluster's
+    nodes, e.g. a ConfigMap's mount), by default `config_path` resolved here."""
+    app_config_path = config_path.resolve() if cluster_config_path is None else cluster_config_path
     deployments = [{"name": INGRESS_NAME, **ingress_options(config)}]
     for model in deployed_models(config):
         options = variant_options(model)
@@ -214,7 +219,7 @@ def serve_config(config: SwitchyardConfig, config_path: Path) -> dict[str, Any]:
         "name": APP_NAME,
         "route_prefix": "/",
         "import_path": BUILDER_IMPORT_PATH,
-        "args": {CONFIG_PATH_ARG: str(config_path.resolve())},
+        "args": {CONFIG_PATH_ARG: str(app_config_path)},
     }
     env_vars = fast_path_env(config, local=False)
     if env_vars:
@@ -228,8 +233,11 @@ def serve_config(config: SwitchyardConfig, config_path: Path) -> dict[str, Any]:
     }
 
 
-def render_serve_config(config: SwitchyardConfig, config_path: Path) -> str:
-    """`switchyard render ray`: the Serve config YAML for `serve deploy`."""
+def render_serve_config(
+    config: SwitchyardConfig, config_path: Path, cluster_config_path: Path | None = None
+) -> str:
+    """`switchyard render ray`: the Serve config YAML for `serve deploy`; the application
+    reads the config file at `cluster_config_path` (default: `config_path`, resolved)."""
     header = (
         f"# Ray Serve config of {config_path}, written by `switchyard render ray`.\n"
         "# Deploy with `serve deploy FILE`. The cluster needs switchyard installed and the\n"
@@ -244,4 +252,5 @@ def render_serve_config(config: SwitchyardConfig, config_path: Path) -> str:
             "# Clients then reach the ingress replicas on their own ports (HTTP 30000-31000,\n"
             "# gRPC 40000-41000): on Kubernetes through a Service over the ingress pods.\n"
         )
-    return header + yaml.safe_dump(serve_config(config, config_path), sort_keys=False)
+    rendered = serve_config(config, config_path, cluster_config_path)
+    return header + yaml.safe_dump(rendered, sort_keys=False)

@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 from switchyard.server.config import ConfigError, SwitchyardConfig, load_config
+from switchyard.server.k8s_render import add_k8s_target
 from switchyard.server.ray_host.deployments import fast_path_env
 
 RAY_MISSING = "the Ray host needs Ray Serve: pip install 'switchyard[ray]'"
@@ -47,7 +48,15 @@ def _render_ray(args: argparse.Namespace) -> int:
     except ImportError as exc:
         print(f"switchyard: {RAY_MISSING} ({exc})", file=sys.stderr)
         return 2
-    text = render_serve_config(config, args.config)
+    cluster_path: Path | None = args.cluster_config_path
+    if cluster_path is not None and not cluster_path.is_absolute():
+        print(
+            f"switchyard: --cluster-config-path must be absolute, not {cluster_path}: the "
+            "Serve application reads it on the cluster's nodes",
+            file=sys.stderr,
+        )
+        return 2
+    text = render_serve_config(config, args.config, cluster_path)
     if args.out is None:
         sys.stdout.write(text)
         return 0
@@ -70,4 +79,12 @@ def add_render_subcommand(subparsers: argparse._SubParsersAction[argparse.Argume
     )
     ray.add_argument("--config", type=Path, required=True, help="the Switchyard config file")
     ray.add_argument("--out", type=Path, default=None, help="output file (default: stdout)")
+    ray.add_argument(
+        "--cluster-config-path",
+        type=Path,
+        default=None,
+        help="where the cluster's nodes read the config file (e.g. a ConfigMap's mount on "
+        "KubeRay); default: the --config file's absolute path",
+    )
     ray.set_defaults(handler=_render_ray)
+    add_k8s_target(targets)

@@ -103,6 +103,8 @@ def variant_options(model: ModelConfig) -> dict[str, Any]:
         "max_queued_requests": model.batching.max_queue_size,
         "ray_actor_options": {"num_cpus": model.ray.num_cpus},
     }
+    if model.ray.num_gpus > 0:
+        options["ray_actor_options"]["num_gpus"] = model.ray.num_gpus
     policy = latency_policy(model)
     if policy is None:
         options["num_replicas"] = model.ray.num_replicas
