@@ -95,7 +95,12 @@ class AutoscalingSignals:
 
     def forget(self, deployment: str, variant: str) -> None:
         """Drops a removed variant's series, so that no stale value drives a scaler."""
-        gauges = (self.latency_ratio, self.replicas_needed, self.desired_replicas, self.max_replicas)
+        gauges = (
+            self.latency_ratio,
+            self.replicas_needed,
+            self.desired_replicas,
+            self.max_replicas,
+        )
         for gauge in gauges:
             with suppress(KeyError):  # never exported, or forgotten already
                 gauge.remove(deployment, variant)
