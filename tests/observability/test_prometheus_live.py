@@ -22,6 +22,7 @@ import numpy as np
 import pytest
 import tritonclient.grpc as triton_grpc
 import yaml
+from tritonclient.utils import InferenceServerException
 
 from loadtests.gateway_process import Gateway, free_port, start_gateway
 from loadtests.prometheus_process import PrometheusServer
@@ -231,7 +232,7 @@ def put_load_and_faults(
             infer(gateway, "rollout_failing")
     triton.kill()
     for _ in range(3):  # two failures open the breaker; the third is refused by it
-        with pytest.raises(Exception):  # noqa: B017 -- UNAVAILABLE, any client error type
+        with pytest.raises(InferenceServerException, match="UNAVAILABLE|navailable"):
             grpc_infer(gateway, "ranker_triton")
     # A config change adding a model whose file is no ONNX model: its load fails.
     broken = workdir / "broken.onnx"
@@ -353,3 +354,19 @@ def test_recorded_series_and_alerts_come_from_the_faults(observed: Observed) -> 
         "SwitchyardControlStoreDown",
         "SwitchyardTargetDown",
     }
+
+
+def test_the_check_reports_bad_and_empty_expressions(observed: Observed) -> None:
+    problems = run_all(
+        observed.prometheus,
+        [
+            NamedQuery("panel typo", "sum by (model (switchyard_requests_total)"),
+            NamedQuery("panel no such metric", 'switchyard_no_such_metric{model=~"$model"}'),
+            NamedQuery("panel fine", 'switchyard_requests_total{model=~"$model"}'),
+        ],
+    )
+    assert len(problems) == 2
+    assert problems[0].startswith("panel typo: bad_data:")
+    assert problems[1].startswith("panel no such metric: no data")
+    with pytest.raises(ValueError, match=r"\$__unknown"):
+        substitute_variables("rate(x[$__unknown])")
