@@ -6,7 +6,7 @@
   .venv/bin/python -m loadtests.overload --max-queue-wait-s none   # the queue bound alone
 
 1. Starts `switchyard serve` (loadtests/gateway_process.py) on one model: `slow`, a model of
-   a few milliseconds per run off the event loop (tests/slow_model.py; the model is the
+   a few milliseconds per run off the event loop (loadtests/slow_model.py; the model is the
    bottleneck, as in production), or `demo`, the tiny ranker that runs on the event loop (the
    Python front end is the bottleneck). `--server-cpus` pins it (taskset) and the load
    generator to the other CPUs, so that on a small machine the two do not trade cores.
@@ -41,8 +41,8 @@ from loadtests.gateway_process import Gateway, scrape_metrics, start_gateway
 from loadtests.loadgen import LoadGenerator, LoadResult, LoadSpec
 from loadtests.procstat import tree_cpu_s
 from loadtests.report import num, write_json
+from loadtests.slow_model import build_slow_model
 from switchyard.demo.build_model import ensure_built
-from tests.slow_model import build_slow_model
 
 SHED_METRIC = "switchyard_shed_requests_total"
 REFUSED = "RESOURCE_EXHAUSTED"

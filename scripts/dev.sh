@@ -2,7 +2,8 @@
 # Set up Switchyard on a fresh machine, then serve or test.
 #   ./scripts/dev.sh serve   build the demo and serve it on the embedded defaults
 #   ./scripts/dev.sh test    lint, type-check and run the whole test suite (starts
-#                            redis-server when none answers)
+#                            redis-server when none answers; installs Debian's redis-server
+#                            and prometheus packages when missing)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -42,6 +43,17 @@ ensure_redis() {
     exit 1
 }
 
+# tests/observability/ run promtool on the shipped rules and a real Prometheus against a
+# real gateway: both binaries come with Debian's prometheus package.
+ensure_prometheus() {
+    command -v prometheus >/dev/null 2>&1 && command -v promtool >/dev/null 2>&1 && return 0
+    echo "installing prometheus (and promtool) from Debian's packages"
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq prometheus >/dev/null
+    # Where systemd runs, the package also starts its own service on :9090; the tests run
+    # Prometheus of their own on free ports.
+    command -v promtool >/dev/null 2>&1 || { echo "promtool is still missing" >&2; exit 1; }
+}
+
 case "${1:-}" in
     serve)
         setup
@@ -51,6 +63,7 @@ case "${1:-}" in
     test)
         setup
         ensure_redis
+        ensure_prometheus
         shift
         "$VENV/bin/python" -m switchyard.protos.generate --check
         "$VENV/bin/ruff" check .

@@ -6,6 +6,8 @@ Per deployment and variant:
                                               unrounded (the policy's estimate, before its
                                               tolerance band, windows and rate limits)
     switchyard_autoscaling_desired_replicas   the policy's decision, where a policy runs
+    switchyard_autoscaling_max_replicas       the policy's max_replicas, so that an alert can
+                                              tell when the demand reaches the ceiling
 
 Two ways to scale on them, both with the HPA's averageValue arithmetic, which makes the desired
 count ceil(sum of the metric / averageValue):
@@ -64,6 +66,14 @@ class AutoscalingSignals:
             registry=registry,
             multiprocess_mode="livemax",
         )
+        # A setting, the same in every worker: livemax shows it once.
+        self.max_replicas = Gauge(
+            "switchyard_autoscaling_max_replicas",
+            "The latency policy's max_replicas: the most replicas it may ask for.",
+            LABELS,
+            registry=registry,
+            multiprocess_mode="livemax",
+        )
 
     def export(
         self,
@@ -78,12 +88,19 @@ class AutoscalingSignals:
         ratio = 0.0 if estimate.latency_s is None else estimate.latency_s / config.target_latency_s
         self.latency_ratio.labels(deployment, variant).set(ratio)
         self.replicas_needed.labels(deployment, variant).set(estimate.replicas_needed)
+        self.max_replicas.labels(deployment, variant).set(config.max_replicas)
         if decision is not None:
             self.desired_replicas.labels(deployment, variant).set(decision.desired_replicas)
         return estimate
 
     def forget(self, deployment: str, variant: str) -> None:
         """Drops a removed variant's series, so that no stale value drives a scaler."""
-        for gauge in (self.latency_ratio, self.replicas_needed, self.desired_replicas):
+        gauges = (
+            self.latency_ratio,
+            self.replicas_needed,
+            self.desired_replicas,
+            self.max_replicas,
+        )
+        for gauge in gauges:
             with suppress(KeyError):  # never exported, or forgotten already
                 gauge.remove(deployment, variant)

@@ -85,6 +85,8 @@ def test_signals_export_ratio_estimate_and_decision() -> None:
         "switchyard_autoscaling_replicas_needed", labels
     ) == pytest.approx(estimate.replicas_needed)
     assert registry.get_sample_value("switchyard_autoscaling_desired_replicas", labels) is None
+    max_replicas = registry.get_sample_value("switchyard_autoscaling_max_replicas", labels)
+    assert max_replicas == CONFIG.max_replicas
 
     decision = LatencyPolicy(CONFIG).decide(0.0, 2, stats)
     signals.export("ranker", "canary", CONFIG, stats, decision)
@@ -96,6 +98,7 @@ def test_signals_export_ratio_estimate_and_decision() -> None:
     signals.forget("ranker", "canary")
     signals.forget("ranker", "canary")  # twice is harmless
     assert registry.get_sample_value("switchyard_autoscaling_latency_ratio", labels) is None
+    assert registry.get_sample_value("switchyard_autoscaling_max_replicas", labels) is None
 
 
 # Ray Serve

@@ -32,6 +32,7 @@ from tritonclient.utils import InferenceServerException
 
 from loadtests.gateway_process import Gateway, free_port, start_gateway
 from loadtests.redis_process import RedisServer
+from loadtests.slow_model import build_slow_model
 from switchyard.protos import recommend_pb2, recommend_pb2_grpc
 from switchyard.server.config import load_config
 from tests.ray_host.support import (
@@ -43,7 +44,6 @@ from tests.ray_host.support import (
     SLOW_MODEL,
     app_config,
 )
-from tests.slow_model import build_slow_model
 
 ray = pytest.importorskip("ray")
 serve = pytest.importorskip("ray.serve")

@@ -12,6 +12,7 @@ import pytest
 import yaml
 
 from loadtests.gateway_process import REPO_ROOT
+from loadtests.slow_model import build_slow_model
 from switchyard.server.autoscaling.ray_adapter import RayLatencyPolicy
 from switchyard.server.config import ConfigError, SwitchyardConfig, load_config
 from tests.ray_host.support import (
@@ -22,7 +23,6 @@ from tests.ray_host.support import (
     SLOW_RAY,
     app_config,
 )
-from tests.slow_model import build_slow_model
 
 pytest.importorskip("ray.serve")
 from ray.serve.deployment import Application

@@ -15,7 +15,7 @@ import tritonclient.grpc.aio as triton_aio
 from tritonclient.utils import InferenceServerException
 
 from loadtests.gateway_process import Gateway, metric_sum, scrape_metrics, start_gateway
-from tests.slow_model import build_slow_model
+from loadtests.slow_model import build_slow_model
 
 T = TypeVar("T")
 

@@ -23,6 +23,7 @@ from loadtests.clients import RequestSpec, error_kind, open_client
 from loadtests.gateway_process import Gateway, metric_sum, scrape_metrics, start_gateway
 from loadtests.loadgen import LoadGenerator
 from loadtests.overload import OverloadSettings, format_report, gateway_config, measure
+from loadtests.slow_model import build_slow_model
 from switchyard.demo.build_model import ensure_built
 from switchyard.protos import open_inference_pb2 as pb
 from switchyard.protos import open_inference_pb2_grpc as pb_grpc
@@ -31,7 +32,6 @@ from switchyard.server.grpc_ingress import InferenceServicer, create_grpc_server
 from switchyard.server.inference import InferenceService
 from switchyard.server.metrics import ServerMetrics
 from switchyard.server.repository_api import RepositoryApi
-from tests.slow_model import build_slow_model
 
 SHED = "switchyard_shed_requests_total"
 

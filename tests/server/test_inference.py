@@ -13,13 +13,13 @@ import numpy as np
 import pytest
 import yaml
 
+from loadtests.slow_model import build_slow_model
 from switchyard.runtimes.base import ModelSignature, Runtime
 from switchyard.runtimes.errors import NotFound
 from switchyard.server.config import ModelConfig, ModelVersionConfig, load_config
 from switchyard.server.gateway_core import GatewayCore
 from switchyard.server.metrics import ServerMetrics
 from switchyard.server.repository import LoadedModel, ModelRepository, load_model_version
-from tests.slow_model import build_slow_model
 
 
 class SwitchedReadiness(Runtime):

@@ -17,6 +17,7 @@ import yaml
 from tritonclient.utils import InferenceServerException
 
 from loadtests.gateway_process import Gateway, metric_sum, scrape_metrics, start_gateway
+from loadtests.slow_model import build_slow_model
 from switchyard.demo.build_model import build
 from tests.server.model_repository_support import (
     AUTH,
@@ -25,7 +26,6 @@ from tests.server.model_repository_support import (
     place_version,
     repository_config,
 )
-from tests.slow_model import build_slow_model
 
 
 @pytest.fixture(scope="module")

@@ -21,11 +21,11 @@ import yaml
 
 from loadtests.gateway_process import REPO_ROOT, Gateway, metric_sum, scrape_metrics, start_gateway
 from loadtests.recommend_setup import demo_features
+from loadtests.slow_model import build_slow_model
 from switchyard.protos import recommend_pb2 as recommend_pb
 from switchyard.protos import recommend_pb2_grpc as recommend_grpc
 from switchyard.server.error_status import INTERNAL_ERROR_MESSAGE
 from tests.edge_models import build_scalar_model, build_warmup_failing_model
-from tests.slow_model import build_slow_model
 
 ROW = [0.5] * 16
 SHADOW_TIMEOUT_S = 0.3

@@ -22,8 +22,8 @@ from tritonclient.grpc import service_pb2, service_pb2_grpc
 from tritonclient.utils import InferenceServerException
 
 from loadtests.gateway_process import Gateway, metric_sum, scrape_metrics, start_gateway
+from loadtests.slow_model import build_slow_model
 from switchyard.demo.build_model import build
-from tests.slow_model import build_slow_model
 
 ADMIN_TOKEN = "test-admin-token-0123456789"
 ROW = [0.5] * 16

@@ -19,7 +19,7 @@ import pytest
 from tritonclient.grpc import service_pb2, service_pb2_grpc
 
 from loadtests.gateway_process import Gateway, metric_sum, scrape_metrics, start_gateway
-from tests.slow_model import build_slow_model
+from loadtests.slow_model import build_slow_model
 
 ROW = [1.0, 2.0, 3.0, 4.0]
 REST_BODY = orjson.dumps(
