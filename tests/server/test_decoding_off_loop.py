@@ -34,7 +34,10 @@ def big_gateway(
     demo_model_path: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Gateway]:
     """The default maximum request size (64 MiB): a 60 MiB body is within it."""
-    running = start_gateway(demo_model_config(demo_model_path), tmp_path_factory.mktemp("big"))
+    config = demo_model_config(demo_model_path)
+    # Big requests queued on purpose: no wait bound refuses some of them first.
+    config["models"][0]["batching"] = {"max_queue_wait_s": None}
+    running = start_gateway(config, tmp_path_factory.mktemp("big"))
     yield running
     assert running.stop() == 0, running.log()
 

@@ -36,7 +36,12 @@ def slow_config(path: Path, queue_sizes: dict[str, int], **server: Any) -> dict[
                 "name": name,
                 "versions": [{"version": "1", "path": str(path)}],
                 "runtime_options": {"intra_op_threads": 1},
-                "batching": {"max_batch_size": 0, "max_queue_size": queue_size},
+                # The queue is the test's: no wait bound refuses part of it first.
+                "batching": {
+                    "max_batch_size": 0,
+                    "max_queue_size": queue_size,
+                    "max_queue_wait_s": None,
+                },
             }
             for name, queue_size in queue_sizes.items()
         ],
