@@ -7,7 +7,10 @@ once the gateway is ready; NOT_SERVING for good from the moment the shutdown sta
 balancers take the replica out while it still finishes what it holds. A Watch then ends (its
 last message NOT_SERVING): an open stream would otherwise hold the server's stop until the
 end of the grace. Per the protocol, Check of a service not served is NOT_FOUND, and Watch of
-one is SERVICE_UNKNOWN with the stream left open.
+one is SERVICE_UNKNOWN with the stream left open (until the drain).
+
+The statuses change where the gateway's readiness does (server/app.py: `set_ready` once the
+core is ready, `start_drain` first thing in the stop).
 """
 
 from __future__ import annotations
@@ -79,7 +82,7 @@ class GatewayHealth(health_pb2_grpc.HealthServicer):  # type: ignore[misc]
             if status != last:
                 yield health_pb2.HealthCheckResponse(status=status)
                 last = status
-            if self._draining and request.service in self._services:
+            if self._draining:  # a Watch of an unknown service too: it would hold the stop
                 return
             await changed.wait()
 
