@@ -14,12 +14,15 @@ from typing import Any
 import grpc
 import uvloop
 
+from switchyard.protos import open_inference_pb2, recommend_pb2
 from switchyard.protos.recommend_pb2_grpc import add_RecommenderServicer_to_server
 from switchyard.server.autoscaling.metrics import AutoscalingSignals
 from switchyard.server.config import SwitchyardConfig
 from switchyard.server.gateway_core import GatewayCore
 from switchyard.server.grpc_drain import GrpcDrain
+from switchyard.server.grpc_health import HEALTH_PROTO_FILE, GatewayHealth, add_health_to_server
 from switchyard.server.grpc_ingress import create_grpc_server
+from switchyard.server.grpc_reflection import add_reflection_to_server
 from switchyard.server.http_serving import (
     HttpServer,
     metrics_limits,
@@ -36,6 +39,8 @@ log = logging.getLogger(__name__)
 # UNAVAILABLE at the grace itself.
 GRPC_CANCEL_MARGIN_S = 1.0
 GRPC_QUEUE_DRAIN_S = 0.5  # at most, of the grace, to answer calls queued in grpc-core
+# The .proto files of the application services on the gRPC port (health adds its own).
+SERVED_PROTO_FILES = (open_inference_pb2.DESCRIPTOR, recommend_pb2.DESCRIPTOR)
 
 
 def bind_socket(
@@ -117,6 +122,12 @@ class StandaloneServer:
         self._signal_task: asyncio.Task[None] | None = None
         self._grpc_server: grpc.aio.Server | None = None
         self._grpc_drain = GrpcDrain(self._shed_counter("grpc"))
+        # Health and reflection are not guarded by the drain: probes see it as it is.
+        self.health = GatewayHealth(
+            service.full_name
+            for file in SERVED_PROTO_FILES
+            for service in file.services_by_name.values()
+        )
         self._http_servers: list[HttpServer] = []
         self.http_port = self.grpc_port = self.metrics_port = 0
 
@@ -143,6 +154,8 @@ class StandaloneServer:
         add_RecommenderServicer_to_server(
             self._grpc_drain.guard(self.core.recommend_servicer()), self._grpc_server
         )
+        add_health_to_server(self.health, self._grpc_server)
+        add_reflection_to_server(self._grpc_server, (*SERVED_PROTO_FILES, HEALTH_PROTO_FILE))
         http_socket = bind_socket(settings.host, settings.http_port, share_port=shared)
         self.http_port = http_socket.getsockname()[1]
         rest_app: Callable[..., object] = self.core.rest_app()
@@ -170,6 +183,8 @@ class StandaloneServer:
                     shed=self._shed_counter("metrics"),
                 )
             )
+        # Before any port answers: whoever sees the gateway ready sees its health SERVING.
+        self.health.set_ready(self.core.inference.ready())
         await self._grpc_server.start()
         for server in self._http_servers:
             await server.start()
@@ -231,6 +246,7 @@ class StandaloneServer:
     async def stop(self) -> None:
         """Stop taking requests, let in-flight ones finish within the grace period (gRPC and
         HTTP drain at the same time), answer the rest 503 / UNAVAILABLE, release."""
+        self.health.start_drain()  # first: balancers watching the health service leave now
         self.core.inference.set_ready(False)
         for task in (self._signal_task, self._feature_task):
             if task is not None:

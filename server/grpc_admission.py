@@ -12,8 +12,9 @@ exceeded!") no metric sees. A refused call never reaches its servicer and its re
 message is not even read. A refusal still costs grpc.aio's per-call work: for a model as
 cheap as the demo ranker, about 55% of serving the call (175 vs 317 us of CPU here), so a
 front end can refuse at most about 1.8x what it can serve; past that, only more processes
-(`server.workers`) help. Liveness and readiness calls are never refused: an overloaded
-server is alive, and a probe that fails under load would restart it.
+(`server.workers`) help. Liveness and readiness calls (OIP's and grpc.health.v1's) are
+never refused: an overloaded server is alive, and a probe that fails under load would
+restart it.
 
 A call counts from its admission until grpc.aio's task for it ends, however it ends (a
 request that does not parse, a client that goes away), so the count cannot drift.
@@ -28,14 +29,19 @@ from typing import Any, NoReturn, TypeAlias
 import grpc
 
 from switchyard.protos import open_inference_pb2 as pb
+from switchyard.server.grpc_health import HEALTH_SERVICE
 from switchyard.server.grpc_pending import PendingWaitEstimator
 from switchyard.server.metrics import ServerMetrics
 
 SHED_REASON = "max_concurrent_rpcs"
 SHED_REASON_PENDING_WAIT = "pending_wait"
 _OIP_SERVICE = pb.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name
+# Probes, OIP's and grpc.health.v1's (its Watch and reflection stream: never bounded).
 NEVER_REFUSED_METHODS = frozenset(
-    f"/{_OIP_SERVICE}/{name}" for name in ("ServerLive", "ServerReady")
+    (
+        *(f"/{_OIP_SERVICE}/{name}" for name in ("ServerLive", "ServerReady")),
+        f"/{HEALTH_SERVICE}/Check",
+    )
 )
 
 # grpc's classes are generic only in its stubs: the aliases stay strings at run time.

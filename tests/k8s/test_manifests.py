@@ -22,10 +22,12 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import grpc
 import jsonschema
 import kubernetes_validate
 import pytest
 import yaml
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from loadtests.gateway_process import REPO_ROOT, scrape_metrics, start_gateway
 from loadtests.redis_process import RedisServer
@@ -288,9 +290,20 @@ def local_config(overlay: str, tmp_path: Path) -> dict[str, Any]:
     return config
 
 
+SERVING = health_pb2.HealthCheckResponse.SERVING
+
+
 def get_status(url: str) -> int:
     with urllib.request.urlopen(url, timeout=5) as response:
         status: int = response.status
+        return status
+
+
+def grpc_health_status(port: int, service: str) -> int:
+    """A real grpc.health.v1 Check, what the kubelet's grpc probe sends."""
+    with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+        request = health_pb2.HealthCheckRequest(service=service)
+        status: int = health_pb2_grpc.HealthStub(channel).Check(request, timeout=5).status
         return status
 
 
@@ -304,11 +317,21 @@ def test_probes_answer_on_a_real_gateway_with_the_overlays_config(tmp_path: Path
             port: getattr(gateway, f"{name}_port")
             for name, port in config_ports(overlay_config("standalone")).items()
         }
+        http_paths, grpc_services = set(), set()
         for probe in probes:
+            if "grpc" in probe:  # Kubernetes' grpc probe: a port number, never a name
+                port = probe["grpc"]["port"]
+                service = probe["grpc"].get("service", "")
+                assert grpc_health_status(by_config_port[port], service) == SERVING
+                grpc_services.add(service)
+                continue
             http = probe["httpGet"]
             port = port_names[http["port"]]  # named ports resolve to the container's
             assert get_status(f"http://127.0.0.1:{by_config_port[port]}{http['path']}") == 200
-        assert {p["httpGet"]["path"] for p in probes} == {"/v2/health/live", "/v2/health/ready"}
+            http_paths.add(http["path"])
+        assert http_paths == {"/v2/health/live"}
+        assert grpc_services == {""}  # the server as a whole
+        assert "readinessProbe" in container and "grpc" in container["readinessProbe"]
         # The metrics port the ServiceMonitor scrapes serves the autoscaling signal's family.
         assert "switchyard_requests_total" in scrape_metrics(gateway)
     finally:
