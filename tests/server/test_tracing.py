@@ -7,21 +7,18 @@ from __future__ import annotations
 import asyncio
 import copy
 import http.client
-import http.server
 import json
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
 
 import grpc
 import numpy as np
 import pytest
 import yaml
-from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind
@@ -41,6 +38,7 @@ from switchyard.server.config import SwitchyardConfig, parse_config
 from switchyard.server.grpc_ingress import INFER_SPAN
 from switchyard.server.recommend_ingress import GRPC_SPAN, RECOMMEND_REST_SPAN
 from switchyard.server.tracing import TracingSettings, configure_tracing, shutdown_tracing
+from tests.otlp_receiver import OtlpReceiver
 
 CALLER_TRACE_ID = 0x4BF92F3577B34DA6A3CE929D0E0E4736
 CALLER_SPAN_ID = 0x00F067AA0BA902B7
@@ -355,43 +353,19 @@ def test_tracing_off_makes_no_spans_and_sets_up_no_provider(
     assert result.stdout.strip() == "[]"
 
 
-class OtlpReceiver(http.server.BaseHTTPRequestHandler):
-    """An OTLP/HTTP traces endpoint: keeps each export's spans."""
-
-    exports: ClassVar[list[ExportTraceServiceRequest]] = []
-
-    def do_POST(self) -> None:
-        body = self.rfile.read(int(self.headers["Content-Length"]))
-        export = ExportTraceServiceRequest()
-        export.ParseFromString(body)
-        self.exports.append(export)
-        self.send_response(200)
-        self.send_header("Content-Type", "application/x-protobuf")
-        self.send_header("Content-Length", "0")
-        self.end_headers()
-
-    def log_message(self, format: str, *args: Any) -> None:
-        return None
-
-
 def test_spans_are_exported_over_otlp_http_to_the_configured_endpoint() -> None:
-    receiver = http.server.ThreadingHTTPServer(("127.0.0.1", 0), OtlpReceiver)
-    thread = threading.Thread(target=receiver.serve_forever, daemon=True)
-    thread.start()
-    try:
-        endpoint = f"http://127.0.0.1:{receiver.server_address[1]}/v1/traces"
-        settings = TracingSettings(enabled=True, otlp_endpoint=endpoint, service_name="gw-test")
+    with OtlpReceiver() as receiver:
+        settings = TracingSettings(
+            enabled=True, otlp_endpoint=receiver.endpoint, service_name="gw-test"
+        )
         assert configure_tracing(settings) is not None
         with tracing.request_span("exported", {"traceparent": TRACEPARENT}):
             pass
         shutdown_tracing()  # flushes the batch
-    finally:
-        receiver.shutdown()
-    (export,) = OtlpReceiver.exports
-    (resource_spans,) = export.resource_spans
+    (resource_spans,) = receiver.resource_spans()
     attributes = {a.key: a.value.string_value for a in resource_spans.resource.attributes}
     assert attributes["service.name"] == "gw-test"
-    (span,) = [s for scope in resource_spans.scope_spans for s in scope.spans]
+    (span,) = receiver.spans()
     assert span.name == "exported"
     assert span.parent_span_id == CALLER_SPAN_ID.to_bytes(8, "big")
 
