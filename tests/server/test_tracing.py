@@ -386,3 +386,13 @@ def test_unsampled_callers_and_a_zero_ratio_record_nothing() -> None:
 def test_bad_settings_are_refused_with_the_key() -> None:
     with pytest.raises(ValueError, match="sampling_ratio"):
         TracingSettings(sampling_ratio=1.5)
+
+
+def test_enabled_without_the_exporter_package_is_refused_naming_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # A None entry in sys.modules makes the import fail as if the package were absent.
+    monkeypatch.setitem(sys.modules, "opentelemetry.exporter.otlp.proto.http.trace_exporter", None)
+    with pytest.raises(tracing_setup.TracingSetupError, match=r"switchyard\[tracing\]"):
+        configure_tracing(TracingSettings(enabled=True))
+    assert not tracing.tracing_enabled()
