@@ -36,7 +36,9 @@ from dataclasses import dataclass
 from typing import Protocol
 
 import numpy as np
+from opentelemetry.trace import SpanContext
 
+from switchyard.runtimes import tracing
 from switchyard.runtimes.base import Runtime
 from switchyard.runtimes.errors import (
     DeadlineExceeded,
@@ -193,6 +195,11 @@ class _Request:
     deadline_s: float | None
     future: asyncio.Future[Outputs]
     queued: bool = True
+    trace: tracing.BatchSpanTrace | None = None  # None unless tracing is on
+
+
+def _traced(batch: list[_Request]) -> list[SpanContext]:
+    return [request.trace.context for request in batch if request.trace is not None]
 
 
 def _latest_deadline_s(batch: list[_Request]) -> float | None:
@@ -313,8 +320,15 @@ class DynamicBatcher:
             )
         future: asyncio.Future[Outputs] = asyncio.get_running_loop().create_future()
         request = _Request(inputs, rows, key, next(self._seq), now_s, deadline_s, future)
+        span_context = tracing.current_span_context()
         if self._runs_at_once():
+            if span_context is not None:
+                request.trace = tracing.BatchSpanTrace(span_context, None)
             return await self._run_now(request)
+        if span_context is not None:
+            request.trace = tracing.BatchSpanTrace(
+                span_context, tracing.start_queue_wait(self._label)
+            )
         self._enqueue(request)
         try:
             return await future
@@ -465,6 +479,8 @@ class DynamicBatcher:
         if not queue:
             del self._groups[request.key]
         request.queued = False
+        if request.trace is not None:
+            request.trace.dequeued()
         self._queued -= 1
         self._queued_rows -= request.rows
         self._notify(self._observer.queue_depth_changed, self._queued)
@@ -591,6 +607,8 @@ class DynamicBatcher:
         self._queued_rows -= sum(request.rows for request in batch)
         for request in batch:
             request.queued = False
+            if request.trace is not None:
+                request.trace.dequeued()
             self._notify(self._observer.request_dequeued, now_s - request.enqueued_s)
         self._notify(self._observer.queue_depth_changed, self._queued)
         self._in_flight += 1
@@ -600,10 +618,12 @@ class DynamicBatcher:
 
     async def _run_batch(self, batch: list[_Request]) -> None:
         started_s = self._clock.now()
+        rows = sum(request.rows for request in batch)
         try:
-            outputs = await self._runtime.infer(
-                self._merge(batch), self._output_names, deadline_s=_latest_deadline_s(batch)
-            )
+            with tracing.batch_compute_span(self._label, _traced(batch), rows):
+                outputs = await self._runtime.infer(
+                    self._merge(batch), self._output_names, deadline_s=_latest_deadline_s(batch)
+                )
             parts = self._split(batch, outputs)
         except SwitchyardError as error:  # written for the caller: pass it on as it is
             for request in batch:
@@ -614,7 +634,6 @@ class DynamicBatcher:
                 _fail(request.future, self._wrap(error, len(batch)))
             return
         compute_s = self._clock.now() - started_s
-        rows = sum(request.rows for request in batch)
         self._record_run(rows, compute_s)
         self._notify(self._observer.batch_executed, rows, len(batch), compute_s)
         for request, part in zip(batch, parts, strict=True):

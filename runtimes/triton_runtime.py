@@ -21,6 +21,7 @@ import numpy as np
 
 from switchyard.protos import open_inference_pb2 as pb
 from switchyard.protos import open_inference_pb2_grpc as pb_grpc
+from switchyard.runtimes import tracing
 from switchyard.runtimes.base import ModelSignature, Runtime, TensorSpec
 from switchyard.runtimes.circuit_breaker import CircuitBreaker, CircuitState
 from switchyard.runtimes.datatypes import numpy_dtype, oip_datatype
@@ -173,6 +174,8 @@ class TritonModel(Runtime):
         deadline_s: float | None = None,
     ) -> dict[str, np.ndarray]:
         request = self._encode(inputs, output_names)
+        # The batch's span continues in Triton's trace (when tracing is on and Triton's is).
+        trace_metadata = tuple(tracing.outgoing_headers().items())
         stub = self._connected_stub()
         opts = self._options
         give_up_s = self._clock() + opts.timeout_s
@@ -190,7 +193,9 @@ class TritonModel(Runtime):
                 self._breaker.record_abandoned()
                 raise DeadlineExceeded(f"model '{self._label}': the deadline passed")
             try:
-                response = await stub.ModelInfer(request, timeout=remaining_s)
+                response = await stub.ModelInfer(
+                    request, timeout=remaining_s, metadata=trace_metadata or None
+                )
             except asyncio.CancelledError:
                 self._breaker.record_abandoned()
                 raise

@@ -42,6 +42,7 @@ from switchyard.server.endpoints_config import EndpointConfig, compile_endpoints
 from switchyard.server.features.config import FeaturesConfig, resolve_feature_paths
 from switchyard.server.mlflow_source import MlflowSettings
 from switchyard.server.model_config import AUTO_MAX_BATCH_SIZE, ModelConfig, ModelVersionConfig
+from switchyard.server.tracing import TracingSettings
 
 __all__ = [
     "AUTO_MAX_BATCH_SIZE",
@@ -58,6 +59,7 @@ __all__ = [
     "RoutingSettings",
     "ServerSettings",
     "SwitchyardConfig",
+    "TracingSettings",
     "load_config",
     "parse_config",
     "routing_table",
@@ -105,6 +107,10 @@ class SwitchyardConfig(StrictModel):
     model_repository: ModelRepositorySettings = Field(
         default_factory=ModelRepositorySettings,
         description="A Triton-layout model repository, and model changes while serving.",
+    )
+    tracing: TracingSettings = Field(
+        default_factory=TracingSettings,
+        description="OpenTelemetry traces of requests, exported over OTLP (off by default).",
     )
 
     # The endpoints compiled into the router's immutable table, once, at validation.

@@ -36,6 +36,7 @@ from switchyard.server.repository import ModelRepository
 from switchyard.server.repository_api import RepositoryApi
 from switchyard.server.rest_ingress import RestApp
 from switchyard.server.routing import RoutingService
+from switchyard.server.tracing import configure_tracing, shutdown_tracing
 
 log = logging.getLogger(__name__)
 
@@ -105,7 +106,9 @@ class GatewayCore:
         return RecommendServicer(self.recommender, self.metrics, self.inference.model_label)
 
     async def start(self) -> None:
-        """Load every model version and start the background work; then ready."""
+        """Set up tracing, load every model version and start the background work; then
+        ready."""
+        configure_tracing(self.config.tracing)
         await self.repository.start()
         await self.control.start()  # first: the store says which models were (un)loaded
         await self.models.start()
@@ -124,3 +127,4 @@ class GatewayCore:
         await self.control.close()
         await self.repository.close(drain=True)
         await self.feature_store.close()
+        shutdown_tracing()  # last: flushes the spans of the requests drained above

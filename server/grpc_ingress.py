@@ -18,6 +18,7 @@ import grpc
 
 from switchyard.protos import open_inference_pb2 as pb
 from switchyard.protos import open_inference_pb2_grpc as pb_grpc
+from switchyard.runtimes import tracing
 from switchyard.runtimes.client_text import client_text
 from switchyard.runtimes.errors import InvalidArgument
 from switchyard.runtimes.tensor_codec import decode_raw, encode_raw
@@ -39,6 +40,7 @@ from switchyard.server.types import InferInput, InferRequest, InferResponse, Par
 
 log = logging.getLogger(__name__)
 PROTOCOL = "grpc"
+INFER_SPAN = "inference.GRPCInferenceService/ModelInfer"  # OpenTelemetry's rpc span name
 
 # Which InferTensorContents field carries each datatype; FP16 and BF16 travel raw only.
 CONTENTS_FIELD = {
@@ -93,7 +95,8 @@ def maps_errors(handler: Handler) -> Handler:
     return wrapper  # type: ignore[return-value]
 
 
-def _text_metadata(context: CallContext) -> dict[str, str]:
+def text_metadata(context: CallContext) -> dict[str, str]:
+    """The call's text metadata, names in lower case."""
     return {
         key.lower(): value
         for key, value in context.invocation_metadata() or ()
@@ -277,7 +280,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     async def RepositoryModelLoad(
         self, request: pb.RepositoryModelLoadRequest, context: CallContext
     ) -> pb.RepositoryModelLoadResponse:
-        actor = self._repository.authorize(_text_metadata(context))
+        actor = self._repository.authorize(text_metadata(context))
         await self._repository.load(request.model_name, _parameters(request.parameters), actor)
         return pb.RepositoryModelLoadResponse()
 
@@ -285,7 +288,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     async def RepositoryModelUnload(
         self, request: pb.RepositoryModelUnloadRequest, context: CallContext
     ) -> pb.RepositoryModelUnloadResponse:
-        actor = self._repository.authorize(_text_metadata(context))
+        actor = self._repository.authorize(text_metadata(context))
         await self._repository.unload(request.model_name, _parameters(request.parameters), actor)
         return pb.RepositoryModelUnloadResponse()
 
@@ -293,12 +296,16 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     async def ModelInfer(
         self, request: pb.ModelInferRequest, context: CallContext
     ) -> pb.ModelInferResponse:
-        with self._metrics.track(PROTOCOL, self._inference.model_label) as labels:
+        headers = text_metadata(context)
+        with (
+            self._metrics.track(PROTOCOL, self._inference.model_label) as labels,
+            tracing.request_span(INFER_SPAN, headers, {"switchyard.model": request.model_name}),
+        ):
             labels.model = request.model_name
             infer_request = await decode_infer_request_off_loop_if_large(
                 request, self._inference.max_request_size_bytes
             )
-            infer_request.headers = _text_metadata(context)
+            infer_request.headers = headers
             remaining_s = context.time_remaining()
             if remaining_s is not None:
                 infer_request.deadline_s = time.monotonic() + remaining_s

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from switchyard.runtimes import tracing
 from switchyard.runtimes.client_text import client_text
 from switchyard.runtimes.errors import InvalidArgument, NotFound, UnknownOutput
 from switchyard.server.config import RecommendSettings
@@ -120,7 +121,12 @@ class Recommender:
             if not entity_id:
                 raise InvalidArgument(f"context['{name}'] is required by this model's features")
             context_ids[name] = entity_id
-        batch = await self._store.fetch(layout, context_ids, request.candidate_ids)
+        with tracing.span(
+            "features.fetch", {"switchyard.features.candidates": len(request.candidate_ids)}
+        ) as fetch_span:
+            batch = await self._store.fetch(layout, context_ids, request.candidate_ids)
+            if fetch_span is not None:
+                fetch_span.set_attribute("switchyard.features.degraded", batch.degraded)
         parameters: dict[str, ParameterValue] = dict(request.context)
         infer = InferRequest(
             model_name=request.endpoint,

@@ -8,14 +8,17 @@ from typing import Any
 
 from switchyard.protos import recommend_pb2 as pb
 from switchyard.protos import recommend_pb2_grpc as pb_grpc
+from switchyard.runtimes import tracing
 from switchyard.runtimes.client_text import client_text
 from switchyard.runtimes.errors import InvalidArgument
-from switchyard.server.grpc_ingress import CallContext, maps_errors
+from switchyard.server.grpc_ingress import CallContext, maps_errors, text_metadata
 from switchyard.server.json_body import field, parse_object
 from switchyard.server.metrics import ServerMetrics
 from switchyard.server.recommend import Recommender, RecommendRequest, RecommendResponse
 
 REST_PATH = "/v1/recommend"
+GRPC_SPAN = "switchyard.recommend.v1.Recommender/Recommend"  # OpenTelemetry's rpc span name
+RECOMMEND_REST_SPAN = f"POST {REST_PATH}"
 
 
 class RecommendServicer(pb_grpc.RecommenderServicer):
@@ -33,7 +36,11 @@ class RecommendServicer(pb_grpc.RecommenderServicer):
     async def Recommend(
         self, request: pb.RecommendRequest, context: CallContext
     ) -> pb.RecommendResponse:
-        with self._metrics.track("grpc", self._model_label) as labels:
+        headers = text_metadata(context)
+        with (
+            self._metrics.track("grpc", self._model_label) as labels,
+            tracing.request_span(GRPC_SPAN, headers, {"switchyard.model": request.endpoint}),
+        ):
             labels.model = request.endpoint
             remaining_s = context.time_remaining()
             response = await self._recommender.recommend(
@@ -44,11 +51,7 @@ class RecommendServicer(pb_grpc.RecommenderServicer):
                     k=request.k,
                     context=dict(request.context),
                     request_id=request.request_id,
-                    headers={
-                        key.lower(): value
-                        for key, value in context.invocation_metadata() or ()
-                        if isinstance(value, str)
-                    },
+                    headers=headers,
                     deadline_s=None if remaining_s is None else time.monotonic() + remaining_s,
                 )
             )

@@ -19,6 +19,7 @@ import orjson
 from google.protobuf import json_format
 from google.protobuf.message import Message
 
+from switchyard.runtimes import tracing
 from switchyard.runtimes.client_text import client_text
 from switchyard.runtimes.errors import InvalidArgument, NotFound, PayloadTooLarge
 from switchyard.runtimes.tensor_codec import decode_raw, encode_raw
@@ -30,7 +31,12 @@ from switchyard.server.metrics import ServerMetrics
 from switchyard.server.model_control import IndexEntry
 from switchyard.server.off_loop import decode_off_loop
 from switchyard.server.recommend import Recommender
-from switchyard.server.recommend_ingress import REST_PATH, parse_recommend_json, recommend_json
+from switchyard.server.recommend_ingress import (
+    RECOMMEND_REST_SPAN,
+    REST_PATH,
+    parse_recommend_json,
+    recommend_json,
+)
 from switchyard.server.repository_api import RepositoryApi
 from switchyard.server.routing import VARIANT_HEADER, VARIANT_PARAMETER
 from switchyard.server.tensors import checked_element_count, decode_json_values, json_values
@@ -38,6 +44,7 @@ from switchyard.server.types import InferInput, InferRequest, InferResponse
 
 log = logging.getLogger(__name__)
 PROTOCOL = "rest"
+INFER_SPAN = "POST /v2/models/{model}/infer"  # OpenTelemetry's HTTP span name: the route
 HEADER_LENGTH = b"inference-header-content-length"
 # Bodies above these sizes are inflated / parsed off the event loop (server/off_loop.py): a
 # 4 KiB gzip body can inflate to 4 MiB, and parsing a 256 KiB JSON body and converting its
@@ -156,9 +163,13 @@ class RestApp:
         raise NotFound(f"no route for {client_text(scope['path'])}")
 
     async def _infer(self, scope: Scope, receive: Receive, name: str, version: str) -> Response:
-        with self._metrics.track(PROTOCOL, self._inference.model_label) as labels:
+        headers = dict(scope["headers"])
+        text_headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in headers.items()}
+        with (
+            self._metrics.track(PROTOCOL, self._inference.model_label) as labels,
+            tracing.request_span(INFER_SPAN, text_headers, {"switchyard.model": name}),
+        ):
             labels.model = name
-            headers = dict(scope["headers"])
             body = await self._read_body(headers, receive)
             request, binary_outputs = await _parse_off_loop_if_large(
                 len(body),
@@ -169,7 +180,7 @@ class RestApp:
                 version,
                 self._max_bytes,
             )
-            request.headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in headers.items()}
+            request.headers = text_headers
             response = await self._inference.infer(request)
             labels.version = response.model_version
             encoded = encode_infer_response(response, binary_outputs)
@@ -205,10 +216,13 @@ class RestApp:
 
     async def _recommend(self, scope: Scope, receive: Receive) -> Response:
         assert self._recommender is not None
-        with self._metrics.track(PROTOCOL, self._inference.model_label) as labels:
-            headers = dict(scope["headers"])
+        headers = dict(scope["headers"])
+        text_headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in headers.items()}
+        with (
+            self._metrics.track(PROTOCOL, self._inference.model_label) as labels,
+            tracing.request_span(RECOMMEND_REST_SPAN, text_headers),
+        ):
             body = await self._read_body(headers, receive)
-            text_headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in headers.items()}
             request = await _parse_off_loop_if_large(
                 len(body), parse_recommend_json, body, text_headers
             )

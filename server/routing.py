@@ -20,6 +20,7 @@ from switchyard.router.endpoint import VariantTarget
 from switchyard.router.router import Router
 from switchyard.router.shadow_launcher import ShadowLauncher
 from switchyard.router.table import RoutingTable
+from switchyard.runtimes import tracing
 from switchyard.runtimes.errors import InvalidArgument
 from switchyard.server.config import RoutingSettings
 from switchyard.server.metrics import RoutingMetrics, status_code
@@ -90,12 +91,15 @@ class RoutingService:
     async def infer(self, request: InferRequest, routing_key: str | None = None) -> InferResponse:
         """Route a request naming an endpoint. `routing_key`, when given, is its sticky key
         (Recommend's user id) in place of the one the request carries."""
-        decision = self._router.route(
-            request.model_name,
-            parameters=request.parameters,
-            headers=request.headers,
-            routing_key=routing_key,
-        )
+        with tracing.span("routing.decide", {"switchyard.endpoint": request.model_name}) as span:
+            decision = self._router.route(
+                request.model_name,
+                parameters=request.parameters,
+                headers=request.headers,
+                routing_key=routing_key,
+            )
+            if span is not None:
+                span.set_attributes(_decision_attributes(decision))
         primary = decision.primary
         routed = (decision.endpoint, primary.name, str(decision.reason))
         started_s = time.perf_counter()
@@ -152,7 +156,9 @@ class RoutingService:
         labels = (decision.endpoint, shadow.name)
         started_s = time.perf_counter()
         # A failure goes to the launcher, which logs and counts it; the caller never sees it.
-        response = await self._call_model(_for_variant(request, shadow, deadline=False))
+        # The span's parent is the request's: the launcher's task copied its context.
+        with tracing.span("routing.shadow", {"switchyard.variant": shadow.name}):
+            response = await self._call_model(_for_variant(request, shadow, deadline=False))
         comparison = compare_outputs(
             {name: as_ranking(array) for name, array in primary_outputs.items()},
             {output.name: as_ranking(output.data) for output in response.outputs},
@@ -183,6 +189,14 @@ class RoutingService:
         await self._launcher.close()
         if self._disagreements is not None:
             self._disagreements.close()
+
+
+def _decision_attributes(decision: RoutingDecision) -> dict[str, str | int]:
+    return {
+        "switchyard.variant": decision.primary.name,
+        "switchyard.routing.reason": str(decision.reason),
+        "switchyard.routing.shadows": len(decision.shadows),
+    }
 
 
 def _for_variant(

@@ -76,7 +76,7 @@ def build_app(config: SwitchyardConfig, config_path: Path | None = None) -> Appl
         for version in model.versions:
             name = variant_name(model.name, version.version)
             variants[name] = variant.options(name=name, **options).bind(
-                model, version.version, config.server.max_request_size_bytes
+                model, version.version, config.server.max_request_size_bytes, config.tracing
             )
     ingress = serve.deployment()(serve.ingress()(IngressReplica))
     return ingress.options(name=INGRESS_NAME, **ingress_deployment_options).bind(

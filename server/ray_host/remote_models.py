@@ -17,6 +17,7 @@ from ray.exceptions import RayActorError, RayTaskError
 from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError
 from ray.serve.handle import DeploymentHandle
 
+from switchyard.runtimes import tracing
 from switchyard.runtimes.base import ModelSignature, Runtime
 from switchyard.runtimes.batcher import BatchingOptions, DynamicBatcher
 from switchyard.runtimes.errors import (
@@ -72,8 +73,10 @@ class HandleRuntime(Runtime):
                 raise DeadlineExceeded(f"model '{self._label}': the deadline passed")
         try:
             # Ray types a handle call's result as Any: VariantReplica.infer returns this.
+            # The trace context goes as an argument: Serve's request context has no field
+            # for it, and the variant makes its spans children of this call's span.
             outputs: dict[str, np.ndarray] = await self._handle.infer.remote(
-                dict(inputs), timeout_s
+                dict(inputs), timeout_s, tracing.outgoing_headers() or None
             )
             return outputs
         except RayTaskError as exc:

@@ -16,12 +16,14 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from switchyard.runtimes import tracing
 from switchyard.runtimes.base import ModelSignature
 from switchyard.server.autoscaling.ray_adapter import to_autoscaling_metrics
 from switchyard.server.autoscaling.replica_stats import ReplicaStatsRecorder
 from switchyard.server.config import ModelConfig
 from switchyard.server.metrics import ServerMetrics
 from switchyard.server.repository import load_model_version
+from switchyard.server.tracing import TracingSettings, configure_tracing
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,10 +39,16 @@ class VariantReplica:
 
     # Serve awaits an async constructor (below); mypy knows only a None-returning __init__.
     async def __init__(  # type: ignore[misc]
-        self, model: ModelConfig, version: str, max_request_size_bytes: int | None = None
+        self,
+        model: ModelConfig,
+        version: str,
+        max_request_size_bytes: int | None = None,
+        tracing_settings: TracingSettings | None = None,
     ) -> None:
         """Serve awaits an async constructor on the loop that later runs the requests, which
         is the loop the batcher's scheduler task must live on."""
+        # Each replica is a process of its own: its spans need a provider of its own.
+        configure_tracing(tracing_settings or TracingSettings())
         version_config = next(v for v in model.versions if v.version == version)
         # Batch metrics go to a registry of the replica's own: Serve exports its own
         # per-deployment metrics, and one replica has no port of its own to serve ours on.
@@ -58,15 +66,24 @@ class VariantReplica:
         return await self._loaded.runtime.ready()
 
     async def infer(
-        self, inputs: dict[str, np.ndarray], timeout_s: float | None = None
+        self,
+        inputs: dict[str, np.ndarray],
+        timeout_s: float | None = None,
+        trace_headers: dict[str, str] | None = None,
     ) -> dict[str, np.ndarray]:
         """Every output of the model for `inputs`, through the batcher. The caller's deadline
-        comes as a duration: monotonic clocks are not shared between machines."""
+        comes as a duration: monotonic clocks are not shared between machines.
+        `trace_headers`: the ingress's W3C traceparent / tracestate, the parent of the spans
+        made here (when this replica traces)."""
         started_s = time.monotonic()
         deadline_s = None if timeout_s is None else started_s + timeout_s
         self._stats.request_started()
         try:
-            return await self._loaded.batcher.infer(inputs, deadline_s)
+            with (
+                tracing.remote_parent(trace_headers),
+                tracing.span("variant.infer", {"switchyard.model": self._loaded.name}),
+            ):
+                return await self._loaded.batcher.infer(inputs, deadline_s)
         finally:
             self._stats.request_finished(time.monotonic() - started_s)
 
