@@ -36,10 +36,11 @@ from switchyard.server.metrics import ServerMetrics
 SHED_REASON = "max_concurrent_rpcs"
 SHED_REASON_PENDING_WAIT = "pending_wait"
 _OIP_SERVICE = pb.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name
+PROBE_RPCS = frozenset({"ServerLive", "ServerReady"})  # OIP's liveness and readiness
 # Probes, OIP's and grpc.health.v1's (its Watch and reflection stream: never bounded).
 NEVER_REFUSED_METHODS = frozenset(
     (
-        *(f"/{_OIP_SERVICE}/{name}" for name in ("ServerLive", "ServerReady")),
+        *(f"/{_OIP_SERVICE}/{name}" for name in PROBE_RPCS),
         f"/{HEALTH_SERVICE}/Check",
     )
 )

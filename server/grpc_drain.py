@@ -22,9 +22,10 @@ from typing import Any, TypeVar
 
 import grpc
 
+from switchyard.server.grpc_admission import PROBE_RPCS  # probes see the drain as it is
+
 Servicer = TypeVar("Servicer")
 SHUTDOWN_MESSAGE = "the server is shutting down; retry (another replica may serve it)"
-ALWAYS_ANSWERED = frozenset({"ServerLive", "ServerReady"})  # probes see the drain as it is
 QUEUE_QUIET_S = 0.05  # no call picked up for this long: grpc-core's queue is empty
 
 
@@ -42,7 +43,7 @@ class GrpcDrain:
         for name in dir(type(servicer)):
             method = getattr(servicer, name)
             if name[:1].isupper() and inspect.iscoroutinefunction(method):
-                setattr(servicer, name, self._wrap(method, refusable=name not in ALWAYS_ANSWERED))
+                setattr(servicer, name, self._wrap(method, refusable=name not in PROBE_RPCS))
         return servicer
 
     def _wrap(
