@@ -59,6 +59,10 @@ Receive = Callable[[], Awaitable[dict[str, Any]]]
 Send = Callable[[dict[str, Any]], Awaitable[None]]
 
 
+def _text_headers(headers: dict[bytes, bytes]) -> dict[str, str]:
+    return {k.decode("latin-1"): v.decode("latin-1") for k, v in headers.items()}
+
+
 def _index_json(entry: IndexEntry) -> dict[str, str]:
     document = {"name": entry.name, "version": entry.version, "state": entry.state}
     if entry.reason:
@@ -164,7 +168,7 @@ class RestApp:
 
     async def _infer(self, scope: Scope, receive: Receive, name: str, version: str) -> Response:
         headers = dict(scope["headers"])
-        text_headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in headers.items()}
+        text_headers = _text_headers(headers)
         with (
             self._metrics.track(PROTOCOL, self._inference.model_label) as labels,
             tracing.request_span(INFER_SPAN, text_headers, {"switchyard.model": name}),
@@ -201,7 +205,7 @@ class RestApp:
             entries = self._repository.index(ready)
             return Response.json(200, [_index_json(entry) for entry in entries])
         if len(route) == 3 and route[0] == "models" and route[2] in ("load", "unload"):
-            text_headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in headers.items()}
+            text_headers = _text_headers(headers)
             actor = self._repository.authorize(text_headers)  # before reading any body
             body = parse_object(await self._read_body(headers, receive) or b"{}")
             parameters = body.get("parameters", {})
@@ -217,7 +221,7 @@ class RestApp:
     async def _recommend(self, scope: Scope, receive: Receive) -> Response:
         assert self._recommender is not None
         headers = dict(scope["headers"])
-        text_headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in headers.items()}
+        text_headers = _text_headers(headers)
         with (
             self._metrics.track(PROTOCOL, self._inference.model_label) as labels,
             tracing.request_span(RECOMMEND_REST_SPAN, text_headers),
