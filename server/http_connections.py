@@ -38,6 +38,8 @@ import uvicorn
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 from uvicorn.server import ServerState
 
+from switchyard.runtimes.client_text import client_text
+
 log = logging.getLogger(__name__)
 
 # How long a refused connection is still read (and dropped) before it is closed.
@@ -216,7 +218,7 @@ class GuardedHttpProtocol(HttpToolsProtocol):
             self._refuse(400, "protocol upgrades are not supported here", "upgrade")
             return
         except httptools.HttpParserError as exc:
-            message = f"malformed HTTP request: {str(exc)[:ECHO_MAX_CHARS]}"
+            message = f"malformed HTTP request: {client_text(exc, ECHO_MAX_CHARS)}"
             log.debug("%s", message)
             self._refuse(400, message, "malformed")
             return
@@ -402,7 +404,7 @@ class GuardedHttpProtocol(HttpToolsProtocol):
         if upgrade is None:  # CONNECT
             method = self.parser.get_method().decode("latin-1")
             return f"{method} is not supported here: send plain HTTP requests"
-        wanted = upgrade.decode("latin-1")[:ECHO_MAX_CHARS]
+        wanted = client_text(upgrade.decode("latin-1"), ECHO_MAX_CHARS)
         return (
             f"upgrade to {wanted!r} is not supported: this port serves plain HTTP/1.1 "
             "requests only (no WebSocket)"

@@ -12,6 +12,8 @@ from typing import Any
 import orjson
 from prometheus_client import CollectorRegistry, make_asgi_app
 
+from switchyard.runtimes.client_text import client_text
+
 METRICS_PATH = "/metrics"
 ALLOWED_METHODS = ("GET", "HEAD")
 # What a path is cut to when an answer echoes it.
@@ -30,7 +32,7 @@ class MetricsEndpoint:
         if scope["type"] != "http":
             return
         if scope["path"] != METRICS_PATH:
-            path = scope["path"][:ECHO_MAX_CHARS]
+            path = client_text(scope["path"], ECHO_MAX_CHARS)
             await _answer(send, 404, f"no route for {path}; the metrics are at {METRICS_PATH}")
         elif scope["method"] not in ALLOWED_METHODS:
             allowed = ", ".join(ALLOWED_METHODS)
