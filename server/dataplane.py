@@ -80,7 +80,6 @@ class DataPlane:
             config.max_batch_size = rows
         else:
             config = to_triton_config(served.config, platform, rows)
-        config.backend = config.backend or platform.split(":", 1)[-1].removesuffix("_onnx")
         return with_model_tensors(config, model.signature)
 
     async def infer_model(self, request: InferRequest) -> InferResponse:

@@ -152,7 +152,7 @@ def to_triton_config(
     triton_config = pb.ModelConfig(
         name=config.name,
         platform=platform,
-        backend=_BACKEND_OF_PLATFORM.get(platform, ""),
+        backend=_BACKEND_OF_PLATFORM.get(platform) or _backend_named_in(platform),
         max_batch_size=max_batch_size,
         instance_group=[
             pb.ModelInstanceGroup(count=config.batching.instance_count, kind=_instance_kind(config))
@@ -167,6 +167,11 @@ def to_triton_config(
             batching.max_queue_delay_s * _US_PER_S
         )
     return triton_config
+
+
+def _backend_named_in(platform: str) -> str:
+    """The backend a runtime's own platform string names (`triton:onnxruntime_onnx`)."""
+    return platform.split(":", 1)[-1].removesuffix("_onnx")
 
 
 def _instance_kind(config: ModelConfig) -> pb.ModelInstanceGroup.Kind:
