@@ -138,15 +138,21 @@ def test_the_deadline_bounds_the_call() -> None:
     run(scenario)
 
 
+async def opened_breaker(servicer: ScriptedTriton, url: str, clock: SkippableClock) -> TritonModel:
+    """A runtime whose breaker three UNAVAILABLE answers in a row opened."""
+    runtime = model(url, clock, max_attempts=1)
+    servicer.script = [grpc.StatusCode.UNAVAILABLE] * 3
+    for _ in range(3):
+        with pytest.raises(Unavailable, match="unavailable"):
+            await runtime.infer(X, ["y"])
+    assert state(runtime) is CircuitState.OPEN
+    return runtime
+
+
 def test_the_breaker_opens_fails_fast_and_recovers() -> None:
     async def scenario(servicer: ScriptedTriton, url: str) -> None:
         clock = SkippableClock()
-        runtime = model(url, clock, max_attempts=1)
-        servicer.script = [grpc.StatusCode.UNAVAILABLE] * 3
-        for _ in range(3):
-            with pytest.raises(Unavailable, match="unavailable"):
-                await runtime.infer(X, ["y"])
-        assert state(runtime) is CircuitState.OPEN
+        runtime = await opened_breaker(servicer, url, clock)
         calls = servicer.calls
         with pytest.raises(Unavailable, match="circuit open"):
             await runtime.infer(X, ["y"])
@@ -165,12 +171,7 @@ def test_the_breaker_opens_fails_fast_and_recovers() -> None:
 def test_a_probe_failing_outside_grpc_reopens_the_circuit() -> None:
     async def scenario(servicer: ScriptedTriton, url: str) -> None:
         clock = SkippableClock()
-        runtime = model(url, clock, max_attempts=1)
-        servicer.script = [grpc.StatusCode.UNAVAILABLE] * 3
-        for _ in range(3):
-            with pytest.raises(Unavailable, match="unavailable"):
-                await runtime.infer(X, ["y"])
-        assert state(runtime) is CircuitState.OPEN
+        runtime = await opened_breaker(servicer, url, clock)
         # The client side breaks: its channel is closed under it (grpc.aio raises its own
         # UsageError, no status from Triton).
         assert runtime._channel is not None
