@@ -37,6 +37,7 @@ from switchyard.server.control.plane import ControlPlane
 from switchyard.server.control.state import ModelRecord
 from switchyard.server.repository import Catalog, LoadedModel, ModelRepository, ServedModel
 from switchyard.server.triton_config_bridge import check_signature
+from switchyard.server.triton_layout import RepositoryStamp
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +61,7 @@ class ModelSource:
     config: ModelConfig
     triton_config: pb.ModelConfig | None = None
     warnings: tuple[str, ...] = ()
-    stamp: object = None  # the repository files' fingerprint; None for `models:` entries
+    stamp: RepositoryStamp | None = None  # the repository files'; None for `models:` ones
 
 
 def unrouted_targets(table: RoutingTable, catalog: Catalog) -> list[str]:
@@ -106,7 +107,7 @@ class ModelControl:
         self._configured = {model.name: model for model in config.models}
         self._lock = asyncio.Lock()  # one change at a time, whoever asks
         self._status: dict[str, tuple[str, str]] = {}  # models not served: state, reason
-        self._stamps: dict[str, object] = {}  # repository models as last loaded
+        self._stamps: dict[str, RepositoryStamp] = {}  # repository models as last loaded
         self._applied: dict[str, int] = {}  # the store's model records applied here
         self._records_changed = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
