@@ -20,11 +20,12 @@ from typing import Any
 from switchyard.router.config import table_to_config
 from switchyard.runtimes.client_text import client_text
 from switchyard.runtimes.errors import InvalidArgument, NotFound, PermissionDenied, Unauthenticated
+from switchyard.server.caller import Actor, Caller
 from switchyard.server.control.plane import ControlPlane
 from switchyard.server.error_status import require_method
 from switchyard.server.json_body import parse_object
 
-ACTOR_HEADER = b"x-switchyard-actor"
+ACTOR_HEADER = "x-switchyard-actor"
 DEFAULT_AUDIT_LIMIT = 100
 MAX_AUDIT_LIMIT = 10_000
 
@@ -34,22 +35,23 @@ class AdminApi:
         self._control = control
         self._token = token
 
-    def authorize(self, headers: dict[bytes, bytes]) -> None:
-        """Refuse unless the request carries the configured bearer token."""
+    def authorize(self, caller: Caller) -> Actor:
+        """The caller as an Actor, or refused unless it carries the configured bearer token."""
         if self._token is None:
             raise NotFound("the admin API is off; set admin.token or SWITCHYARD_ADMIN_TOKEN")
-        check_bearer(self._token, headers.get(b"authorization", b"").decode("latin-1"), "admin API")
+        check_bearer(self._token, caller.headers.get("authorization", ""), "admin API")
+        identity = caller.headers.get(ACTOR_HEADER, "admin")[:100]
+        return Actor(identity, "admin", caller.peer, caller.reason())
 
     async def handle(
         self,
         method: str,
         parts: list[str],
-        headers: dict[bytes, bytes],
+        actor: Actor,
         body: bytes,
         query: dict[str, list[str]],
     ) -> dict[str, Any]:
         """Serve /admin/v1/{parts...}; the returned document is the 200 response."""
-        actor = headers.get(ACTOR_HEADER, b"admin").decode("latin-1")[:100]
         control = self._control
         if parts == ["endpoints"]:
             require_method(method, "GET")
@@ -73,13 +75,13 @@ class AdminApi:
             weights = parse_object(body or b"{}").get("weights")
             if not isinstance(weights, dict):
                 raise InvalidArgument('body must be {"weights": {"<variant>": <number>, ...}}')
-            return {"changes": await control.set_weights(parts[1], weights, actor)}
+            return {"changes": await control.set_weights(parts[1], weights, actor.identity)}
         if len(parts) == 3 and parts[0] == "endpoints" and parts[2] == "override":
             require_method(method, "DELETE")
-            return {"changes": await control.reset(parts[1], actor)}
+            return {"changes": await control.reset(parts[1], actor.identity)}
         if len(parts) == 4 and parts[0] == "endpoints" and parts[2] == "rollout":
             require_method(method, "POST")
-            status = await control.rollout_action(parts[1], parts[3], actor)
+            status = await control.rollout_action(parts[1], parts[3], actor.identity)
             return {"state": str(status.state), "canary_percent": status.canary_percent}
         if parts == ["lease"]:
             require_method(method, "GET")

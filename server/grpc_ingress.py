@@ -22,6 +22,7 @@ from switchyard.runtimes import tracing
 from switchyard.runtimes.client_text import client_text
 from switchyard.runtimes.errors import InvalidArgument
 from switchyard.runtimes.tensor_codec import decode_raw, encode_raw
+from switchyard.server.caller import Caller
 from switchyard.server.error_status import grpc_status
 from switchyard.server.grpc_admission import AdmissionInterceptor
 from switchyard.server.grpc_decoding import CleanDecodingInterceptor
@@ -280,7 +281,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     async def RepositoryModelLoad(
         self, request: pb.RepositoryModelLoadRequest, context: CallContext
     ) -> pb.RepositoryModelLoadResponse:
-        actor = self._repository.authorize(text_metadata(context))
+        actor = self._repository.authorize(Caller.from_grpc(context, text_metadata(context)))
         await self._repository.load(request.model_name, _parameters(request.parameters), actor)
         return pb.RepositoryModelLoadResponse()
 
@@ -288,7 +289,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     async def RepositoryModelUnload(
         self, request: pb.RepositoryModelUnloadRequest, context: CallContext
     ) -> pb.RepositoryModelUnloadResponse:
-        actor = self._repository.authorize(text_metadata(context))
+        actor = self._repository.authorize(Caller.from_grpc(context, text_metadata(context)))
         await self._repository.unload(request.model_name, _parameters(request.parameters), actor)
         return pb.RepositoryModelUnloadResponse()
 

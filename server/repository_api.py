@@ -18,6 +18,7 @@ from collections.abc import Mapping
 from switchyard.runtimes.client_text import client_text
 from switchyard.runtimes.errors import InvalidArgument, PermissionDenied
 from switchyard.server.admin_api import check_bearer
+from switchyard.server.caller import Actor, Caller
 from switchyard.server.model_control import IndexEntry, ModelControl
 from switchyard.server.types import ParameterValue
 
@@ -31,21 +32,22 @@ class RepositoryApi:
         self._models = models
         self._token = token
 
-    def authorize(self, headers: Mapping[str, str]) -> str:
-        """The caller's actor name, once its token is checked."""
+    def authorize(self, caller: Caller) -> Actor:
+        """The caller as an Actor, once its token is checked."""
         if self._token is None:
             raise PermissionDenied(
                 "loading and unloading models needs the admin token; set admin.token or "
                 "SWITCHYARD_ADMIN_TOKEN"
             )
-        check_bearer(self._token, headers.get("authorization", ""), "model repository API")
-        return headers.get(ACTOR_KEY, "admin")[:100]
+        check_bearer(self._token, caller.headers.get("authorization", ""), "model repository API")
+        identity = caller.headers.get(ACTOR_KEY, "admin")[:100]
+        return Actor(identity, "admin", caller.peer, caller.reason())
 
     def index(self, ready_only: bool) -> list[IndexEntry]:
         return self._models.index(ready_only)
 
     async def load(
-        self, name: str, parameters: Mapping[str, ParameterValue | bytes], actor: str
+        self, name: str, parameters: Mapping[str, ParameterValue | bytes], actor: Actor
     ) -> None:
         config_json: str | None = None
         for key, value in parameters.items():
@@ -63,10 +65,10 @@ class RepositoryApi:
                     f"unknown load parameter '{client_text(key)}' (known: '{CONFIG_PARAMETER}', a "
                     "ModelConfig as a JSON string)"
                 )
-        await self._models.load(_model_name(name), config_json, actor)
+        await self._models.load(_model_name(name), config_json, actor.identity)
 
     async def unload(
-        self, name: str, parameters: Mapping[str, ParameterValue | bytes], actor: str
+        self, name: str, parameters: Mapping[str, ParameterValue | bytes], actor: Actor
     ) -> None:
         unknown = sorted(set(parameters) - UNLOAD_PARAMETERS)
         if unknown:
@@ -74,7 +76,7 @@ class RepositoryApi:
                 f"unknown unload parameters {client_text(unknown)} "
                 f"(known: {sorted(UNLOAD_PARAMETERS)})"
             )
-        await self._models.unload(_model_name(name), actor)
+        await self._models.unload(_model_name(name), actor.identity)
 
 
 def _model_name(name: str) -> str:

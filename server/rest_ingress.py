@@ -24,6 +24,7 @@ from switchyard.runtimes.client_text import client_text
 from switchyard.runtimes.errors import InvalidArgument, NotFound, PayloadTooLarge
 from switchyard.runtimes.tensor_codec import decode_raw, encode_raw
 from switchyard.server.admin_api import AdminApi
+from switchyard.server.caller import Caller
 from switchyard.server.error_status import HttpError, http_status, require_method
 from switchyard.server.inference import InferenceService
 from switchyard.server.json_body import field, parse_object
@@ -126,10 +127,11 @@ class RestApp:
         method = scope["method"]
         if parts[:2] == ["admin", "v1"] and self._admin is not None:
             headers = dict(scope["headers"])
-            self._admin.authorize(headers)  # before reading any body
+            caller = Caller.from_asgi(scope, _text_headers(headers))
+            actor = self._admin.authorize(caller)  # before reading any body
             body = await self._read_body(headers, receive) if method in ("PUT", "POST") else b""
             query = parse_qs(scope.get("query_string", b"").decode("latin-1"))
-            document = await self._admin.handle(method, parts[2:], headers, body, query)
+            document = await self._admin.handle(method, parts[2:], actor, body, query)
             return Response.json(200, document)
         if scope["path"] == REST_PATH and self._recommender is not None:
             require_method(method, "POST")
@@ -205,8 +207,8 @@ class RestApp:
             entries = self._repository.index(ready)
             return Response.json(200, [_index_json(entry) for entry in entries])
         if len(route) == 3 and route[0] == "models" and route[2] in ("load", "unload"):
-            text_headers = _text_headers(headers)
-            actor = self._repository.authorize(text_headers)  # before reading any body
+            caller = Caller.from_asgi(scope, _text_headers(headers))
+            actor = self._repository.authorize(caller)  # before reading any body
             body = parse_object(await self._read_body(headers, receive) or b"{}")
             parameters = body.get("parameters", {})
             if not isinstance(parameters, dict):

@@ -1,0 +1,65 @@
+"""Who is calling the admin and model repository APIs, as the transport saw them, and who
+made a change, as the audit trail records it.
+
+A Caller is built once per call from what the transport knows (peer address, headers or
+metadata, the subject of a verified client certificate); server/access.py turns it into an
+Actor, or refuses it. The Actor travels with the change into the control store's trail.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+REASON_HEADER = "x-switchyard-reason"  # why, in the caller's words: kept in the audit trail
+MAX_REASON_CHARS = 500
+
+
+@dataclass(frozen=True, slots=True)
+class Caller:
+    peer: str  # "ip:port" as the transport saw it; "unknown" when it cannot tell
+    headers: Mapping[str, str]  # HTTP headers or gRPC text metadata, names in lower case
+    cert_subject: str | None = None  # RFC 4514 subject of a verified client certificate
+
+    @classmethod
+    def from_asgi(cls, scope: Mapping[str, Any], headers: Mapping[str, str]) -> Caller:
+        """A REST call; the certificate subject from the ASGI TLS extension."""
+        client = scope.get("client")
+        peer = f"{client[0]}:{client[1]}" if client else "unknown"
+        tls = scope.get("extensions", {}).get("tls") or {}
+        return cls(peer, headers, tls.get("client_cert_name") or None)
+
+    @classmethod
+    def from_grpc(cls, context: object, headers: Mapping[str, str]) -> Caller:
+        """A gRPC call; the certificate subject from the call's auth context (mTLS). The
+        Ray host's contexts have neither peer nor auth context."""
+        peer = getattr(context, "peer", None)
+        auth_context = getattr(context, "auth_context", None)
+        subject = auth_context().get("x509_subject") if auth_context else None
+        return cls(
+            _grpc_peer(peer() or "") if peer else "unknown",
+            headers,
+            subject[0].decode("utf-8", "replace") if subject else None,
+        )
+
+    def reason(self) -> str:
+        return self.headers.get(REASON_HEADER, "")[:MAX_REASON_CHARS]
+
+
+@dataclass(frozen=True, slots=True)
+class Actor:
+    """Who made a change: an authenticated identity and its role, the peer the call came
+    from, and the caller's reason. The gateway's own decisions (rollout steps, file edits)
+    have an identity of their own and no peer."""
+
+    identity: str
+    role: str = "admin"
+    peer: str = ""
+    reason: str = ""
+
+
+def _grpc_peer(peer: str) -> str:
+    # grpc writes "ipv4:127.0.0.1:5000" / "ipv6:[::1]:5000"; the audit trail wants the address.
+    kind, _, address = peer.partition(":")
+    return address if kind in ("ipv4", "ipv6") and address else (peer or "unknown")
