@@ -9,18 +9,22 @@ store's):
   POST   /endpoints/{name}/rollout/{action}    action: start | abort | promote
   GET    /audit?limit=N                        the shared audit trail, oldest first
   GET    /lease                                the replica judging rollouts now
-Every change is audited with its actor: the `X-Switchyard-Actor` header, else "admin".
+Every change is audited (a hash-chained record: README, "Audit trail") with its actor: the
+`X-Switchyard-Actor` header, else "admin", the peer address and the caller's reason: a
+"reason" field in the JSON body (PUT weights; an optional body on DELETE override and POST
+rollout) or else the `X-Switchyard-Reason` header.
 """
 
 from __future__ import annotations
 
 import hmac
+from dataclasses import replace
 from typing import Any
 
 from switchyard.router.config import table_to_config
 from switchyard.runtimes.client_text import client_text
 from switchyard.runtimes.errors import InvalidArgument, NotFound, PermissionDenied, Unauthenticated
-from switchyard.server.caller import Actor, Caller
+from switchyard.server.caller import MAX_REASON_CHARS, Actor, Caller
 from switchyard.server.control.plane import ControlPlane
 from switchyard.server.error_status import require_method
 from switchyard.server.json_body import parse_object
@@ -72,16 +76,20 @@ class AdminApi:
             return {"entries": [e.to_document() for e in await control.audit_trail(limit)]}
         if len(parts) == 3 and parts[0] == "endpoints" and parts[2] == "weights":
             require_method(method, "PUT")
-            weights = parse_object(body or b"{}").get("weights")
+            document = parse_object(body or b"{}")
+            weights = document.get("weights")
             if not isinstance(weights, dict):
                 raise InvalidArgument('body must be {"weights": {"<variant>": <number>, ...}}')
-            return {"changes": await control.set_weights(parts[1], weights, actor.identity)}
+            actor = _with_body_reason(actor, document)
+            return {"changes": await control.set_weights(parts[1], weights, actor)}
         if len(parts) == 3 and parts[0] == "endpoints" and parts[2] == "override":
             require_method(method, "DELETE")
-            return {"changes": await control.reset(parts[1], actor.identity)}
+            actor = _with_body_reason(actor, parse_object(body or b"{}"))
+            return {"changes": await control.reset(parts[1], actor)}
         if len(parts) == 4 and parts[0] == "endpoints" and parts[2] == "rollout":
             require_method(method, "POST")
-            status = await control.rollout_action(parts[1], parts[3], actor.identity)
+            actor = _with_body_reason(actor, parse_object(body or b"{}"))
+            status = await control.rollout_action(parts[1], parts[3], actor)
             return {"state": str(status.state), "canary_percent": status.canary_percent}
         if parts == ["lease"]:
             require_method(method, "GET")
@@ -96,6 +104,16 @@ def check_bearer(token: str, authorization: str, what: str) -> None:
         raise Unauthenticated(f"the {what} needs an 'Authorization: Bearer <token>' header")
     if not hmac.compare_digest(given.encode(), token.encode()):
         raise PermissionDenied(f"the bearer token is not valid for the {what}")
+
+
+def _with_body_reason(actor: Actor, document: dict[str, Any]) -> Actor:
+    """The body's "reason", if it has one, in place of the header's."""
+    reason = document.get("reason")
+    if reason is None:
+        return actor
+    if not isinstance(reason, str):
+        raise InvalidArgument('"reason" must be a string: why the change is made, for the audit')
+    return replace(actor, reason=reason[:MAX_REASON_CHARS])
 
 
 def _limit(query: dict[str, list[str]]) -> int:

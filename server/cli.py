@@ -10,6 +10,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from switchyard.runtimes.errors import SwitchyardError
+from switchyard.server.audit_cli import add_audit_subcommand
 from switchyard.server.autoscaling.cli import add_autoscale_subcommand
 from switchyard.server.config import (
     DEFAULT_CONFIG_PATH,
@@ -124,6 +125,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="a repository model to load at start in explicit mode (repeat; * for all)",
     )
     serve.set_defaults(handler=_serve)
+    add_audit_subcommand(commands)
     add_autoscale_subcommand(commands)
     add_config_subcommand(commands)
     add_features_subcommand(commands)

@@ -251,6 +251,7 @@ def _resolve_path(section: Any, key: str, base_dir: Path) -> None:
 def _resolve_paths(raw: dict[str, Any], base_dir: Path) -> None:
     _resolve_path(raw.get("routing"), "disagreement_log_path", base_dir)
     _resolve_path(raw.get("admin"), "audit_log_path", base_dir)
+    _resolve_path(raw.get("admin"), "audit_key_file", base_dir)
     _resolve_path(raw.get("model_repository"), "path", base_dir)
     _resolve_path(raw.get("mlflow"), "cache_dir", base_dir)
     resolve_feature_paths(raw.get("features"), base_dir)

@@ -241,6 +241,12 @@ class ControlSettings(StrictModel):
         description="Seconds the replica judging rollouts holds its lease without renewing "
         "it; then another takes over.",
     )
+    audit_max_records: int = Field(
+        default=10_000,
+        ge=1,
+        description="Records the shared audit trail keeps, about; older ones are trimmed "
+        "(export the trail regularly: `switchyard audit export`).",
+    )
 
 
 class RayHostSettings(StrictModel):
@@ -272,7 +278,13 @@ class AdminSettings(StrictModel):
     )
     audit_log_path: FilePath | None = Field(
         default=None,
-        description="Every routing change as one JSON line (who, when, old -> new).",
+        description="This replica's routing changes, one JSON line each (who, from where, "
+        "why, when, old -> new), hash-chained: `switchyard audit verify FILE`.",
+    )
+    audit_key_file: FilePath | None = Field(
+        default=None,
+        description="A file holding the HMAC key of the audit trail's hash chain (else "
+        "SWITCHYARD_AUDIT_KEY; without either, plain sha256).",
     )
 
 

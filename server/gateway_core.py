@@ -18,7 +18,7 @@ from pathlib import Path
 
 from switchyard.router.router import Router
 from switchyard.server.admin_api import AdminApi
-from switchyard.server.audit_log import AuditLog
+from switchyard.server.audit_log import AuditLog, configured_audit_key
 from switchyard.server.config import SwitchyardConfig, routing_table
 from switchyard.server.config_reload import ConfigReloader
 from switchyard.server.control.factory import create_control_store
@@ -59,14 +59,15 @@ class GatewayCore:
         self.repository = repository
         dataplane = DataPlane(repository, config.server.max_request_size_bytes)
         router = Router(routing_table(config))
+        audit_key = configured_audit_key(config.admin)
         self.control = ControlPlane(
             routing_table(config),
             router,
-            create_control_store(config.control),
+            create_control_store(config.control, audit_key),
             config.control,
             tick_s=config.routing.rollout_tick_s,
             metrics=metrics.routing,
-            audit=AuditLog(config.admin.audit_log_path),
+            audit=AuditLog(config.admin.audit_log_path, audit_key),
             replica=replica_name(),
         )
         self.models = ModelControl(repository, config, self.control)

@@ -32,6 +32,7 @@ from switchyard.router.table import RoutingTable
 from switchyard.runtimes.client_text import client_text
 from switchyard.runtimes.errors import FailedPrecondition, NotFound, SwitchyardError
 from switchyard.server import triton_layout
+from switchyard.server.caller import Actor
 from switchyard.server.config import ModelConfig, ModelVersionConfig, SwitchyardConfig
 from switchyard.server.control.plane import ControlPlane
 from switchyard.server.control.state import ModelRecord
@@ -138,7 +139,7 @@ class ModelControl:
 
     # The repository API --------------------------------------------------------------------
 
-    async def load(self, name: str, config_json: str | None, actor: str) -> None:
+    async def load(self, name: str, config_json: str | None, actor: Actor) -> None:
         """Load (or load again) a model on every replica; raises why it could not."""
         self._require_explicit("load")
         async with self._lock:
@@ -146,19 +147,22 @@ class ModelControl:
                 await self._load(name, config_json)
             except SwitchyardError as exc:
                 log.error(
-                    "model %s: load by %s refused, what is served stays: %s", name, actor, exc
+                    "model %s: load by %s refused, what is served stays: %s",
+                    name,
+                    actor.identity,
+                    exc,
                 )
                 raise
-            record = ModelRecord(True, config_json, actor, time.time())
-            self._applied[name] = await self._control.commit_model(name, record, "load")
+            record = ModelRecord(True, config_json, actor.identity, time.time())
+            self._applied[name] = await self._control.commit_model(name, record, "load", actor)
 
-    async def unload(self, name: str, actor: str) -> None:
+    async def unload(self, name: str, actor: Actor) -> None:
         """Stop serving a model on every replica once no endpoint routes to it."""
         self._require_explicit("unload")
         async with self._lock:
             await self._unload(name)
-            record = ModelRecord(False, None, actor, time.time())
-            self._applied[name] = await self._control.commit_model(name, record, "unload")
+            record = ModelRecord(False, None, actor.identity, time.time())
+            self._applied[name] = await self._control.commit_model(name, record, "unload", actor)
 
     def _require_explicit(self, action: str) -> None:
         if self.mode != "explicit":

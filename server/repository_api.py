@@ -65,7 +65,7 @@ class RepositoryApi:
                     f"unknown load parameter '{client_text(key)}' (known: '{CONFIG_PARAMETER}', a "
                     "ModelConfig as a JSON string)"
                 )
-        await self._models.load(_model_name(name), config_json, actor.identity)
+        await self._models.load(_model_name(name), config_json, actor)
 
     async def unload(
         self, name: str, parameters: Mapping[str, ParameterValue | bytes], actor: Actor
@@ -76,7 +76,7 @@ class RepositoryApi:
                 f"unknown unload parameters {client_text(unknown)} "
                 f"(known: {sorted(UNLOAD_PARAMETERS)})"
             )
-        await self._models.unload(_model_name(name), actor.identity)
+        await self._models.unload(_model_name(name), actor)
 
 
 def _model_name(name: str) -> str:

@@ -8,7 +8,14 @@ from switchyard.server.control.redis_store import RedisControlStore
 from switchyard.server.control.store import ControlStore
 
 
-def create_control_store(settings: ControlSettings) -> ControlStore:
+def create_control_store(settings: ControlSettings, audit_key: bytes | None = None) -> ControlStore:
+    """`audit_key`: the HMAC key of the audit chain (audit_chain.load_key), None for sha256."""
     if settings.store == "redis":
-        return RedisControlStore(settings.url, settings.prefix, settings.timeout_s)
-    return MemoryControlStore()
+        return RedisControlStore(
+            settings.url,
+            settings.prefix,
+            settings.timeout_s,
+            audit_key=audit_key,
+            audit_max_records=settings.audit_max_records,
+        )
+    return MemoryControlStore(audit_key=audit_key, audit_max_records=settings.audit_max_records)

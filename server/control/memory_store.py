@@ -11,6 +11,7 @@ import time
 from collections import Counter, deque
 from collections.abc import Callable, Mapping
 
+from switchyard.server.control.audit_chain import ChainHead, seal
 from switchyard.server.control.state import (
     AuditEntry,
     ControlSnapshot,
@@ -23,13 +24,21 @@ from switchyard.server.control.store import AUDIT_TRAIL_LENGTH
 class MemoryControlStore:
     description = "memory (this process only)"
 
-    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        clock: Callable[[], float] = time.monotonic,
+        *,
+        audit_key: bytes | None = None,
+        audit_max_records: int = AUDIT_TRAIL_LENGTH,
+    ) -> None:
         self._clock = clock
+        self._audit_key = audit_key
+        self._head = ChainHead()
         self._version = 0
         self._records: dict[str, EndpointRecord] = {}
         self._models: dict[str, ModelRecord] = {}
         self._stats: dict[str, Counter[str]] = {}
-        self._trail: deque[AuditEntry] = deque(maxlen=AUDIT_TRAIL_LENGTH)
+        self._trail: deque[AuditEntry] = deque(maxlen=audit_max_records)
         self._once_until_s: dict[str, float] = {}
         self._watchers: list[Callable[[], None]] = []
         self._holder: str | None = None
@@ -61,8 +70,14 @@ class MemoryControlStore:
         self._published(audit)
         return self._version
 
+    def _append(self, audit: AuditEntry) -> None:
+        """Chain `audit` after the head (no await in between: nothing else can append)."""
+        record = seal(audit.body(), self._head, self._audit_key)
+        self._head = ChainHead(record["seq"], record["hash"])
+        self._trail.append(AuditEntry.from_document(record))
+
     def _published(self, audit: AuditEntry) -> None:
-        self._trail.append(audit)
+        self._append(audit)
         for on_change in list(self._watchers):
             on_change()
 
@@ -84,7 +99,7 @@ class MemoryControlStore:
         if self._once_until_s.get(key, 0.0) > now_s:
             return False
         self._once_until_s[key] = now_s + ttl_s
-        self._trail.append(audit)
+        self._append(audit)
         return True
 
     async def audit_trail(self, limit: int) -> list[AuditEntry]:

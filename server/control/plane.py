@@ -40,6 +40,7 @@ from switchyard.router.table import RoutingTable
 from switchyard.runtimes.client_text import client_text
 from switchyard.runtimes.errors import InvalidArgument, NotFound, Unavailable
 from switchyard.server.audit_log import AuditLog
+from switchyard.server.caller import Actor
 from switchyard.server.config_sections import ControlSettings
 from switchyard.server.control.state import (
     AuditEntry,
@@ -64,6 +65,9 @@ ROLLOUT_ACTIONS = ("start", "abort", "promote")
 # this many concurrent writers of one endpoint all land; more may be answered "retry".
 COMMIT_ATTEMPTS = 3
 FILE_AUDIT_DEDUP_S = 60.0  # every replica applies a file edit; one audits it
+# The gateway's own decisions: no peer; the record's replica names the one that made it.
+ROLLOUT_ACTOR = Actor("rollout", role="gateway")
+FILE_ACTOR = Actor("config-file", role="gateway")
 
 # A running rollout as this replica counts it: the record revision that began its step.
 _Running = tuple[int, RolloutPlan]
@@ -179,7 +183,7 @@ class ControlPlane:
 
     # Changes ---------------------------------------------------------------------------
 
-    async def set_weights(self, endpoint: str, weights: dict[str, Any], actor: str) -> list[str]:
+    async def set_weights(self, endpoint: str, weights: dict[str, Any], actor: Actor) -> list[str]:
         spec = self._base.with_weights(endpoint, weights).endpoint(endpoint)  # validates
 
         def change(current: EndpointRecord) -> tuple[EndpointRecord, str]:
@@ -188,12 +192,13 @@ class ControlPlane:
                     f"endpoint '{endpoint}' is under a running rollout, which owns its "
                     "weights; abort or promote the rollout first"
                 )
-            override = Override(dict(spec.weights), actor, "set weights", self._clock())
+            reason = actor.reason or "set weights"
+            override = Override(dict(spec.weights), actor.identity, reason, self._clock())
             return _replace(current, override=override), "set weights"
 
         return await self._commit(endpoint, actor, change)
 
-    async def reset(self, endpoint: str, actor: str) -> list[str]:
+    async def reset(self, endpoint: str, actor: Actor) -> list[str]:
         """Back to the file's weights: the override and the rollout's state are dropped."""
 
         def change(current: EndpointRecord) -> tuple[EndpointRecord, str]:
@@ -205,7 +210,7 @@ class ControlPlane:
 
         return await self._commit(endpoint, actor, change)
 
-    async def rollout_action(self, endpoint: str, action: str, actor: str) -> RolloutStatus:
+    async def rollout_action(self, endpoint: str, action: str, actor: Actor) -> RolloutStatus:
         if action not in ROLLOUT_ACTIONS:
             raise NotFound(
                 f"unknown rollout action '{client_text(action)}' (actions: {ROLLOUT_ACTIONS})"
@@ -214,7 +219,7 @@ class ControlPlane:
         events: list[RolloutEvent] = []
 
         def change(current: EndpointRecord) -> tuple[EndpointRecord, str]:
-            now_s, reason = self._clock(), f"{action} by {actor}"
+            now_s, reason = self._clock(), f"{action} by {actor.identity}"
             if action == "start":
                 event = rollout.start(current.rollout, now_s)
             elif action == "abort":
@@ -222,7 +227,7 @@ class ControlPlane:
             else:
                 event = rollout.promote(current.rollout, now_s, reason)
             events.append(event)
-            return _rollout_record(current, event, actor, now_s)
+            return _rollout_record(current, event, actor.identity, now_s)
 
         await self._commit(endpoint, actor, change)
         self._count_event(events[-1])
@@ -249,7 +254,7 @@ class ControlPlane:
     async def audit_file_change(self, reason: str, changes: list[str]) -> None:
         """Audit a change every replica makes for itself from the files it reads (a config
         edit, a polled model repository): written once to the shared trail."""
-        entry = AuditEntry("config-file", reason, tuple(changes), self.replica)
+        entry = self._entry(FILE_ACTOR, reason, changes)
         key = hashlib.sha256("\n".join(changes).encode()).hexdigest()[:24]
         try:
             first = await self._call("audit", self.store.audit_once(key, entry, FILE_AUDIT_DEDUP_S))
@@ -258,11 +263,11 @@ class ControlPlane:
         if first:
             self._audit.write(entry)
 
-    async def commit_model(self, model: str, record: ModelRecord, action: str) -> int:
+    async def commit_model(self, model: str, record: ModelRecord, action: str, actor: Actor) -> int:
         """Write a model's record for every replica, audited; the store's new revision. A
         compare-and-set on the record's revision, retried on a lost race: the latest request
         for a model wins, as with a single server."""
-        entry = AuditEntry(record.actor, action, (f"model {model}: {action}",), self.replica)
+        entry = self._entry(actor, action, [f"model {model}: {action}"])
         for _ in range(COMMIT_ATTEMPTS):
             await _confirmed(self._resync())
             current = self._snapshot.models.get(model)
@@ -359,7 +364,7 @@ class ControlPlane:
     async def _commit(
         self,
         endpoint: str,
-        actor: str,
+        actor: Actor,
         change: Callable[[EndpointRecord], tuple[EndpointRecord, str]],
     ) -> list[str]:
         """Apply `change` to the endpoint's latest record with a compare-and-set, audit it
@@ -369,16 +374,28 @@ class ControlPlane:
             current = self._current(endpoint)
             record, action = change(current)
             changes = self._changes_if(endpoint, record)
-            entry = AuditEntry(actor, action, tuple(changes), self.replica)
+            entry = self._entry(actor, action, changes)
             committed = self.store.commit(endpoint, current.revision, record, entry)
             if await _confirmed(self._call("commit", committed)) is not None:
                 self._audit.write(entry)
-                self._metrics.table_changes.labels(actor).inc()
+                self._metrics.table_changes.labels(actor.identity).inc()
                 await _confirmed(self._resync())
                 return changes
         raise Unavailable(
             f"endpoint '{endpoint}' was changed by other replicas {COMMIT_ATTEMPTS} times "
             "while this change was made; nothing was changed, retry it"
+        )
+
+    def _entry(self, actor: Actor, action: str, changes: list[str]) -> AuditEntry:
+        """The audit record of a decision this replica makes (chained where appended)."""
+        return AuditEntry(
+            actor.identity,
+            action,
+            tuple(changes),
+            self.replica,
+            role=actor.role,
+            peer=actor.peer,
+            reason=actor.reason,
         )
 
     def _changes_if(self, endpoint: str, record: EndpointRecord) -> list[str]:
@@ -407,7 +424,7 @@ class ControlPlane:
             fresh = EndpointRecord(base_fingerprint(spec))
             action = "reset: the config file changed the endpoint's variants, weights or plan"
             changes = self._changes_if(name, fresh)
-            entry = AuditEntry("config-file", action, tuple(changes), self.replica)
+            entry = self._entry(FILE_ACTOR, action, changes)
             attempted = True  # won or lost to another replica: either way, read again
             if await self._call("commit", self.store.commit(name, record.revision, fresh, entry)):
                 self._audit.write(entry)
@@ -474,7 +491,7 @@ class ControlPlane:
                 continue
             new_record, action = _rollout_record(record, event, "rollout", now_s)
             changes = self._changes_if(endpoint, new_record)
-            entry = AuditEntry("rollout", action, tuple(changes), self.replica)
+            entry = self._entry(ROLLOUT_ACTOR, action, changes)
             committed = self.store.commit(endpoint, record.revision, new_record, entry)
             if await self._call("commit", committed) is not None:
                 self._audit.write(entry)

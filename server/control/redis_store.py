@@ -8,13 +8,17 @@ Keys, all under the configured prefix:
                         through the repository API
   model_revisions       hash: model -> the version of its record's last write
   changes               pub/sub channel: the new version after every commit
-  audit                 stream of audit entries, about AUDIT_TRAIL_LENGTH kept
+  audit                 stream of audit records, a hash chain, about audit_max_records kept
+  audit_head            "<seq> <hash>" of the chain's last record (server/control/audit_chain.py)
   stats:<key>           hash of counts every replica adds to (a rollout step's window)
   lease                 the replica judging rollouts, set NX with an expiry, renewed
   once:<key>            set NX with an expiry: an audit entry already written
 
 A commit, of an endpoint's record or a model's, is one Lua script (compare the revision,
-write, count, audit, publish), so two replicas deciding at once never both win. Redis must
+write, count, audit, publish), so two replicas deciding at once never both win. The audit
+record is chained after the head the writer read; the script appends it only if that head
+is still the chain's, else the writer reads the head again and rebuilds the record: one
+chain, however many replicas write, each decision in it once. Redis must
 keep its data across its own restarts (AOF or RDB persistence): a store that comes back
 empty returns every replica to the file.
 """
@@ -23,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Any
 from urllib.parse import urlsplit
@@ -33,20 +38,31 @@ from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 
+from switchyard.server.control.audit_chain import ChainHead, seal
 from switchyard.server.control.state import (
     AuditEntry,
     ControlSnapshot,
     EndpointRecord,
     ModelRecord,
 )
-from switchyard.server.control.store import AUDIT_TRAIL_LENGTH, STATS_TTL_S, ControlStoreError
+from switchyard.server.control.store import (
+    AUDIT_TRAIL_LENGTH,
+    STATS_TTL_S,
+    ControlStoreError,
+)
+
+# Appends of one record: each one lost is another replica's record appended in between.
+CHAIN_ATTEMPTS = 32
+_HEAD_MOVED = -2
 
 _COMMIT = """
 local revision = tonumber(redis.call('HGET', KEYS[2], ARGV[1]) or '0')
 if revision ~= tonumber(ARGV[2]) then return -1 end
+if (redis.call('GET', KEYS[6]) or '') ~= ARGV[6] then return -2 end
 local version = redis.call('INCR', KEYS[1])
 redis.call('HSET', KEYS[2], ARGV[1], version)
 redis.call('HSET', KEYS[3], ARGV[1], ARGV[3])
+redis.call('SET', KEYS[6], ARGV[7])
 redis.call('XADD', KEYS[4], 'MAXLEN', '~', ARGV[5], '*', 'entry', ARGV[4])
 redis.call('PUBLISH', KEYS[5], version)
 return version
@@ -62,15 +78,27 @@ return 0
 """
 
 _AUDIT_ONCE = """
+if (redis.call('GET', KEYS[3]) or '') ~= ARGV[4] then return -2 end
 if not redis.call('SET', KEYS[1], '1', 'NX', 'PX', ARGV[1]) then return 0 end
+redis.call('SET', KEYS[3], ARGV[5])
 redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[3], '*', 'entry', ARGV[2])
 return 1
 """
 
 
 class RedisControlStore:
-    def __init__(self, url: str, prefix: str, timeout_s: float) -> None:
+    def __init__(
+        self,
+        url: str,
+        prefix: str,
+        timeout_s: float,
+        *,
+        audit_key: bytes | None = None,
+        audit_max_records: int = AUDIT_TRAIL_LENGTH,
+    ) -> None:
         parts = urlsplit(url)
+        self._audit_key = audit_key
+        self._audit_max_records = audit_max_records
         self.description = f"redis at {parts.hostname}:{parts.port or 6379}{parts.path}"
         self._prefix = prefix
         options: dict[str, Any] = {
@@ -132,17 +160,35 @@ class RedisControlStore:
         audit: AuditEntry,
     ) -> int | None:
         revisions, records = hashes
-        keys = [self._key(k) for k in ("version", revisions, records, "audit", "changes")]
-        args: list[str | int] = [
-            name,
-            expected_revision,
-            record_json,
-            audit.to_json(),
-            AUDIT_TRAIL_LENGTH,
+        keys = [
+            self._key(k) for k in ("version", revisions, records, "audit", "changes", "audit_head")
         ]
+        for _ in range(CHAIN_ATTEMPTS):
+            head_text, record, new_head = await self._chained(audit)
+            args: list[str | int] = [
+                name,
+                expected_revision,
+                record_json,
+                record,
+                self._audit_max_records,
+                head_text,
+                new_head,
+            ]
+            async with _store_errors():
+                version = int(await self._commit(keys=keys, args=args))
+            if version != _HEAD_MOVED:
+                return version if version >= 0 else None
+        raise ControlStoreError(f"the audit chain moved {CHAIN_ATTEMPTS} times during a commit")
+
+    async def _chained(self, audit: AuditEntry) -> tuple[str, str, str]:
+        """The chain's head as stored ("" when there is none yet), `audit` sealed after it
+        (JSON), and the head that makes."""
         async with _store_errors():
-            version = int(await self._commit(keys=keys, args=args))
-        return version if version >= 0 else None
+            raw = await self._client.get(self._key("audit_head"))
+        head_text = _text(raw) if raw is not None else ""
+        record = seal(audit.body(), ChainHead.from_text(head_text), self._audit_key)
+        new_head = ChainHead(record["seq"], record["hash"]).to_text()
+        return head_text, json.dumps(record, ensure_ascii=False), new_head
 
     async def add_stats(self, key: str, counts: Mapping[str, int]) -> None:
         name = self._key(f"stats:{key}")
@@ -170,10 +216,21 @@ class RedisControlStore:
         return _text(holder) if holder is not None else None
 
     async def audit_once(self, key: str, audit: AuditEntry, ttl_s: float) -> bool:
-        keys = [self._key(f"once:{key}"), self._key("audit")]
-        args: list[str | int] = [int(ttl_s * 1000), audit.to_json(), AUDIT_TRAIL_LENGTH]
-        async with _store_errors():
-            return bool(await self._audit_once(keys=keys, args=args))
+        keys = [self._key(f"once:{key}"), self._key("audit"), self._key("audit_head")]
+        for _ in range(CHAIN_ATTEMPTS):
+            head_text, record, new_head = await self._chained(audit)
+            args: list[str | int] = [
+                int(ttl_s * 1000),
+                record,
+                self._audit_max_records,
+                head_text,
+                new_head,
+            ]
+            async with _store_errors():
+                written = int(await self._audit_once(keys=keys, args=args))
+            if written != _HEAD_MOVED:
+                return bool(written)
+        raise ControlStoreError(f"the audit chain moved {CHAIN_ATTEMPTS} times during an append")
 
     async def audit_trail(self, limit: int) -> list[AuditEntry]:
         if limit <= 0:

@@ -126,30 +126,63 @@ class ControlSnapshot:
 
 @dataclass(frozen=True, slots=True)
 class AuditEntry:
-    """One routing decision, written once to the shared trail by the replica that made it."""
+    """One routing decision, written once to the shared trail by the replica that made it:
+    who (identity, role), from where (peer; "" for the gateway's own decisions), why (the
+    caller's reason), what (action and the changes as "path: old -> new"), when, and the
+    replica. `chain` is the record's place in a hash chain (server/control/audit_chain.py),
+    set by whoever appends it: the store for the shared trail, AuditLog for its file."""
 
-    actor: str
+    identity: str
     action: str
     changes: tuple[str, ...]
     replica: str
+    role: str = "admin"
+    peer: str = ""
+    reason: str = ""
     time: str = field(default_factory=lambda: time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
+    chain: Mapping[str, Any] | None = None  # seq, prev, alg, hash
 
-    def to_document(self) -> dict[str, Any]:
+    @property
+    def actor(self) -> str:
+        return self.identity
+
+    def body(self) -> dict[str, Any]:
+        """The record's fields without its place in a chain."""
         return {
             "time": self.time,
-            "actor": self.actor,
+            "identity": self.identity,
+            "role": self.role,
+            "peer": self.peer,
+            "reason": self.reason,
             "action": self.action,
             "changes": list(self.changes),
             "replica": self.replica,
         }
 
+    def to_document(self) -> dict[str, Any]:
+        return {**self.body(), **(self.chain or {})}
+
     def to_json(self) -> str:
-        return json.dumps(self.to_document())
+        return json.dumps(self.to_document(), ensure_ascii=False)
+
+    @classmethod
+    def from_document(cls, d: Mapping[str, Any]) -> AuditEntry:
+        chain = {name: d[name] for name in ("seq", "prev", "alg", "hash") if name in d}
+        return cls(
+            d.get("identity", d.get("actor", "")),  # "actor": entries from before the chain
+            d["action"],
+            tuple(d["changes"]),
+            d["replica"],
+            d.get("role", ""),
+            d.get("peer", ""),
+            d.get("reason", ""),
+            d["time"],
+            chain or None,
+        )
 
     @classmethod
     def from_json(cls, text: str | bytes) -> AuditEntry:
-        d = json.loads(text)
-        return cls(d["actor"], d["action"], tuple(d["changes"]), d["replica"], d["time"])
+        return cls.from_document(json.loads(text))
 
 
 def utc_text(time_s: float) -> str:

@@ -17,7 +17,7 @@ from switchyard.server.control.state import (
     ModelRecord,
 )
 
-AUDIT_TRAIL_LENGTH = 10_000  # entries the shared trail keeps, about
+AUDIT_TRAIL_LENGTH = 10_000  # records the shared trail keeps, about (control.audit_max_records)
 STATS_TTL_S = 24 * 3600.0  # a step's merged statistics outlive any step interval in use
 
 
@@ -36,8 +36,9 @@ class ControlStore(Protocol):
         self, endpoint: str, expected_revision: int, record: EndpointRecord, audit: AuditEntry
     ) -> int | None:
         """Write `record` if the endpoint's revision is still `expected_revision`, append
-        `audit` to the trail and notify every replica, all at once; the new version, or None
-        when another write came first (read again and decide again)."""
+        `audit` to the trail, chained after its head, and notify every replica, all at once;
+        the new version, or None when another write came first (read again and decide
+        again)."""
         ...
 
     async def commit_model(
@@ -67,7 +68,7 @@ class ControlStore(Protocol):
         ...
 
     async def audit_trail(self, limit: int) -> list[AuditEntry]:
-        """The newest `limit` entries, oldest first."""
+        """The newest `limit` records, oldest first, each with its place in the chain."""
         ...
 
     async def watch(self, on_change: Callable[[], None]) -> None:

@@ -14,6 +14,7 @@ from switchyard.router.rollout_plan import RolloutPlan
 from switchyard.router.router import Router
 from switchyard.router.table import RoutingTable
 from switchyard.server.audit_log import AuditLog
+from switchyard.server.caller import Actor
 from switchyard.server.config_sections import ControlSettings
 from switchyard.server.control.plane import COMMIT_ATTEMPTS, ControlPlane
 from switchyard.server.control.redis_store import RedisControlStore
@@ -73,7 +74,9 @@ def test_concurrent_changes_on_two_replicas_both_land_once(redis_prefix: str) ->
             assert len(writers) == COMMIT_ATTEMPTS
             results = await asyncio.gather(
                 *(
-                    plane.set_weights("recs", {"stable": weight, "canary": 1}, actor=plane.replica)
+                    plane.set_weights(
+                        "recs", {"stable": weight, "canary": 1}, actor=Actor(plane.replica)
+                    )
                     for plane, weight in writers
                 )
             )
@@ -103,7 +106,7 @@ def test_rollout_counts_made_while_the_store_is_down_reach_it_when_it_returns(
         plane = replica(redis_server.url, "p:", "a")
         await plane.start()
         try:
-            await plane.rollout_action("recs", "start", actor="alice")
+            await plane.rollout_action("recs", "start", actor=Actor("alice"))
             revision = plane.version
             redis_server.stop()
             for _ in range(30):

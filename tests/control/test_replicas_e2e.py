@@ -417,7 +417,7 @@ def test_b_rollouts_over_three_replicas_are_judged_once(replicas: Replicas) -> N
         assert serves_only(gateway, "rollout_failing", "stable", 5)
 
     entries = audit_trail(gateways[2])
-    summary = "\n".join(f"{e['actor']} {e['replica']} {e['action']}" for e in entries)
+    summary = "\n".join(f"{e['identity']} {e['replica']} {e['action']}" for e in entries)
     ok_entries = entries_about(entries, "rollout_ok")
     failing_entries = entries_about(entries, "rollout_failing")
     assert [e["action"] for e in ok_entries][:1] == ["rollout running: started"], summary
@@ -431,8 +431,8 @@ def test_b_rollouts_over_three_replicas_are_judged_once(replicas: Replicas) -> N
     ], summary
     assert failing_entries[0]["action"] == "rollout running: started", summary
     assert "error rate" in failing_entries[1]["action"], summary
-    assert ok_entries[0]["actor"] == failing_entries[0]["actor"] == "alice"
-    assert ok_entries[1]["actor"] == failing_entries[1]["actor"] == "rollout"
+    assert ok_entries[0]["identity"] == failing_entries[0]["identity"] == "alice"
+    assert ok_entries[1]["identity"] == failing_entries[1]["identity"] == "rollout"
     assert len(entries) == 4, summary  # nothing else was written
 
     scraped = [scrape_metrics(g) for g in gateways]
@@ -516,7 +516,7 @@ def test_c_killing_the_lease_holder_mid_rollout_hands_judging_over(replicas: Rep
 
     entries = entries_about(audit_trail(survivors[0]), "rollout_long")
     summary = "\n".join(
-        f"{e['actor']} {e['replica']} {e['action']} {e['changes']}" for e in entries
+        f"{e['identity']} {e['replica']} {e['action']} {e['changes']}" for e in entries
     )
     actions = [e["action"] for e in entries]
     assert len(actions) == 3, summary

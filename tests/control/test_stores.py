@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import json
+from collections import Counter
 from collections.abc import Callable
 
 import pytest
 
 from switchyard.router.rollout import RolloutState, RolloutStatus
+from switchyard.server.control.audit_chain import verify_lines
 from switchyard.server.control.memory_store import MemoryControlStore
 from switchyard.server.control.redis_store import RedisControlStore
 from switchyard.server.control.state import AuditEntry, EndpointRecord, Override
@@ -95,6 +98,53 @@ def test_audit_once_writes_one_entry_for_a_key(make_store: StoreFactory) -> None
         finally:
             await a.close()
             await b.close()
+
+    asyncio.run(scenario())
+
+
+def test_concurrent_writers_make_one_chain_each_decision_once(make_store: StoreFactory) -> None:
+    """Four writers (two per store) commit to their own endpoints and append file audits at
+    once: every record lands once, in one chain that verifies, keyed or not."""
+
+    async def scenario() -> None:
+        a, b = make_store(), make_store()
+        writers = [(a, "w0"), (b, "w1"), (a, "w2"), (b, "w3")]
+
+        async def write(store: ControlStore, name: str) -> None:
+            revision = 0  # the endpoint's own: only this writer changes it
+            for step in range(5):
+                version = await store.commit(name, revision, record({"a": 1.0}), entry(name))
+                assert version is not None, (name, step)
+                revision = version
+                assert await store.audit_once(f"{name}-{step}", entry(f"{name} file"), 60)
+
+        try:
+            await asyncio.gather(*(write(store, name) for store, name in writers))
+            trail = await a.audit_trail(1000)
+            lines = [e.to_json() for e in trail]
+            verdict = verify_lines(lines, None, from_start=True)
+            assert verdict.intact and verdict.records == 40, verdict.summary()
+            actions = Counter(e.action for e in trail)
+            assert actions == {f"{n}{s}": 5 for _, n in writers for s in ("", " file")}
+        finally:
+            await a.close()
+            await b.close()
+
+    asyncio.run(scenario())
+
+
+def test_keyed_stores_seal_with_hmac(redis_prefix: str) -> None:
+    async def scenario() -> None:
+        store = RedisControlStore(SHARED_REDIS_URL, redis_prefix, 1.0, audit_key=b"k")
+        try:
+            await store.commit("recs", 0, record({"a": 1.0}), entry("one"))
+            trail = [e.to_json() for e in await store.audit_trail(10)]
+        finally:
+            await store.close()
+        assert json.loads(trail[0])["alg"] == "hmac-sha256"
+        assert verify_lines(trail, b"k").intact
+        problem = verify_lines(trail, b"not k").problem
+        assert problem is not None and problem.kind == "edited"
 
     asyncio.run(scenario())
 

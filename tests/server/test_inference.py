@@ -16,6 +16,7 @@ import yaml
 from loadtests.slow_model import build_slow_model
 from switchyard.runtimes.base import ModelSignature, Runtime
 from switchyard.runtimes.errors import NotFound
+from switchyard.server.caller import Actor
 from switchyard.server.config import ModelConfig, ModelVersionConfig, load_config
 from switchyard.server.gateway_core import GatewayCore
 from switchyard.server.metrics import ServerMetrics
@@ -107,7 +108,7 @@ def test_endpoint_ready_counts_the_variants_with_primary_traffic(
             assert await inference.model_ready("recs")
             runtimes["spare"].is_ready = False  # weight 0: callers never wait for it
             assert await inference.model_ready("recs")
-            await core.control.set_weights("recs", {"live": 9, "next": 1}, actor="test")
+            await core.control.set_weights("recs", {"live": 9, "next": 1}, actor=Actor("test"))
             assert not await inference.model_ready("recs")  # now it takes 10%
             runtimes["spare"].is_ready = True
             runtimes["ranker"].is_ready = False
@@ -132,7 +133,7 @@ def test_endpoint_metadata_follows_its_heaviest_primary_variant(
             mixed = inference.model_metadata("mixed")
             assert mixed.name == "mixed" and mixed.versions == ()
             assert [t.name for t in mixed.inputs] == ["features"]  # a and b tie: a answers
-            await core.control.set_weights("mixed", {"a": 1, "b": 2}, actor="test")
+            await core.control.set_weights("mixed", {"a": 1, "b": 2}, actor=Actor("test"))
             assert [t.name for t in inference.model_metadata("mixed").inputs] == ["x"]
             config = inference.model_config("mixed")
             assert config.name == "mixed"

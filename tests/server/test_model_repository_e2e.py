@@ -116,7 +116,7 @@ def test_tritonclient_lists_loads_and_unloads_over_grpc_and_http(
     assert not http_client.is_model_ready("ranker", "2")  # never loaded: not ready
 
     trail = admin_audit(gateway)
-    assert [(e["actor"], e["action"]) for e in trail] == [
+    assert [(e["identity"], e["action"]) for e in trail] == [
         ("mlengineer", "load"),
         ("mlengineer", "unload"),
         ("mlengineer", "load"),

@@ -522,7 +522,7 @@ def test_admin_sets_weights_and_audits(routed: Gateway) -> None:
         json.loads(line) for line in (workdir_of(routed) / "audit.jsonl").read_text().splitlines()
     ]
     entry = next(e for e in entries if e["action"] == "set weights")
-    assert entry["actor"] == "alice" and entry["changes"] == [
+    assert entry["identity"] == "alice" and entry["changes"] == [
         "endpoints.locked.weights.only: 1 -> 2"
     ]
     assert entry["time"].endswith("Z")
@@ -696,7 +696,7 @@ def test_admin_weights_outlive_unrelated_edits_until_the_file_changes_the_endpoi
         ]
         assert served_variants(gateway, "recs") == {"stable"}
         _, _, trail = admin(gateway, "GET", "/audit")
-        actions = [(e["actor"], e["action"]) for e in trail["entries"]]
+        actions = [(e["identity"], e["action"]) for e in trail["entries"]]
         assert actions == [
             ("alice", "set weights"),
             ("config-file", "reload switchyard.yaml"),
@@ -731,7 +731,9 @@ def test_a_file_caught_half_written_is_never_applied(
         wait_for_reloads(gateway, "applied", 1)
         assert served_variants(gateway, "recs") == {"stable"}
         _, _, trail = admin(gateway, "GET", "/audit")
-        changes = [c for e in trail["entries"] if e["actor"] == "config-file" for c in e["changes"]]
+        changes = [
+            c for e in trail["entries"] if e["identity"] == "config-file" for c in e["changes"]
+        ]
         assert changes and all(c.startswith("endpoints.recs.weights") for c in changes), changes
     finally:
         gateway.stop()
