@@ -74,7 +74,7 @@ def test_a_deleted_record_is_missing_before_the_next() -> None:
     lines = trail(5)
     del lines[1]
     assert problem_of(lines) == (2, 3, "missing before it")
-    assert problem_of(trail(5)[:-1] + [trail(6)[-1]]) == (5, 6, "missing before it")
+    assert problem_of([*trail(5)[:-1], trail(6)[-1]]) == (5, 6, "missing before it")
 
 
 def test_two_swapped_records_are_out_of_order() -> None:

@@ -13,6 +13,9 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import json
+import subprocess
+import sys
 import threading
 import time
 import uuid
@@ -28,7 +31,14 @@ import pytest
 from loadtests.gateway_process import Gateway, metric_sum, scrape_metrics, start_gateway
 from loadtests.redis_process import RedisServer
 from switchyard.demo.build_model import build
-from tests.server.test_routing_e2e import ADMIN_TOKEN, admin, infer, rollout_endpoint
+from tests.server.test_routing_e2e import (
+    ADMIN_TOKEN,
+    admin,
+    infer,
+    request,
+    rollout_endpoint,
+    workdir_of,
+)
 
 T = TypeVar("T")
 
@@ -702,3 +712,93 @@ def test_e_a_redis_outage_fails_no_request_and_changes_no_route(
         + log_tails(gateways, 6)
     )
     assert [store_up(g) for g in gateways] == [1, 1, 1]
+
+
+# f. One audit chain across replicas --------------------------------------------------------
+
+
+def switchyard_cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "switchyard.server.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+def test_f_concurrent_changes_on_two_replicas_make_one_verified_trail(
+    replicas: Replicas, tmp_path: Path
+) -> None:
+    key_file = tmp_path / "audit.key"
+    key_file.write_text("the deployment's audit key\n")
+    replicas.config["admin"]["audit_key_file"] = str(key_file)
+    gateways = replicas.start("gw", count=2)
+    changes_each = 12
+
+    def change(index: int) -> list[str]:
+        """Changes of one admin on one replica, reasons unique: (header, body) alternate."""
+        gateway, identity = gateways[index], ("alice", "bob")[index]
+        endpoint = ("flip", "rollout_ok")[index]
+        reasons = []
+        for number in range(changes_each):
+            reason = f"{identity} change {number}"
+            headers = {
+                "Authorization": f"Bearer {ADMIN_TOKEN}",
+                "X-Switchyard-Actor": identity,
+                "X-Switchyard-Reason": reason if number % 2 else "the header loses",
+            }
+            body: dict[str, Any] = {"weights": {"stable": 1 + number % 3, "canary": 1}}
+            if number % 2 == 0:
+                body["reason"] = reason  # the body's reason wins over the header's
+            if number == changes_each - 1:
+                path, method = f"/admin/v1/endpoints/{endpoint}/override", "DELETE"
+                body = {"reason": reason}
+            else:
+                path, method = f"/admin/v1/endpoints/{endpoint}/weights", "PUT"
+            status, _, answer = request(gateway, method, path, body, headers)
+            assert status == 200, answer
+            reasons.append(reason)
+        return reasons
+
+    with ThreadPoolExecutor(2) as pool:
+        expected = [reason for done in pool.map(change, range(2)) for reason in done]
+
+    exported = tmp_path / "trail.jsonl"
+    export = switchyard_cli(
+        "audit", "export", "--config", str(workdir_of(gateways[0]) / "switchyard.yaml")
+    )
+    assert export.returncode == 0, export.stderr
+    exported.write_text(export.stdout)
+    verify = switchyard_cli("audit", "verify", str(exported), "--key-file", str(key_file))
+    assert verify.returncode == 0, verify.stdout + verify.stderr
+    count = 2 * changes_each
+    assert verify.stdout.strip() == f"{count} records, seq 1..{count}, chain intact"
+    records = [json.loads(line) for line in export.stdout.splitlines()]
+    assert sorted(r["reason"] for r in records) == sorted(expected)  # each decision once
+    for record in records:
+        identity = record["reason"].split()[0]
+        assert record["identity"] == identity and record["role"] == "admin"
+        assert record["peer"].startswith("127.0.0.1:"), record
+        assert record["alg"] == "hmac-sha256"
+    # The REST trail is the same chain.
+    _, _, answer = admin(gateways[1], "GET", "/audit?limit=1000")
+    assert [e["hash"] for e in answer["entries"]] == [r["hash"] for r in records]
+    # Each replica's own file is a chain of its own, of its own decisions.
+    for gateway, identity in zip(gateways, ("alice", "bob"), strict=True):
+        own = workdir_of(gateway) / "audit.jsonl"
+        checked = switchyard_cli("audit", "verify", str(own), "--key-file", str(key_file))
+        assert checked.returncode == 0, checked.stdout + checked.stderr
+        assert checked.stdout.startswith(f"{changes_each} records, seq 1..{changes_each}")
+        assert {json.loads(line)["identity"] for line in own.read_text().splitlines()} == {identity}
+    # An edit of the export, a line dropped: each caught at its line.
+    lines = export.stdout.splitlines()
+    edited = json.loads(lines[4])
+    edited["reason"] = "nothing to see"
+    exported.write_text("\n".join([*lines[:4], json.dumps(edited), *lines[5:]]) + "\n")
+    verify = switchyard_cli("audit", "verify", str(exported), "--key-file", str(key_file))
+    assert verify.returncode == 1 and verify.stdout.startswith("record at line 5 (seq 5): edited")
+    exported.write_text("\n".join([*lines[:4], *lines[5:]]) + "\n")
+    verify = switchyard_cli("audit", "verify", str(exported), "--key-file", str(key_file))
+    assert verify.returncode == 1
+    assert verify.stdout.startswith("record at line 5 (seq 6): missing before it")
