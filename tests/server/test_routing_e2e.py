@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import http.client
 import json
+import subprocess
+import sys
 import threading
 import time
 from collections import Counter
@@ -526,6 +528,32 @@ def test_admin_sets_weights_and_audits(routed: Gateway) -> None:
         "endpoints.locked.weights.only: 1 -> 2"
     ]
     assert entry["time"].endswith("Z")
+
+
+def test_admin_reasons_are_audited_and_the_gateways_file_verifies(routed: Gateway) -> None:
+    headers = {
+        "Authorization": f"Bearer {ADMIN_TOKEN}",
+        "X-Switchyard-Actor": "carol",
+        "X-Switchyard-Reason": "ticket 42",
+    }
+    path = "/admin/v1/endpoints/locked/weights"
+    status, _, body = request(routed, "PUT", path, {"weights": {"only": 3}}, headers)
+    assert status == 200, body
+    status, _, body = request(
+        routed, "PUT", path, {"weights": {"only": 4}, "reason": "the body's wins"}, headers
+    )
+    assert status == 200, body
+    status, _, body = request(routed, "PUT", path, {"weights": {"only": 5}, "reason": 7}, headers)
+    assert status == 400 and '"reason" must be a string' in body["error"], body
+    _, _, trail = admin(routed, "GET", "/audit")
+    mine = [e for e in trail["entries"] if e["identity"] == "carol"]
+    assert [e["reason"] for e in mine] == ["ticket 42", "the body's wins"]
+    assert all(e["peer"].startswith("127.0.0.1:") and e["role"] == "admin" for e in mine)
+    assert mine[1]["seq"] == mine[0]["seq"] + 1 and mine[1]["prev"] == mine[0]["hash"]
+    audit_file = str(workdir_of(routed) / "audit.jsonl")
+    command = [sys.executable, "-m", "switchyard.server.cli", "audit", "verify", audit_file]
+    verify = subprocess.run(command, capture_output=True, text=True, timeout=60, check=False)
+    assert verify.returncode == 0 and "chain intact" in verify.stdout, verify
 
 
 def test_config_reload_under_load_fails_no_request(
