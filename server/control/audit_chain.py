@@ -177,6 +177,9 @@ def _check(
     alg = record["alg"]
     if alg == "hmac-sha256" and key is None:
         return "unreadable", "the record is HMAC-keyed: pass --key-file or SWITCHYARD_AUDIT_KEY"
+    if alg == "sha256" and key is not None:
+        # Else whoever rewrites a tail without the key would only need to write it unkeyed.
+        return "edited", "the record is not HMAC-keyed, but a key was given"
     if not hmac.compare_digest(
         digest(record, key if alg == "hmac-sha256" else None), record["hash"]
     ):

@@ -95,6 +95,15 @@ def test_the_wrong_key_or_no_key_is_reported_at_the_first_record() -> None:
     assert problem_of(lines, None) == (1, 1, "unreadable")  # keyed: it cannot be checked
 
 
+def test_an_unkeyed_tail_in_a_keyed_trail_is_an_edit() -> None:
+    """Whoever lacks the key could rewrite the tail as plain sha256 records that link: with
+    the key given, an unkeyed record is refused."""
+    keyed = trail(3, KEY)
+    last = json.loads(keyed[-1])
+    forged = trail(1, first=ChainHead(last["seq"], last["hash"]))
+    assert problem_of([*keyed, *forged], KEY) == (4, 4, "edited")
+
+
 def test_a_record_renumbered_to_hide_a_deletion_breaks_its_link() -> None:
     """Deleting seq 2 and rewriting seq 3 as seq 2 (rehashed, no key): its prev still names
     the deleted record, so the link to seq 1 fails."""
