@@ -70,7 +70,7 @@ class GatewayCore:
             replica=replica_name(),
         )
         self.models = ModelControl(repository, config, self.control)
-        self._repository_api = RepositoryApi(self.models, config.admin.token)
+        self._repository_api = RepositoryApi(self.models, config.admin.token_value)
         self.routing = RoutingService(
             router, dataplane.infer_model, config.routing, metrics.routing, self.control.record
         )
@@ -96,7 +96,7 @@ class GatewayCore:
         self._reload_task: asyncio.Task[None] | None = None
 
     def rest_app(self) -> RestApp:
-        admin = AdminApi(self.control, self.config.admin.token)
+        admin = AdminApi(self.control, self.config.admin.token_value)
         return RestApp(self.inference, self.metrics, admin, self.recommender, self._repository_api)
 
     def oip_servicer(self) -> InferenceServicer:

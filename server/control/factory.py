@@ -10,5 +10,6 @@ from switchyard.server.control.store import ControlStore
 
 def create_control_store(settings: ControlSettings) -> ControlStore:
     if settings.store == "redis":
-        return RedisControlStore(settings.url, settings.prefix, settings.timeout_s)
+        url, options = settings.connection()
+        return RedisControlStore(url, settings.prefix, settings.timeout_s, options)
     return MemoryControlStore()
