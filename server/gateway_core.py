@@ -16,9 +16,11 @@ import secrets
 import socket
 from pathlib import Path
 
+from switchyard.demo.paths import config_base_dir
 from switchyard.router.router import Router
 from switchyard.server.admin_api import AdminApi
 from switchyard.server.audit_log import AuditLog
+from switchyard.server.client_paths import name_folder
 from switchyard.server.config import SwitchyardConfig, routing_table
 from switchyard.server.config_reload import ConfigReloader
 from switchyard.server.control.factory import create_control_store
@@ -56,6 +58,11 @@ class GatewayCore:
     ) -> None:
         self.config = config
         self.metrics = metrics
+        # Client messages name files relative to these (server/client_paths.py).
+        if config.model_repository.path is not None:
+            name_folder(config.model_repository.path, "model repository")
+        if config_path is not None:
+            name_folder(config_base_dir(config_path), "config folder")
         self.repository = repository
         dataplane = DataPlane(repository, config.server.max_request_size_bytes)
         router = Router(routing_table(config))

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 import numpy as np
@@ -38,7 +38,7 @@ def tls_redis(request: pytest.FixtureRequest, tmp_path: Path, ca: TestCA) -> Ite
     server.stop()
 
 
-def store_settings(url: str, tls: dict[str, object], **settings: object) -> dict[str, object]:
+def store_settings(url: str, tls: Mapping[str, object], **settings: object) -> dict[str, object]:
     return {
         "kind": "redis",
         "url": url,

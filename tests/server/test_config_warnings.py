@@ -13,6 +13,7 @@ from tests.server.test_config_cli import switchyard
 
 TOKEN = "inline-admin-token-3c9e1f"
 MODEL = {"name": "m", "versions": [{"version": "1", "path": "m.onnx"}]}
+LOCAL = {"admin": {"token": {"from_env": "T"}}}
 ADMIN_IN_CLEAR = (
     "the admin API on 0.0.0.0:8000 without TLS: tokens travel in clear; set server.tls or "
     "bind to 127.0.0.1"
@@ -35,8 +36,9 @@ def warnings_of(raw: dict[str, Any], env: dict[str, str] | None = None) -> list[
         # The environment's token enables the admin API as well; it is not in the file.
         ({}, {"SWITCHYARD_ADMIN_TOKEN": TOKEN}, [ADMIN_IN_CLEAR]),
         # On loopback, in clear is fine.
-        ({"server": {"host": "127.0.0.1"}, "admin": {"token": {"from_env": "T"}}}, {"T": TOKEN}, []),
-        ({"server": {"host": "::1"}, "admin": {"token": {"from_env": "T"}}}, {"T": TOKEN}, []),
+        ({"server": {"host": "127.0.0.1"}, **LOCAL}, {"T": TOKEN}, []),
+        ({"server": {"host": "::1"}, **LOCAL}, {"T": TOKEN}, []),
+        ({"server": {"host": "localhost"}, **LOCAL}, {"T": TOKEN}, []),
         # No admin API, nothing to warn about.
         ({}, None, []),
         (
