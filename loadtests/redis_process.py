@@ -9,12 +9,14 @@ import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import redis
 
-from loadtests.certificates import CertFiles
 from loadtests.gateway_process import free_port
+
+if TYPE_CHECKING:
+    from loadtests.certificates import CertFiles
 
 
 @dataclass(frozen=True)
