@@ -15,8 +15,9 @@ import redis
 from loadtests.certificates import TestCA
 from loadtests.redis_process import RedisServer, RedisTls
 from switchyard.runtimes.errors import Unavailable
-from switchyard.server.features.config import FeatureConfigError, parse_features
+from switchyard.server.features.config import FeatureConfigError, RedisStoreConfig, parse_features
 from switchyard.server.features.definitions import FeatureDefinitions
+from switchyard.server.features.loader import load_file
 from switchyard.server.features.redis_store import RedisFeatureStore
 from tests.features.support import features_section
 from tests.features.test_redis_store import expected_matrix, random_rows, write_rows
@@ -160,3 +161,24 @@ def test_bad_tls_and_password_settings_are_config_errors_at_their_key(
     with pytest.raises(FeatureConfigError) as caught:
         parse_features(features_section(prefix, kind="redis", **settings), tmp_path, "test")
     assert caught.value.errors == (expected.format(base=tmp_path),)
+
+
+def test_the_loader_writes_over_tls_with_the_stores_password(
+    tls_redis: RedisServer, ca: TestCA, tmp_path: Path, prefix: str
+) -> None:
+    (tmp_path / "redis-password").write_text(PASSWORD)
+    rows = tmp_path / "users.csv"
+    rows.write_text("user_id,activity,tenure,premium\nu7,2.5,12,1\n")
+    client = ca.issue("loader")
+    tls = {"ca_file": str(ca.ca_file), "cert_file": str(client.cert_file),
+           "key_file": str(client.key_file)}  # fmt: skip
+    config = parse_features(
+        features_section(prefix, **store_settings(tls_redis.url, tls)), tmp_path, "test"
+    )
+    assert isinstance(config.store, RedisStoreConfig)
+    url, options = config.store.connection()
+    entity = FeatureDefinitions.from_config(config).entity("user")
+    assert load_file(rows, entity, url, progress=None, connection_options=options) == 1
+    check = redis.Redis.from_url(url, **options)
+    assert check.hget(prefix + "user:u7", "tenure") == b"12"
+    check.close()
