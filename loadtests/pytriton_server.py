@@ -54,6 +54,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--workspace", type=Path, default=None, help="PyTriton's scratch folder")
     parser.add_argument("--log-verbose", type=int, default=0, help="tritonserver --log-verbose")
+    parser.add_argument("--grpc-server-cert", default=None, help="PEM: gRPC over TLS")
+    parser.add_argument("--grpc-server-key", default=None, help="PEM key of --grpc-server-cert")
+    parser.add_argument("--grpc-root-cert", default=None, help="PEM CA of client certificates")
+    parser.add_argument(
+        "--grpc-use-ssl-mutual", action="store_true", help="clients must present a certificate"
+    )
     parser.add_argument(
         "--exit-with-parent",
         action="store_true",
@@ -103,6 +109,20 @@ def make_infer(session: ort.InferenceSession) -> Callable[..., Any]:
     return batched
 
 
+def grpc_tls_options(args: argparse.Namespace) -> dict[str, object]:
+    """TritonConfig's gRPC TLS settings (tritonserver --grpc-use-ssl ...); none: plaintext.
+    Triton's HTTP endpoint has no TLS, so PyTriton's own readiness checks stay as they are."""
+    if args.grpc_server_cert is None:
+        return {}
+    return {
+        "grpc_use_ssl": True,
+        "grpc_use_ssl_mutual": args.grpc_use_ssl_mutual,
+        "grpc_server_cert": args.grpc_server_cert,
+        "grpc_server_key": args.grpc_server_key,
+        "grpc_root_cert": args.grpc_root_cert,
+    }
+
+
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     logging.basicConfig(
@@ -132,6 +152,7 @@ def main(argv: list[str] | None = None) -> None:
         log_verbose=args.log_verbose,
         # Give in-flight requests a short grace period on SIGTERM, not Triton's default 30 s.
         exit_timeout_secs=5,
+        **grpc_tls_options(args),
     )
     # No access token: a loopback test server whose statistics and other admin endpoints the
     # tests and benchmarks read without PyTriton's auto-generated token.

@@ -7,11 +7,26 @@ import shutil
 import signal
 import subprocess
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import redis
 
 from loadtests.gateway_process import free_port
+
+if TYPE_CHECKING:
+    from loadtests.certificates import CertFiles
+
+
+@dataclass(frozen=True)
+class RedisTls:
+    """A TLS-only redis-server: its certificate, the CA it trusts for clients, and whether
+    clients must present a certificate (`tls-auth-clients`)."""
+
+    server: CertFiles
+    ca_file: Path
+    auth_clients: bool = False
 
 
 class RedisServer:
@@ -19,19 +34,40 @@ class RedisServer:
     or, `persistent`, with an append-only file in `workdir` that keeps the data across a
     stop and a start (same port, same folder)."""
 
-    def __init__(self, workdir: Path, *, persistent: bool = False) -> None:
+    def __init__(
+        self,
+        workdir: Path,
+        *,
+        persistent: bool = False,
+        tls: RedisTls | None = None,
+        password: str | None = None,
+    ) -> None:
         binary = shutil.which("redis-server")
         if binary is None:
             raise RuntimeError("redis-server is not installed")
         self._binary = binary
         self._workdir = workdir
         self._persistent = persistent
+        self._tls = tls
+        self._password = password
         self.port = free_port()
         self._process: subprocess.Popen[bytes] | None = None
 
     @property
     def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
+        """The URL to reach it: rediss:// when it serves TLS (then only TLS); no password."""
+        scheme = "redis" if self._tls is None else "rediss"
+        return f"{scheme}://127.0.0.1:{self.port}/0"
+
+    def _client(self) -> redis.Redis:
+        options: dict[str, Any] = {"socket_timeout": 0.2, "password": self._password}
+        if self._tls is not None:
+            options |= {
+                "ssl_ca_certs": str(self._tls.ca_file),
+                "ssl_certfile": str(self._tls.server.cert_file),
+                "ssl_keyfile": str(self._tls.server.key_file),
+            }
+        return redis.Redis.from_url(self.url, **options)
 
     def start(self, ready_timeout_s: float = 10.0) -> None:
         options = ["--bind", "127.0.0.1", "--save", ""]
@@ -39,12 +75,27 @@ class RedisServer:
             options += ["--appendonly", "yes", "--appendfsync", "always"]
         else:
             options += ["--appendonly", "no"]
+        if self._password is not None:
+            options += ["--requirepass", self._password]
+        ports = ["--port", str(self.port)]
+        if self._tls is not None:
+            ports = ["--port", "0", "--tls-port", str(self.port)]
+            options += [
+                "--tls-cert-file",
+                str(self._tls.server.cert_file),
+                "--tls-key-file",
+                str(self._tls.server.key_file),
+                "--tls-ca-cert-file",
+                str(self._tls.ca_file),
+                "--tls-auth-clients",
+                "yes" if self._tls.auth_clients else "no",
+            ]
         self._process = subprocess.Popen(
-            [self._binary, "--port", str(self.port), *options, "--dir", str(self._workdir)],
+            [self._binary, *ports, *options, "--dir", str(self._workdir)],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
-        client = redis.Redis.from_url(self.url, socket_timeout=0.2)
+        client = self._client()
         deadline = time.monotonic() + ready_timeout_s
         while True:
             try:

@@ -23,6 +23,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from loadtests.certificates import CertFiles
 from loadtests.gateway_process import REPO_ROOT, free_port, http_ok
 
 ENV_SCRIPT = REPO_ROOT / "scripts" / "triton_env.sh"
@@ -63,6 +64,13 @@ def ensure_triton_env() -> Path:
     return python
 
 
+@dataclass(frozen=True)
+class TritonGrpcTls:
+    server: CertFiles
+    ca_file: Path
+    mutual: bool = False
+
+
 @dataclass
 class TritonProcess:
     """A PyTriton server subprocess; the ports stay fixed across `restart()`."""
@@ -78,6 +86,9 @@ class TritonProcess:
     ready_timeout_s: float = READY_TIMEOUT_S
     python: Path = field(default_factory=ensure_triton_env)
     process: subprocess.Popen[bytes] | None = None
+    # gRPC over TLS: tritonserver's certificate, and the CA of client certificates that it
+    # then requires (mutual TLS); None: plaintext.
+    grpc_tls: TritonGrpcTls | None = None
     # Seconds from spawning the process to both readiness checks passing, for the last start.
     startup_s: float = 0.0
     starts: int = 0
@@ -145,6 +156,14 @@ class TritonProcess:
             f"--workspace={workspace}",
             "--exit-with-parent",
         ]
+        if self.grpc_tls is not None:
+            tls = self.grpc_tls
+            command += [
+                f"--grpc-server-cert={tls.server.cert_file}",
+                f"--grpc-server-key={tls.server.key_file}",
+                f"--grpc-root-cert={tls.ca_file}",
+                *(["--grpc-use-ssl-mutual"] if tls.mutual else []),
+            ]
         with self.log_path.open("a") as log_file:
             log_file.write(f"\n===== start {self.starts}: {' '.join(command)}\n")
             log_file.flush()
@@ -311,6 +330,7 @@ def start_triton(
     max_queue_delay_us: int = 0,
     ready_timeout_s: float = READY_TIMEOUT_S,
     attempts: int = 3,
+    grpc_tls: TritonGrpcTls | None = None,
 ) -> TritonProcess:
     """Start Triton serving `model_path` on the given ports or on free ones; wait until ready.
 
@@ -331,6 +351,7 @@ def start_triton(
             max_queue_delay_us=max_queue_delay_us,
             ready_timeout_s=ready_timeout_s,
             python=python,
+            grpc_tls=grpc_tls,
         )
         try:
             server.start()

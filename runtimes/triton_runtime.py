@@ -15,6 +15,7 @@ import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import grpc
 import numpy as np
@@ -57,6 +58,10 @@ class TritonOptions:
     breaker_failures: int = 5  # consecutive failures that open the circuit
     breaker_open_s: float = 2.0  # how long an open circuit fails fast before a probe
     max_message_bytes: int = 64 * 1024 * 1024
+    # TLS towards Triton: the CA its certificate must chain to; cert and key for mutual TLS.
+    tls_ca_file: Path | None = None
+    tls_cert_file: Path | None = None
+    tls_key_file: Path | None = None
 
 
 class TritonModel(Runtime):
@@ -79,6 +84,7 @@ class TritonModel(Runtime):
             # than a call may take, rather than forever.
             probe_timeout_s=options.timeout_s,
         )
+        self._credentials: grpc.ChannelCredentials | None = None
         self._channel: grpc.aio.Channel | None = None
         self._stub: pb_grpc.GRPCInferenceServiceStub | None = None
         self._signature: ModelSignature | None = None
@@ -91,16 +97,47 @@ class TritonModel(Runtime):
         size = self._options.max_message_bytes
         return [("grpc.max_receive_message_length", size), ("grpc.max_send_message_length", size)]
 
+    def _blocking_channel(self) -> grpc.Channel:
+        url, options = self._options.url, self._channel_options()
+        if self._credentials is None:
+            return grpc.insecure_channel(url, options=options)
+        return grpc.secure_channel(url, self._credentials, options=options)
+
+    def _read_credentials(self, where: str) -> grpc.ChannelCredentials | None:
+        opts = self._options
+        if opts.tls_ca_file is None:
+            return None
+        files = {"ca_file": opts.tls_ca_file}
+        if opts.tls_cert_file is not None and opts.tls_key_file is not None:
+            files |= {"cert_file": opts.tls_cert_file, "key_file": opts.tls_key_file}
+        pem: dict[str, bytes] = {}
+        for key, path in files.items():
+            try:
+                pem[key] = path.read_bytes()
+            except OSError as exc:
+                raise ModelLoadError(
+                    f"{where}: cannot read tls.{key} {path}: {exc.strerror or exc}"
+                ) from None
+        return grpc.ssl_channel_credentials(
+            root_certificates=pem["ca_file"],
+            private_key=pem.get("key_file"),
+            certificate_chain=pem.get("cert_file"),
+        )
+
     def load(self) -> ModelSignature:
         """Read the model's metadata and config from Triton (a blocking channel, at start)."""
         opts = self._options
         where = f"model '{self._label}': Triton at {opts.url}"
-        with grpc.insecure_channel(opts.url, options=self._channel_options()) as channel:
+        # Read once, at load: a missing file fails the load, not the first request.
+        self._credentials = self._read_credentials(where)
+        with self._blocking_channel() as channel:
             try:
                 grpc.channel_ready_future(channel).result(timeout=opts.connect_timeout_s)
             except grpc.FutureTimeoutError:
+                hint = " (over TLS: check tls.ca_file and Triton's certificate)"
                 raise ModelLoadError(
                     f"{where} did not answer within {opts.connect_timeout_s} s"
+                    f"{hint if self._credentials is not None else ''}"
                 ) from None
             stub = pb_grpc.GRPCInferenceServiceStub(channel)
             ids = {"name": opts.model_name, "version": opts.model_version}
@@ -125,8 +162,14 @@ class TritonModel(Runtime):
     def _connected_stub(self) -> pb_grpc.GRPCInferenceServiceStub:
         # Created on first use: an aio channel belongs to the event loop that runs it.
         if self._stub is None:
-            self._channel = grpc.aio.insecure_channel(
-                self._options.url, options=self._channel_options()
+            if self._credentials is None and self._options.tls_ca_file is not None:
+                # Never plaintext where TLS is configured, even without a load() first.
+                self._credentials = self._read_credentials(f"model '{self._label}'")
+            url, options = self._options.url, self._channel_options()
+            self._channel = (
+                grpc.aio.insecure_channel(url, options=options)
+                if self._credentials is None
+                else grpc.aio.secure_channel(url, self._credentials, options=options)
             )
             self._stub = pb_grpc.GRPCInferenceServiceStub(self._channel)
         return self._stub

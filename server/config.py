@@ -27,6 +27,7 @@ from switchyard.server.config_base import (
     error_lines,
     raise_errors,
 )
+from switchyard.server.config_secrets import secret_context
 from switchyard.server.config_sections import (
     AdminSettings,
     ControlSettings,
@@ -253,10 +254,16 @@ def _resolve_paths(raw: dict[str, Any], base_dir: Path) -> None:
     _resolve_path(raw.get("admin"), "audit_log_path", base_dir)
     _resolve_path(raw.get("admin"), "audit_key_file", base_dir)
     _resolve_path(raw.get("model_repository"), "path", base_dir)
+    control = raw.get("control")
+    for key in ("ca_file", "cert_file", "key_file"):
+        _resolve_path(control.get("tls") if isinstance(control, dict) else None, key, base_dir)
     _resolve_path(raw.get("mlflow"), "cache_dir", base_dir)
     resolve_feature_paths(raw.get("features"), base_dir)
     models = raw.get("models")
     for model in models if isinstance(models, list) else []:
+        triton = model.get("triton") if isinstance(model, dict) else None
+        for key in ("ca_file", "cert_file", "key_file"):
+            _resolve_path(triton.get("tls") if isinstance(triton, dict) else None, key, base_dir)
         versions = model.get("versions") if isinstance(model, dict) else None
         for version in versions if isinstance(versions, list) else []:
             _resolve_path(version, "path", base_dir)
@@ -274,7 +281,7 @@ def parse_config(
     raw = _apply_redis_url_env(raw, env, source)
     _resolve_paths(raw, base_dir)
     try:
-        return SwitchyardConfig.model_validate(raw)
+        return SwitchyardConfig.model_validate(raw, context=secret_context(base_dir, env))
     except ValidationError as exc:
         raise ConfigError(source, error_lines(exc)) from None
 

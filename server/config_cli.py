@@ -9,6 +9,8 @@ from pathlib import Path
 from typing import Any
 
 from switchyard.server.config import ConfigError, SwitchyardConfig, load_config
+from switchyard.server.config_warnings import config_notes, config_warnings
+from switchyard.server.config_yaml import load_yaml
 
 EXIT_INVALID = 2
 
@@ -35,6 +37,12 @@ def _check(args: argparse.Namespace) -> int:
             print(f"  {line}", file=sys.stderr)
         return EXIT_INVALID
     print(f"{path}: OK ({len(config.models)} model(s), {len(config.endpoints)} endpoint(s))")
+    # Valid, so the file was read and parsed a moment ago: the raw document for the warnings.
+    raw = load_yaml(path.read_text(), str(path))
+    for line in config_warnings(config, raw):
+        print(f"warning: {line}", file=sys.stderr)
+    for line in config_notes(config):
+        print(f"note: {line}", file=sys.stderr)
     return 0
 
 

@@ -6,10 +6,12 @@ from __future__ import annotations
 import os
 from pathlib import Path
 from typing import Annotated, Any, Literal
+from urllib.parse import quote, unquote, urlsplit, urlunsplit
 
-from pydantic import BeforeValidator, Field
+from pydantic import BeforeValidator, Field, SecretStr, model_validator
 
 from switchyard.server.config_base import StrictModel
+from switchyard.server.config_secrets import SecretText, reveal
 
 Port = Annotated[int, Field(ge=0, le=65535)]
 # A path is written as a string in YAML; relative ones resolve against the config's folder.
@@ -207,6 +209,63 @@ class RoutingSettings(StrictModel):
     )
 
 
+class RedisTlsSettings(StrictModel):
+    """TLS towards Redis (a rediss:// URL): the CA that signed the server's certificate and,
+    for a server that checks clients (`tls-auth-clients yes`), this client's own."""
+
+    ca_file: FilePath | None = Field(
+        default=None,
+        description="PEM CA certificate(s) the server's certificate must chain to; unset: "
+        "the system's CAs.",
+    )
+    cert_file: FilePath | None = Field(
+        default=None, description="PEM client certificate (mutual TLS); with key_file."
+    )
+    key_file: FilePath | None = Field(
+        default=None, description="PEM private key of cert_file (unencrypted)."
+    )
+    check_hostname: bool = Field(
+        default=True,
+        description="The server's certificate must name the URL's host (false: the CA only).",
+    )
+
+    @model_validator(mode="after")
+    def _cert_with_key(self) -> RedisTlsSettings:
+        if (self.cert_file is None) != (self.key_file is None):
+            raise ValueError("cert_file and key_file go together (the client certificate)")
+        return self
+
+    def redis_options(self) -> dict[str, Any]:
+        """redis-py's connection options of these settings."""
+        return {
+            "ssl_ca_certs": None if self.ca_file is None else str(self.ca_file),
+            "ssl_certfile": None if self.cert_file is None else str(self.cert_file),
+            "ssl_keyfile": None if self.key_file is None else str(self.key_file),
+            "ssl_check_hostname": self.check_hostname,
+        }
+
+
+def check_redis_tls(url: str, tls: RedisTlsSettings | None) -> None:
+    if tls is not None and not url.startswith("rediss://"):
+        raise ValueError("tls is set, but the url is not rediss:// (TLS would not be used)")
+
+
+def redis_connection(
+    url: str, password: SecretStr | None, tls: RedisTlsSettings | None
+) -> tuple[str, dict[str, Any]]:
+    """The URL and redis-py connection options (from_url keywords) of a store's settings:
+    `password` replaces one in the URL (redis-py would let the URL's win)."""
+    options: dict[str, Any] = {} if tls is None else tls.redis_options()
+    if password is not None:
+        parts = urlsplit(url)
+        if parts.password is not None:
+            host = parts.netloc.rpartition("@")[2]
+            user = quote(unquote(parts.username or ""), safe="")
+            url = urlunsplit(parts._replace(netloc=f"{user}@{host}" if user else host))
+        options["password"] = password.get_secret_value()
+    return url, options
+
+
 class ControlSettings(StrictModel):
     """Where the routing state every replica must agree on is kept: the weights set while
     serving, running rollouts, the audit trail (docs/architecture.md, "Control store")."""
@@ -220,6 +279,14 @@ class ControlSettings(StrictModel):
         default="redis://127.0.0.1:6379/0",
         pattern=r"^rediss?://",
         description="The Redis of the redis store (it may be the feature store's).",
+    )
+    password: SecretText | None = Field(
+        default=None,
+        description="Redis password (AUTH), over one in the URL: {from_env: NAME} or "
+        "{from_file: PATH} keeps it out of the file.",
+    )
+    tls: RedisTlsSettings | None = Field(
+        default=None, description="CA and client certificate of a rediss:// URL."
     )
     prefix: str = Field(
         default="switchyard:",
@@ -248,6 +315,15 @@ class ControlSettings(StrictModel):
         "(export the trail regularly: `switchyard audit export`).",
     )
 
+    @model_validator(mode="after")
+    def _tls_needs_rediss(self) -> ControlSettings:
+        check_redis_tls(self.url, self.tls)
+        return self
+
+    def connection(self) -> tuple[str, dict[str, Any]]:
+        """The URL and redis-py options (password, TLS) to connect with."""
+        return redis_connection(self.url, self.password, self.tls)
+
 
 class RayHostSettings(StrictModel):
     """The Ray host's ingress deployment (per-model settings are `models.N.ray`); the
@@ -271,10 +347,11 @@ class RayHostSettings(StrictModel):
 class AdminSettings(StrictModel):
     """The admin REST API (/admin/v1/...) on the HTTP port; off unless a token is set."""
 
-    token: str | None = Field(
+    token: SecretText | None = Field(
         default=None,
         min_length=16,
-        description="Bearer token of the admin API; better set as SWITCHYARD_ADMIN_TOKEN.",
+        description="Bearer token of the admin API: better {from_env: NAME}, {from_file: PATH} "
+        "or SWITCHYARD_ADMIN_TOKEN than written in the file.",
     )
     audit_log_path: FilePath | None = Field(
         default=None,
@@ -286,6 +363,11 @@ class AdminSettings(StrictModel):
         description="A file holding the HMAC key of the audit trail's hash chain (else "
         "SWITCHYARD_AUDIT_KEY; without either, plain sha256).",
     )
+
+    @property
+    def token_value(self) -> str | None:
+        """The admin token's text (`token` itself never prints it)."""
+        return reveal(self.token)
 
 
 class RecommendSettings(StrictModel):

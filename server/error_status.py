@@ -30,6 +30,7 @@ from switchyard.runtimes.errors import (
     Unauthenticated,
     Unavailable,
 )
+from switchyard.server.client_paths import client_message
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,12 +66,15 @@ RETRY_AFTER = ((b"retry-after", str(RETRY_AFTER_S).encode()),)
 def error_status(error: Exception) -> tuple[ErrorStatus, str]:
     """The statuses and the message a client sees for `error`. Our own errors keep their
     message (written for the caller); anything else gets the generic one."""
+    # The one boundary to clients: no absolute server paths in what they read (the log that
+    # recorded the error keeps them); errors about files lose any absolute path.
+    files = isinstance(error, ModelLoadError | FailedPrecondition)
     for error_type in type(error).__mro__:
         status = ERROR_STATUS.get(error_type)
         if status is not None:
-            return status, str(error)
+            return status, client_message(str(error), any_path=files)
     if isinstance(error, SwitchyardError):
-        return INTERNAL, str(error)
+        return INTERNAL, client_message(str(error), any_path=True)
     return INTERNAL, INTERNAL_ERROR_MESSAGE
 
 

@@ -16,9 +16,11 @@ import secrets
 import socket
 from pathlib import Path
 
+from switchyard.demo.paths import config_base_dir
 from switchyard.router.router import Router
 from switchyard.server.admin_api import AdminApi
 from switchyard.server.audit_log import AuditLog, configured_audit_key
+from switchyard.server.client_paths import name_folder
 from switchyard.server.config import SwitchyardConfig, routing_table
 from switchyard.server.config_reload import ConfigReloader
 from switchyard.server.control.factory import create_control_store
@@ -56,6 +58,11 @@ class GatewayCore:
     ) -> None:
         self.config = config
         self.metrics = metrics
+        # Client messages name files relative to these (server/client_paths.py).
+        if config.model_repository.path is not None:
+            name_folder(config.model_repository.path, "model repository")
+        if config_path is not None:
+            name_folder(config_base_dir(config_path), "config folder")
         self.repository = repository
         dataplane = DataPlane(repository, config.server.max_request_size_bytes)
         router = Router(routing_table(config))
@@ -71,7 +78,7 @@ class GatewayCore:
             replica=replica_name(),
         )
         self.models = ModelControl(repository, config, self.control)
-        self._repository_api = RepositoryApi(self.models, config.admin.token)
+        self._repository_api = RepositoryApi(self.models, config.admin.token_value)
         self.routing = RoutingService(
             router, dataplane.infer_model, config.routing, metrics.routing, self.control.record
         )
@@ -97,7 +104,7 @@ class GatewayCore:
         self._reload_task: asyncio.Task[None] | None = None
 
     def rest_app(self) -> RestApp:
-        admin = AdminApi(self.control, self.config.admin.token)
+        admin = AdminApi(self.control, self.config.admin.token_value)
         return RestApp(self.inference, self.metrics, admin, self.recommender, self._repository_api)
 
     def oip_servicer(self) -> InferenceServicer:

@@ -111,6 +111,28 @@ class BatchingConfig(StrictModel):
         )
 
 
+class TritonTlsSettings(StrictModel):
+    """TLS towards Triton's gRPC endpoint (tritonserver --grpc-use-ssl); with cert_file and
+    key_file, mutual TLS (--grpc-use-ssl-mutual). Triton's HTTP endpoint has no TLS of its
+    own; the gateway talks gRPC to it."""
+
+    ca_file: FilePath = Field(
+        description="PEM CA certificate(s) Triton's server certificate must chain to."
+    )
+    cert_file: FilePath | None = Field(
+        default=None, description="PEM client certificate (mutual TLS); with key_file."
+    )
+    key_file: FilePath | None = Field(
+        default=None, description="PEM private key of cert_file (unencrypted)."
+    )
+
+    @model_validator(mode="after")
+    def _cert_with_key(self) -> TritonTlsSettings:
+        if (self.cert_file is None) != (self.key_file is None):
+            raise ValueError("cert_file and key_file go together (the client certificate)")
+        return self
+
+
 class TritonRuntimeOptions(StrictModel):
     """A model served by a Triton server (runtime: triton)."""
 
@@ -142,6 +164,9 @@ class TritonRuntimeOptions(StrictModel):
     )
     breaker_open_s: float = Field(
         default=2.0, gt=0, description="Seconds the open breaker refuses calls before a probe."
+    )
+    tls: TritonTlsSettings | None = Field(
+        default=None, description="TLS towards Triton; unset: plaintext gRPC."
     )
 
 

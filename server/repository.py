@@ -120,6 +120,9 @@ def create_runtime(
             backoff_max_s=t.backoff_max_s,
             breaker_failures=t.breaker_failures,
             breaker_open_s=t.breaker_open_s,
+            tls_ca_file=None if t.tls is None else t.tls.ca_file,
+            tls_cert_file=None if t.tls is None else t.tls.cert_file,
+            tls_key_file=None if t.tls is None else t.tls.key_file,
             **sizes,
         )
         breaker_gauge = metrics.circuit_state.labels(model.name, version.version)

@@ -11,10 +11,12 @@ from switchyard.server.control.store import ControlStore
 def create_control_store(settings: ControlSettings, audit_key: bytes | None = None) -> ControlStore:
     """`audit_key`: the HMAC key of the audit chain (audit_chain.load_key), None for sha256."""
     if settings.store == "redis":
+        url, options = settings.connection()
         return RedisControlStore(
-            settings.url,
+            url,
             settings.prefix,
             settings.timeout_s,
+            connection_options=options,
             audit_key=audit_key,
             audit_max_records=settings.audit_max_records,
         )

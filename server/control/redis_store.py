@@ -93,6 +93,7 @@ class RedisControlStore:
         prefix: str,
         timeout_s: float,
         *,
+        connection_options: Mapping[str, Any] | None = None,
         audit_key: bytes | None = None,
         audit_max_records: int = AUDIT_TRAIL_LENGTH,
     ) -> None:
@@ -102,6 +103,8 @@ class RedisControlStore:
         self.description = f"redis at {parts.hostname}:{parts.port or 6379}{parts.path}"
         self._prefix = prefix
         options: dict[str, Any] = {
+            # Password and TLS (ControlSettings.connection()).
+            **(connection_options or {}),
             "socket_connect_timeout": timeout_s,
             # One retry, on a fresh connection, for a broken one only: a pooled connection
             # that outlived a Redis restart fails its first use (redis-py 8 hands it out

@@ -10,6 +10,7 @@ import argparse
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from switchyard.runtimes.errors import SwitchyardError
 from switchyard.server.config import DEFAULT_CONFIG_PATH
@@ -57,9 +58,12 @@ def run_load(args: argparse.Namespace) -> int:
         print(f"switchyard: {exc}", file=sys.stderr)
         return 2
     redis_url = args.redis_url
+    options: dict[str, Any] = {}
     if redis_url is None:
         store = config.store
-        redis_url = store.url if isinstance(store, RedisStoreConfig) else DEFAULT_REDIS_URL
+        redis_url = DEFAULT_REDIS_URL
+        if isinstance(store, RedisStoreConfig):
+            redis_url, options = store.connection()
     try:
         load_file(
             args.file,
@@ -68,6 +72,7 @@ def run_load(args: argparse.Namespace) -> int:
             ttl_s=args.ttl_s,
             batch_size_rows=args.batch_size,
             progress=None if args.no_progress else sys.stderr,
+            connection_options=options,
         )
     except SwitchyardError as exc:
         print(f"switchyard: {exc}", file=sys.stderr)

@@ -41,7 +41,14 @@ from switchyard.server.config_base import (
     error_lines,
     raise_errors,
 )
-from switchyard.server.config_sections import FilePath, resolve_path
+from switchyard.server.config_secrets import SecretText, secret_context
+from switchyard.server.config_sections import (
+    FilePath,
+    RedisTlsSettings,
+    check_redis_tls,
+    redis_connection,
+    resolve_path,
+)
 from switchyard.server.config_yaml import load_yaml
 
 NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]*$"
@@ -90,6 +97,14 @@ class RedisStoreConfig(StrictModel):
         pattern=r"^(redis|rediss|unix)://",
         description="The Redis server (redis://, rediss:// or unix://).",
     )
+    password: SecretText | None = Field(
+        default=None,
+        description="Redis password (AUTH), over one in the URL: {from_env: NAME} or "
+        "{from_file: PATH} keeps it out of the file.",
+    )
+    tls: RedisTlsSettings | None = Field(
+        default=None, description="CA and client certificate of a rediss:// URL."
+    )
     timeout_s: float = Field(
         default=0.05,
         gt=0,
@@ -104,6 +119,15 @@ class RedisStoreConfig(StrictModel):
         default_factory=BreakerConfig, description="Skipping a Redis that keeps failing."
     )
     cache: CacheConfig | None = Field(default=None, description="In-process cache; unset: none.")
+
+    @model_validator(mode="after")
+    def _tls_needs_rediss(self) -> RedisStoreConfig:
+        check_redis_tls(self.url, self.tls)
+        return self
+
+    def connection(self) -> tuple[str, dict[str, Any]]:
+        """The URL and redis-py options (password, TLS) to connect with."""
+        return redis_connection(self.url, self.password, self.tls)
 
 
 class MemoryStoreConfig(StrictModel):
@@ -248,6 +272,10 @@ def resolve_feature_paths(raw_features: Any, base_dir: Path) -> None:
     """Make the memory store's relative seed_files absolute against base_dir, in place: call
     it on the raw section before validation, as server.config does for model paths."""
     store = raw_features.get("store") if isinstance(raw_features, dict) else None
+    tls = store.get("tls") if isinstance(store, dict) else None
+    for key in ("ca_file", "cert_file", "key_file"):
+        if isinstance(tls, dict) and isinstance(tls.get(key), str):
+            tls[key] = resolve_path(tls[key], base_dir)
     seed_files = store.get("seed_files") if isinstance(store, dict) else None
     if not isinstance(seed_files, dict):
         return
@@ -263,7 +291,7 @@ def parse_features(raw: Any, base_dir: Path, source: str) -> FeaturesConfig:
     raw = copy.deepcopy(raw)  # paths are resolved in place
     resolve_feature_paths(raw, base_dir)
     try:
-        return FeaturesConfig.model_validate(raw)
+        return FeaturesConfig.model_validate(raw, context=secret_context(base_dir))
     except ValidationError as exc:
         raise FeatureConfigError(source, error_lines(exc, ("features",))) from None
 

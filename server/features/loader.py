@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import sys
 import time
+from collections.abc import Mapping
 from pathlib import Path
-from typing import TextIO
+from typing import Any, TextIO
 
 import redis
 from redis.exceptions import RedisError
@@ -36,6 +37,7 @@ def load_file(
     batch_size_rows: int = 1000,
     progress: TextIO | None = sys.stderr,
     timeout_s: float = 10.0,
+    connection_options: Mapping[str, Any] | None = None,
 ) -> int:
     """Write the rows of path into Redis; returns the number of rows written.
 
@@ -46,8 +48,12 @@ def load_file(
     if ttl_s is not None and ttl_s <= 0:
         raise ValueError("ttl_s must be positive")
     try:
+        # Password and TLS of the config's store (RedisStoreConfig.connection()).
         client = redis.Redis.from_url(
-            redis_url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s
+            redis_url,
+            socket_timeout=timeout_s,
+            socket_connect_timeout=timeout_s,
+            **(connection_options or {}),
         )
     except ValueError as exc:
         raise InvalidArgument(f"invalid Redis URL {redacted_url(redis_url)!r}: {exc}") from None

@@ -73,8 +73,10 @@ class RedisFeatureStore:
         self._degrade = config.on_unavailable == "degrade"
         # Used through the pool interface, which redis-py types (BlockingConnectionPool's
         # own overrides are untyped).
+        url, connection_options = config.connection()
         self._pool: ConnectionPoolInterface = BlockingConnectionPool.from_url(
-            config.url,
+            url,
+            **connection_options,
             max_connections=config.pool_size,
             timeout=self._timeout_s,
             socket_connect_timeout=self._timeout_s,
