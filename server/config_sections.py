@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 from urllib.parse import quote, unquote, urlsplit, urlunsplit
 
-from pydantic import BeforeValidator, Field, SecretStr, model_validator
+from pydantic import BeforeValidator, Field, SecretStr, field_validator, model_validator
 
 from switchyard.server.config_base import StrictModel
 from switchyard.server.config_secrets import SecretText, reveal
@@ -344,14 +344,16 @@ class RayHostSettings(StrictModel):
     )
 
 
+MIN_TOKEN_CHARS = 16
+
+
 class AdminSettings(StrictModel):
     """The admin REST API (/admin/v1/...) on the HTTP port; off unless a token is set."""
 
     token: SecretText | None = Field(
         default=None,
-        min_length=16,
-        description="Bearer token of the admin API: better {from_env: NAME}, {from_file: PATH} "
-        "or SWITCHYARD_ADMIN_TOKEN than written in the file.",
+        description="Bearer token of the admin API, 16 characters at least: better "
+        "{from_env: NAME}, {from_file: PATH} or SWITCHYARD_ADMIN_TOKEN than in the file.",
     )
     audit_log_path: FilePath | None = Field(
         default=None,
@@ -363,6 +365,14 @@ class AdminSettings(StrictModel):
         description="A file holding the HMAC key of the audit trail's hash chain (else "
         "SWITCHYARD_AUDIT_KEY; without either, plain sha256).",
     )
+
+    @field_validator("token")
+    @classmethod
+    def _token_long_enough(cls, token: SecretStr | None) -> SecretStr | None:
+        # SecretStr's own min_length message counts "items".
+        if token is not None and len(token.get_secret_value()) < MIN_TOKEN_CHARS:
+            raise ValueError(f"the admin token must be {MIN_TOKEN_CHARS} characters at least")
+        return token
 
     @property
     def token_value(self) -> str | None:
