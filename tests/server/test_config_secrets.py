@@ -59,7 +59,7 @@ def test_a_token_from_a_file_is_stripped_and_never_printed(tmp_path: Path) -> No
          "No such file or directory"),
         ({"from_env": "A", "from_file": "b"}, "admin.token: a secret is a string or a mapping "
          "with one key, from_env or from_file (got ['from_env', 'from_file'])"),
-        ({"from_env": "SHORT"}, "admin.token: Value error, the admin token must be 16 "
+        ({"from_env": "SHORT"}, "admin.token: the admin token must be 16 "
          "characters at least"),
     ],
 )  # fmt: skip
