@@ -253,6 +253,10 @@ def _resolve_paths(raw: dict[str, Any], base_dir: Path) -> None:
     _resolve_path(raw.get("admin"), "audit_log_path", base_dir)
     _resolve_path(raw.get("model_repository"), "path", base_dir)
     _resolve_path(raw.get("mlflow"), "cache_dir", base_dir)
+    server = raw.get("server")
+    for tls in (server.get("tls"), server.get("metrics_tls")) if isinstance(server, dict) else ():
+        for key in ("cert_file", "key_file", "client_ca_file"):
+            _resolve_path(tls, key, base_dir)
     resolve_feature_paths(raw.get("features"), base_dir)
     models = raw.get("models")
     for model in models if isinstance(models, list) else []:

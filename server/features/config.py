@@ -36,12 +36,13 @@ from pydantic_core import InitErrorDetails
 from switchyard.demo.paths import config_base_dir
 from switchyard.server.config_base import (
     ConfigError,
+    FilePath,
     StrictModel,
     error_details,
     error_lines,
     raise_errors,
 )
-from switchyard.server.config_sections import FilePath, resolve_path
+from switchyard.server.config_sections import resolve_path
 from switchyard.server.config_yaml import load_yaml
 
 NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]*$"
