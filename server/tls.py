@@ -145,7 +145,10 @@ class TlsFiles:
                 required = settings.require_client_cert
                 context.verify_mode = ssl.CERT_REQUIRED if required else ssl.CERT_OPTIONAL
         except ssl.SSLError as exc:
-            raise ValueError(f"{exc.reason or exc} (certificate, key and CA files)") from None
+            raise ValueError(
+                f"{exc.reason or exc}: the certificate, key and CA files must be PEM and the "
+                "key must be the certificate's"
+            ) from None
         return _Loaded(stamp, context, cert_pem, key_pem, ca_pem)
 
     def _reload(self, stamp: Stamp, what: str) -> _Loaded | None:

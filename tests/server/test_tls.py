@@ -8,8 +8,8 @@ import asyncio
 import socket
 import ssl
 import time
-import urllib.error
 import urllib.request
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -18,6 +18,7 @@ import grpc
 import numpy as np
 import onnxruntime as ort
 import pytest
+import redis
 import tritonclient.grpc as triton_grpc
 import tritonclient.http as triton_http
 import yaml
@@ -31,8 +32,10 @@ from switchyard.server.config_base import ConfigError
 from switchyard.server.http_connections import HttpLimits
 from switchyard.server.http_serving import HttpServer
 from switchyard.server.tls import TlsFiles, TlsSettings
+from tests.server.test_cli import run_cli
 from tests.server.tls_support import CertAuthority, Issued
 
+REDIS_URL = "redis://127.0.0.1:6379/0"
 WAIT_S = 15.0  # longest wait for a rotation to show (the HTTPS check runs once a second)
 
 
@@ -151,6 +154,17 @@ def test_a_key_that_does_not_match_fails_the_start(ca: CertAuthority, tmp_path: 
     _, other_key = ca.issue_server().write(tmp_path, "two")
     with pytest.raises(OSError, match="TLS files of the REST/gRPC port do not load"):
         TlsFiles(TlsSettings(cert_file=cert, key_file=other_key), "REST/gRPC")
+
+
+def test_tls_is_refused_on_the_ray_engine(
+    demo_model_path: Path, tmp_path: Path, pki: dict[str, Path]
+) -> None:
+    tls = {"cert_file": str(pki["server_cert"]), "key_file": str(pki["server_key"])}
+    config = tmp_path / "c.yaml"
+    config.write_text(yaml.safe_dump(demo_model_config(demo_model_path, tls=tls)))
+    result = run_cli("serve", "--config", str(config), "--engine", "ray")
+    assert result.returncode == 2
+    assert "server.tls and server.metrics_tls are for the standalone engine" in result.stderr
 
 
 # TLS on a real gateway
@@ -459,3 +473,46 @@ def test_rotated_files_reach_new_connections(
     )
     assert http_client.is_server_live()
     assert "do not load" in gateway.log()  # the half-written pair was warned about
+
+
+# Worker processes
+
+
+def test_every_worker_serves_tls_and_the_supervisor_metrics_tls(
+    demo_model_path: Path, tmp_path: Path, pki: dict[str, Path]
+) -> None:
+    prefix = f"switchyard-tls:{uuid.uuid4().hex[:8]}:"
+    tls = {"cert_file": str(pki["server_cert"]), "key_file": str(pki["server_key"])}
+    config = demo_model_config(demo_model_path, workers=2, tls=tls, metrics_tls=tls)
+    config["control"] = {"store": "redis", "url": REDIS_URL, "prefix": prefix}
+    context = client_context(pki["ca"])
+    gateway = start_gateway(config, tmp_path, ssl_context=context)
+    try:
+        deadline = time.monotonic() + 60
+        while "switchyard ready: 2 workers" not in gateway.log():
+            assert time.monotonic() < deadline, gateway.log()
+            time.sleep(0.05)
+        seen: set[str] = set()
+        for _ in range(200):  # new connections: the kernel spreads them over the workers
+            url = f"https://{gateway.http_url}/v2/health/ready"
+            with urllib.request.urlopen(url, timeout=5, context=context) as response:
+                seen.add(response.headers["x-switchyard-worker"])
+            if len(seen) == 2:
+                break
+        assert seen == {"0", "1"}
+        client = triton_grpc.InferenceServerClient(
+            gateway.grpc_url, ssl=True, root_certificates=str(pki["ca"])
+        )
+        assert client.is_server_live()
+        url = f"https://localhost:{gateway.metrics_port}/metrics"
+        with urllib.request.urlopen(url, timeout=5, context=context) as response:
+            assert response.status == 200
+        assert f"metrics on 127.0.0.1:{gateway.metrics_port} (TLS)" in gateway.log()
+    finally:
+        assert gateway.stop() == 0, gateway.log()
+        store = redis.Redis.from_url(REDIS_URL)
+        keys = list(store.scan_iter(match=prefix + "*", count=1000))
+        if keys:
+            store.delete(*keys)
+        store.close()
+    assert_clean_log(gateway)
