@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -61,19 +62,21 @@ def start_gateway(
     *,
     command: list[str] | None = None,
     cwd: Path = REPO_ROOT,
+    ssl_context: ssl.SSLContext | None = None,
 ) -> Gateway:
     """Write `config` with free ports, run `switchyard serve --config`, wait until ready.
 
     `command` replaces how `switchyard` is invoked (default: this interpreter running the
     CLI module), `cwd` the folder it runs in. A port another process took between our
     finding it free and the gateway binding it is a race of the test, not a failure: the
-    start is tried again on other ports."""
+    start is tried again on other ports. `ssl_context`: the REST port serves TLS; readiness
+    is asked over HTTPS with this client context."""
     for _ in range(BIND_ATTEMPTS - 1):
         try:
-            return _start_once(config, workdir, ready_timeout_s, command, cwd)
+            return _start_once(config, workdir, ready_timeout_s, command, cwd, ssl_context)
         except _PortTaken:
             pass
-    return _start_once(config, workdir, ready_timeout_s, command, cwd)
+    return _start_once(config, workdir, ready_timeout_s, command, cwd, ssl_context)
 
 
 BIND_ATTEMPTS = 3
@@ -89,6 +92,7 @@ def _start_once(
     ready_timeout_s: float,
     command: list[str] | None,
     cwd: Path,
+    ssl_context: ssl.SSLContext | None = None,
 ) -> Gateway:
     ports = {"http_port": free_port(), "grpc_port": free_port(), "metrics_port": free_port()}
     config = {**config, "server": {**config.get("server", {}), "host": "127.0.0.1", **ports}}
@@ -110,17 +114,18 @@ def _start_once(
             log = gateway.log()
             error = _PortTaken if "cannot bind" in log else RuntimeError
             raise error(f"gateway exited with {process.returncode}:\n{log}")
-        if http_ok(f"http://{gateway.http_url}/v2/health/ready"):
+        scheme = "http" if ssl_context is None else "https"
+        if http_ok(f"{scheme}://{gateway.http_url}/v2/health/ready", ssl_context):
             return gateway
         time.sleep(0.1)
     gateway.stop()
     raise RuntimeError(f"gateway not ready in {ready_timeout_s} s:\n{gateway.log()}")
 
 
-def http_ok(url: str) -> bool:
+def http_ok(url: str, ssl_context: ssl.SSLContext | None = None) -> bool:
     """Whether a GET of `url` answers 200 within a second."""
     try:
-        with urllib.request.urlopen(url, timeout=1) as response:
+        with urllib.request.urlopen(url, timeout=1, context=ssl_context) as response:
             status: int = response.status  # typeshed types urlopen's answer as Any
             return status == 200
     except OSError:

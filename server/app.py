@@ -33,6 +33,7 @@ from switchyard.server.metrics import FeatureStatsCollector, FeatureStatsCounter
 from switchyard.server.metrics_endpoint import MetricsEndpoint
 from switchyard.server.repository import ModelRepository
 from switchyard.server.rest_ingress import Receive, RestApp, Scope, Send
+from switchyard.server.tls import TlsFiles, TlsSettings
 
 log = logging.getLogger(__name__)
 # grpc-core cancels calls still running this long after the grace; GrpcDrain answers them
@@ -63,6 +64,11 @@ def bind_socket(
         sock.listen(2048)
     sock.setblocking(False)
     return sock
+
+
+def transport_security(tls: TlsSettings | None) -> str:
+    """How a port is served, for the start-up log: plaintext, TLS or mTLS."""
+    return "plaintext" if tls is None else tls.describe()
 
 
 WORKER_HEADER = "x-switchyard-worker"
@@ -140,6 +146,11 @@ class StandaloneServer:
     async def start(self) -> None:
         settings = self.config.server
         open_files = raise_open_files_limit()
+        # Before anything starts: files that do not load fail the start with their reason.
+        tls = None if settings.tls is None else TlsFiles(settings.tls, "REST/gRPC")
+        metrics_tls = None
+        if settings.metrics_tls is not None and self.worker is None:
+            metrics_tls = TlsFiles(settings.metrics_tls, "metrics")
         await self.core.start()
         shared = self.worker is not None
         self._grpc_server, self.grpc_port = create_grpc_server(
@@ -150,6 +161,7 @@ class StandaloneServer:
             settings.max_concurrent_rpcs,
             share_port=shared,
             max_pending_wait_s=settings.grpc_max_pending_wait_s,
+            credentials=None if tls is None else tls.grpc_credentials(),
         )
         add_RecommenderServicer_to_server(
             self._grpc_drain.guard(self.core.recommend_servicer()), self._grpc_server
@@ -168,6 +180,7 @@ class StandaloneServer:
                 rest_limits(settings, open_files),
                 log_level=settings.log_level,
                 shed=self._shed_counter("rest"),
+                ssl_context=None if tls is None else tls.ssl_context(),
             )
         )
         metrics_host = settings.metrics_host or settings.host
@@ -181,6 +194,7 @@ class StandaloneServer:
                     metrics_limits(settings),
                     log_level=settings.log_level,
                     shed=self._shed_counter("metrics"),
+                    ssl_context=None if metrics_tls is None else metrics_tls.ssl_context(),
                 )
             )
         # Before any port answers: whoever sees the gateway ready sees its health SERVING.
@@ -191,16 +205,17 @@ class StandaloneServer:
         self._signal_task = asyncio.create_task(self._export_autoscaling_signal_forever())
         if self.worker is None:
             log.info(
-                "switchyard ready: REST on %s:%d, gRPC on %s:%d, metrics on %s:%d",
-                settings.host, self.http_port, settings.host, self.grpc_port,
-                metrics_host, self.metrics_port,
+                "switchyard ready: REST on %s:%d (%s), gRPC on %s:%d (%s), metrics on %s:%d (%s)",
+                settings.host, self.http_port, transport_security(settings.tls),
+                settings.host, self.grpc_port, transport_security(settings.tls),
+                metrics_host, self.metrics_port, transport_security(settings.metrics_tls),
             )  # fmt: skip
         else:
             self._feature_task = asyncio.create_task(self._sync_feature_counters_forever())
             log.info(
-                "worker %d ready (pid %d): REST on %s:%d, gRPC on %s:%d",
+                "worker %d ready (pid %d): REST on %s:%d, gRPC on %s:%d (%s)",
                 self.worker, os.getpid(), settings.host, self.http_port,
-                settings.host, self.grpc_port,
+                settings.host, self.grpc_port, transport_security(settings.tls),
             )  # fmt: skip
 
     async def _stop_grpc(self, grace_s: float) -> None:

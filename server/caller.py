@@ -12,6 +12,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from cryptography import x509
+
 REASON_HEADER = "x-switchyard-reason"  # why, in the caller's words: kept in the audit trail
 MAX_REASON_CHARS = 500
 
@@ -20,7 +22,10 @@ MAX_REASON_CHARS = 500
 class Caller:
     peer: str  # "ip:port" as the transport saw it; "unknown" when it cannot tell
     headers: Mapping[str, str]  # HTTP headers or gRPC text metadata, names in lower case
-    cert_subject: str | None = None  # RFC 4514 subject of a verified client certificate
+    # The RFC 4514 subject of a verified client certificate, as cryptography's
+    # Name.rfc4514_string() writes it on both protocols: most specific RDN first,
+    # "CN=alice,O=ops", known attributes by short name, others by dotted OID.
+    cert_subject: str | None = None
 
     @classmethod
     def from_asgi(cls, scope: Mapping[str, Any], headers: Mapping[str, str]) -> Caller:
@@ -36,11 +41,9 @@ class Caller:
         Ray host's contexts have neither peer nor auth context."""
         peer = getattr(context, "peer", None)
         auth_context = getattr(context, "auth_context", None)
-        subject = auth_context().get("x509_subject") if auth_context else None
+        properties = auth_context() if auth_context else {}
         return cls(
-            _grpc_peer(peer() or "") if peer else "unknown",
-            headers,
-            subject[0].decode("utf-8", "replace") if subject else None,
+            _grpc_peer(peer() or "") if peer else "unknown", headers, _grpc_subject(properties)
         )
 
     def reason(self) -> str:
@@ -57,6 +60,18 @@ class Actor:
     role: str = "admin"
     peer: str = ""
     reason: str = ""
+
+
+def _grpc_subject(properties: Mapping[str, Any]) -> str | None:
+    """grpc-core's x509_subject is OpenSSL's RFC 2253 print: the same as RFC 4514 for the
+    usual attributes, but not for others (emailAddress=... where cryptography writes the
+    OID). The subject is read from the certificate itself so that both protocols agree."""
+    pem = properties.get("x509_pem_cert")
+    if pem:
+        subject: str = x509.load_pem_x509_certificate(pem[0]).subject.rfc4514_string()
+        return subject
+    text = properties.get("x509_subject")
+    return text[0].decode("utf-8", "replace") if text else None
 
 
 def _grpc_peer(peer: str) -> str:

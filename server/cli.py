@@ -54,6 +54,14 @@ def _serve(args: argparse.Namespace) -> int:
         if config.server.workers != 1:
             print("switchyard: server.workers is for the standalone engine", file=sys.stderr)
             return 2
+        if config.server.tls is not None or config.server.metrics_tls is not None:
+            # Serve's own proxies serve the ports there; plaintext would be a silent downgrade.
+            print(
+                "switchyard: server.tls and server.metrics_tls are for the standalone engine "
+                "(on Ray, terminate TLS in front of Serve's proxies: see README, TLS)",
+                file=sys.stderr,
+            )
+            return 2
         return serve_on_ray(config, config_path)
     from switchyard.server.app import run_standalone
 

@@ -258,6 +258,10 @@ def _resolve_paths(raw: dict[str, Any], base_dir: Path) -> None:
     for key in ("ca_file", "cert_file", "key_file"):
         _resolve_path(control.get("tls") if isinstance(control, dict) else None, key, base_dir)
     _resolve_path(raw.get("mlflow"), "cache_dir", base_dir)
+    server = raw.get("server")
+    for tls in (server.get("tls"), server.get("metrics_tls")) if isinstance(server, dict) else ():
+        for key in ("cert_file", "key_file", "client_ca_file"):
+            _resolve_path(tls, key, base_dir)
     resolve_feature_paths(raw.get("features"), base_dir)
     models = raw.get("models")
     for model in models if isinstance(models, list) else []:

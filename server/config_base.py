@@ -9,6 +9,7 @@ them. Keys renamed for the one unit of durations (seconds, `_s`) are refused wit
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
 from typing import Annotated, Any, ClassVar
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
@@ -18,6 +19,8 @@ from pydantic_core import InitErrorDetails, PydanticCustomError
 NAME_PATTERN = r"^[A-Za-z0-9_.-]+$"
 
 Loc = tuple[str | int, ...]
+# A path is written as a string in YAML; relative ones resolve against the config's folder.
+FilePath = Annotated[Path, Field(strict=False)]
 
 
 class ConfigError(Exception):

@@ -10,12 +10,11 @@ from urllib.parse import quote, unquote, urlsplit, urlunsplit
 
 from pydantic import BeforeValidator, Field, SecretStr, field_validator, model_validator
 
-from switchyard.server.config_base import StrictModel
+from switchyard.server.config_base import FilePath, StrictModel
 from switchyard.server.config_secrets import SecretText, reveal
+from switchyard.server.tls import TlsSettings
 
 Port = Annotated[int, Field(ge=0, le=65535)]
-# A path is written as a string in YAML; relative ones resolve against the config's folder.
-FilePath = Annotated[Path, Field(strict=False)]
 
 
 def resolve_path(text: str, base_dir: Path) -> str:
@@ -47,6 +46,16 @@ class ServerSettings(StrictModel):
         default=None,
         description="Address the metrics port listens on; unset: `host`. 127.0.0.1 keeps "
         "the metrics off the network.",
+    )
+    tls: TlsSettings | None = Field(
+        default=None,
+        description="TLS (and optionally mutual TLS) on the REST and gRPC ports; unset: "
+        "plain. The files are re-read when they change.",
+    )
+    metrics_tls: TlsSettings | None = Field(
+        default=None,
+        description="TLS on the metrics port, separately from `tls`; unset: plain HTTP "
+        "(`metrics_host: 127.0.0.1` keeps it off the network instead).",
     )
     max_concurrent_rpcs: int = Field(
         default=1024,

@@ -336,12 +336,14 @@ def create_grpc_server(
     *,
     share_port: bool = False,
     max_pending_wait_s: float | None = None,
+    credentials: grpc.ServerCredentials | None = None,
 ) -> tuple[grpc.aio.Server, int]:
     """A grpc.aio server bound to host:port; returns it and the port actually bound.
     `max_concurrent_rpcs`: calls running at once, beyond which calls are refused at once
     with RESOURCE_EXHAUSTED and counted (server/grpc_admission.py); so are calls that waited
     longer than `max_pending_wait_s` inside grpc-core (server/grpc_pending.py; None or 0:
-    never). `share_port`: SO_REUSEPORT, for worker processes that all listen on one port."""
+    never). `share_port`: SO_REUSEPORT, for worker processes that all listen on one port.
+    `credentials`: TLS (server/tls.py); None: plaintext."""
     # The server's channelz id is found as the one that appears when it is created.
     servers_before = channelz_server_ids() if max_pending_wait_s else set()
     admission = AdmissionInterceptor(max_concurrent_rpcs, servicer.metrics)
@@ -368,6 +370,8 @@ def create_grpc_server(
             log.warning("gRPC server not found in channelz: no pending-wait shedding")
     pb_grpc.add_GRPCInferenceServiceServicer_to_server(servicer, server)
     try:
-        return server, server.add_insecure_port(f"{host}:{port}")
+        if credentials is None:
+            return server, server.add_insecure_port(f"{host}:{port}")
+        return server, server.add_secure_port(f"{host}:{port}", credentials)
     except RuntimeError:  # grpc's way of saying the address is taken or invalid
         raise OSError(f"cannot bind gRPC port {host}:{port}: address in use or invalid") from None

@@ -39,6 +39,7 @@ from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 from uvicorn.server import ServerState
 
 from switchyard.runtimes.client_text import client_text
+from switchyard.server.tls import asgi_tls_extension
 
 log = logging.getLogger(__name__)
 
@@ -153,11 +154,16 @@ class GuardedHttpProtocol(HttpToolsProtocol):
         self._over_capacity = False
         self._closing = False  # answered and closing: what still arrives is dropped
         self._counted = False  # in the guard's open_connections
+        self._tls: dict[str, Any] | None = None  # the ASGI TLS extension, on TLS connections
 
     # Connection events
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
+        # asyncio calls this once the TLS handshake is done: the peer certificate is known.
+        ssl_object = transport.get_extra_info("ssl_object")
+        if ssl_object is not None:
+            self._tls = asgi_tls_extension(ssl_object)
         guard = self._guard
         # Counted here, not from uvicorn's set: a closed connection leaves it only later.
         guard.open_connections += 1
@@ -247,6 +253,11 @@ class GuardedHttpProtocol(HttpToolsProtocol):
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
+        if self._tls is not None:
+            # uvicorn fills in no ASGI TLS extension; server/caller.py reads it. (uvicorn
+            # types extension values as dict[object, object].)
+            extensions = {**self.scope.get("extensions", {}), "tls": self._tls}
+            self.scope["extensions"] = extensions  # type: ignore[typeddict-item]
         self._reading_headers = True
         self._messages += 1
         self._unparsed_header_bytes = 0

@@ -15,6 +15,7 @@ import contextlib
 import logging
 import resource
 import socket
+import ssl
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -125,9 +126,14 @@ class HttpServer:
         *,
         log_level: str,
         shed: Callable[[str], None] | None = None,
+        ssl_context: ssl.SSLContext | None = None,
     ) -> None:
+        """`ssl_context`: serve HTTPS with it (server/tls.py: TlsFiles.ssl_context)."""
         self.guard = ConnectionGuard(limits, shed)
         self._sock = sock
+        tls: dict[str, Any] = {}
+        if ssl_context is not None:
+            tls["ssl_context_factory"] = lambda _config, _default: ssl_context
         self._server = EmbeddedUvicorn(
             GuardedConfig(
                 _EndsOnGraceExpiry(app, self.guard),
@@ -138,6 +144,7 @@ class HttpServer:
                 log_level=log_level,
                 # Never uvicorn's: its cancellation answers 500 (the drain is stop()'s).
                 timeout_graceful_shutdown=None,
+                **tls,
             )
         )
         self._task: asyncio.Task[None] | None = None

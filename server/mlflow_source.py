@@ -29,8 +29,7 @@ import yaml
 from pydantic import Field
 
 from switchyard.runtimes.errors import ModelLoadError
-from switchyard.server.config_base import StrictModel
-from switchyard.server.config_sections import FilePath
+from switchyard.server.config_base import FilePath, StrictModel
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient

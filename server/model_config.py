@@ -10,8 +10,7 @@ from pydantic import Field, model_validator
 from switchyard.runtimes.batcher import BatchingOptions
 from switchyard.runtimes.ort_runtime import DEFAULT_INLINE_BELOW_S, OrtOptions
 from switchyard.server.autoscaling.config import AutoscalingConfig
-from switchyard.server.config_base import Name, StrictModel, VersionName
-from switchyard.server.config_sections import FilePath
+from switchyard.server.config_base import FilePath, Name, StrictModel, VersionName
 
 # Rows per batch when the config leaves max_batch_size unset and the model has a batch
 # dimension (every input and output starts with a variable dimension).

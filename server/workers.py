@@ -39,11 +39,12 @@ import uvloop
 from prometheus_client import CollectorRegistry, Counter
 from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
 
-from switchyard.server.app import bind_socket, serve_until_signalled
+from switchyard.server.app import bind_socket, serve_until_signalled, transport_security
 from switchyard.server.config import SwitchyardConfig
 from switchyard.server.event_wait import wait_for_event
 from switchyard.server.http_serving import HttpServer, metrics_limits
 from switchyard.server.metrics_endpoint import MetricsEndpoint
+from switchyard.server.tls import TlsFiles
 
 log = logging.getLogger(__name__)
 
@@ -128,6 +129,10 @@ class Supervisor:
         self._metrics_dir = tempfile.mkdtemp(prefix="switchyard-metrics-")
         try:
             try:
+                # The workers load `tls` themselves; the supervisor serves metrics_tls.
+                metrics_tls = None
+                if settings.metrics_tls is not None:
+                    metrics_tls = TlsFiles(settings.metrics_tls, "metrics")
                 for port in (settings.http_port, settings.grpc_port):
                     held.append(bind_socket(settings.host, port, share_port=True, listen=False))
                 metrics_socket = bind_socket(
@@ -145,6 +150,7 @@ class Supervisor:
                 metrics_socket,
                 metrics_limits(settings),
                 log_level=settings.log_level,
+                ssl_context=None if metrics_tls is None else metrics_tls.ssl_context(),
             )
             await metrics_server.start()
             for worker in self._workers:
@@ -240,9 +246,11 @@ class Supervisor:
             settings = self.config.server
             host, metrics_host = settings.host, settings.metrics_host or settings.host
             log.info(
-                "switchyard ready: %d workers, REST on %s:%d, gRPC on %s:%d, metrics on %s:%d",
-                self.count, host, self.http_port, host, self.grpc_port,
-                metrics_host, self.metrics_port,
+                "switchyard ready: %d workers, REST on %s:%d (%s), gRPC on %s:%d (%s), "
+                "metrics on %s:%d (%s)",
+                self.count, host, self.http_port, transport_security(settings.tls),
+                host, self.grpc_port, transport_security(settings.tls),
+                metrics_host, self.metrics_port, transport_security(settings.metrics_tls),
             )  # fmt: skip
 
     async def _stop_workers(self) -> None:

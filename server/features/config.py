@@ -36,6 +36,7 @@ from pydantic_core import InitErrorDetails
 from switchyard.demo.paths import config_base_dir
 from switchyard.server.config_base import (
     ConfigError,
+    FilePath,
     StrictModel,
     error_details,
     error_lines,
@@ -43,7 +44,6 @@ from switchyard.server.config_base import (
 )
 from switchyard.server.config_secrets import SecretText, secret_context
 from switchyard.server.config_sections import (
-    FilePath,
     RedisTlsSettings,
     check_redis_tls,
     redis_connection,
