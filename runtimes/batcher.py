@@ -393,7 +393,10 @@ class DynamicBatcher:
         finally:
             self._callers_running.discard(caller)
             self._in_flight -= 1
-            self._wakeup.set()  # whatever queued meanwhile may go now
+            if self._queued or self._closing:
+                # Whatever queued meanwhile may go now (a drain ends once idle). Otherwise
+                # the scheduler has nothing to do: waking it would cost a task step a call.
+                self._wakeup.set()
         return request.future.result()  # or the error the run set
 
     # --- the queue ---

@@ -23,12 +23,13 @@ request that does not parse, a client that goes away), so the count cannot drift
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+from collections.abc import Mapping, Sequence
 from typing import Any, NoReturn, TypeAlias
 
 import grpc
 
 from switchyard.protos import open_inference_pb2 as pb
+from switchyard.server.grpc_decoding import CleanDecoding
 from switchyard.server.grpc_health import HEALTH_SERVICE
 from switchyard.server.grpc_pending import PendingWaitEstimator
 from switchyard.server.metrics import ServerMetrics
@@ -47,17 +48,28 @@ NEVER_REFUSED_METHODS = frozenset(
 
 # grpc's classes are generic only in its stubs: the aliases stay strings at run time.
 Handler: TypeAlias = "grpc.RpcMethodHandler[Any, Any]"
-Continuation: TypeAlias = "Callable[[grpc.HandlerCallDetails], Awaitable[Handler | None]]"
 
 
-class AdmissionInterceptor(grpc.aio.ServerInterceptor):
-    """Bounds the unary calls running at once on one grpc.aio server (see the module doc)."""
+class AdmissionGate(grpc.GenericRpcHandler):
+    """Bounds the unary calls running at once on one grpc.aio server (see the module doc),
+    and looks every call's handler up, decoding cleanly (server/grpc_decoding.py).
 
-    def __init__(self, max_concurrent_rpcs: int, metrics: ServerMetrics) -> None:
+    A generic handler rather than a grpc.aio ServerInterceptor: grpc.aio runs each
+    interceptor as a coroutine of its own on every call, where it calls a generic handler's
+    `service` plainly, in the call's task. `install` makes it the server's only handler:
+    the services added after it register through it (their registered-method handlers,
+    which grpc.aio would otherwise look up before any generic handler, included)."""
+
+    def __init__(
+        self, max_concurrent_rpcs: int, metrics: ServerMetrics, decoding: CleanDecoding
+    ) -> None:
         if max_concurrent_rpcs < 1:
             raise ValueError(f"max_concurrent_rpcs must be >= 1, got {max_concurrent_rpcs}")
         self._limit = max_concurrent_rpcs
         self._active = 0
+        self._decoding = decoding
+        self._methods: dict[str, Handler] = {}  # registered methods, already decoding cleanly
+        self._generic: list[grpc.GenericRpcHandler] = []
         self._shed = metrics.shed.labels("grpc", SHED_REASON)
         self._refusal = _refusal_handler(
             f"the server is at capacity (server.max_concurrent_rpcs {max_concurrent_rpcs} "
@@ -67,6 +79,21 @@ class AdmissionInterceptor(grpc.aio.ServerInterceptor):
         self._max_pending_wait_s = 0.0
         self._shed_pending = metrics.shed.labels("grpc", SHED_REASON_PENDING_WAIT)
         self._pending_refusal = self._refusal
+
+    def install(self, server: grpc.aio.Server) -> None:
+        """Serve every call of `server` through this gate; before any service is added."""
+        server.add_generic_rpc_handlers((self,))
+        # Instance attributes shadow the methods: add_*_to_server register here instead.
+        setattr(server, "add_generic_rpc_handlers", self._add_generic)  # noqa: B010
+        setattr(server, "add_registered_method_handlers", self._add_registered)  # noqa: B010
+
+    def _add_generic(self, handlers: Sequence[grpc.GenericRpcHandler]) -> None:
+        self._generic.extend(handlers)
+
+    def _add_registered(self, service: str, handlers: Mapping[str, Handler]) -> None:
+        for name, handler in handlers.items():
+            method = f"/{service}/{name}"
+            self._methods[method] = self._decoding.handler(method, handler)
 
     def bound_pending_wait(
         self, estimator: PendingWaitEstimator, max_pending_wait_s: float
@@ -83,23 +110,25 @@ class AdmissionInterceptor(grpc.aio.ServerInterceptor):
             "could take it); retry later"
         )
 
-    async def intercept_service(
-        self, continuation: Continuation, handler_call_details: grpc.HandlerCallDetails
-    ) -> Handler | None:
+    def service(self, handler_call_details: grpc.HandlerCallDetails) -> Handler | None:
         waited_s = 0.0
         if self._pending is not None:
             self._pending.start()  # in the serving loop, on its first call
             waited_s = self._pending.picked_up()  # every call, in order: it keeps the count
-        handler = await continuation(handler_call_details)
+        method: str = handler_call_details.method
+        handler = self._methods.get(method)
+        if handler is None:
+            handler = self._find_generic(handler_call_details)
+            if handler is None:
+                return None  # grpc answers UNIMPLEMENTED
         if (
-            handler is None  # grpc answers UNIMPLEMENTED
-            or handler.request_streaming
+            handler.request_streaming
             or handler.response_streaming  # no streaming method is served: not bounded
-            or handler_call_details.method in NEVER_REFUSED_METHODS
+            or method in NEVER_REFUSED_METHODS
         ):
             return handler
         task = asyncio.current_task()
-        if task is None:  # grpc.aio always runs interceptors in the call's task
+        if task is None:  # grpc.aio always looks handlers up in the call's task
             return handler
         if self._pending is not None and waited_s > self._max_pending_wait_s:
             self._shed_pending.inc()
@@ -110,6 +139,13 @@ class AdmissionInterceptor(grpc.aio.ServerInterceptor):
         self._active += 1
         task.add_done_callback(self._release)
         return handler
+
+    def _find_generic(self, handler_call_details: grpc.HandlerCallDetails) -> Handler | None:
+        for generic in self._generic:
+            handler = generic.service(handler_call_details)
+            if handler is not None:
+                return self._decoding.handler(str(handler_call_details.method), handler)
+        return None
 
     def _release(self, _task: asyncio.Task[Any]) -> None:
         self._active -= 1

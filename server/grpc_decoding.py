@@ -2,15 +2,16 @@
 
 grpc.aio runs a method's request deserializer itself, and when it raises (a protobuf that
 does not parse: cut short, a bad wire type, a string that is not UTF-8) it logs a traceback
-and answers UNKNOWN. The interceptor here gives every method a deserializer that never
+and answers UNKNOWN. CleanDecoding gives every method a deserializer that never
 raises, and a behaviour that answers such a request INVALID_ARGUMENT before the servicer
 sees it: one debug log line, and the request counted as shed ("undecodable_request").
+Handlers are wrapped once per method, not per call.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from typing import Any
 
 import grpc
@@ -52,29 +53,26 @@ def safe_deserializer(method: str, deserialize: Callable[[bytes], Any]) -> Calla
     return deserialize_or_mark
 
 
-class CleanDecodingInterceptor(grpc.aio.ServerInterceptor):
-    """Unary methods with a safe deserializer and an INVALID_ARGUMENT answer for what
-    did not decode (the OIP and Recommend services are unary only)."""
+class CleanDecoding:
+    """Unary methods' handlers with a safe deserializer and an INVALID_ARGUMENT answer for
+    what did not decode (the OIP and Recommend services are unary only). Applied by the
+    gRPC gate (server/grpc_admission.py) as it looks a call's handler up: no interceptor,
+    whose coroutine per call grpc.aio would run."""
 
     def __init__(self, metrics: ServerMetrics) -> None:
         self._shed = metrics.shed.labels(PROTOCOL, SHED_REASON)
-        # Per method: the handler last wrapped and its wrapping, reused while the inner
-        # handler is the same object (an interceptor inside this one may vary it per call).
+        # Per method: the handler last wrapped and its wrapping, reused while the handler
+        # looked up is the same object (a generic handler may vary it per call).
         self._wrapped: dict[
             str, tuple[grpc.RpcMethodHandler[Any, Any], grpc.RpcMethodHandler[Any, Any]]
         ] = {}
 
-    async def intercept_service(
-        self,
-        continuation: Callable[
-            [grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler[Any, Any] | None]
-        ],
-        handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler[Any, Any] | None:
-        handler = await continuation(handler_call_details)
-        if handler is None or handler.unary_unary is None or handler.request_deserializer is None:
+    def handler(
+        self, method: str, handler: grpc.RpcMethodHandler[Any, Any]
+    ) -> grpc.RpcMethodHandler[Any, Any]:
+        """`handler` (of `method`) decoding cleanly; streaming handlers as they are."""
+        if handler.unary_unary is None or handler.request_deserializer is None:
             return handler
-        method = str(handler_call_details.method)
         cached = self._wrapped.get(method)
         if cached is not None and cached[0] is handler:
             return cached[1]

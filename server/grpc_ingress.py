@@ -24,8 +24,8 @@ from switchyard.runtimes.errors import InvalidArgument
 from switchyard.runtimes.tensor_codec import decode_raw, encode_raw
 from switchyard.server.caller import Caller
 from switchyard.server.error_status import grpc_status
-from switchyard.server.grpc_admission import AdmissionInterceptor
-from switchyard.server.grpc_decoding import CleanDecodingInterceptor
+from switchyard.server.grpc_admission import AdmissionGate
+from switchyard.server.grpc_decoding import CleanDecoding
 from switchyard.server.grpc_pending import (
     PendingWaitEstimator,
     channelz_calls_started,
@@ -322,7 +322,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
 # past max_pending_requests (default 1000; all of them past the hard limit, 3000), refuses
 # new ones at random, which its clients see as a bare CANCELLED that no metric of ours
 # counts. Raised far above any queue of ours, so that what is shed is shed by our bounds
-# (AdmissionInterceptor, the batchers' queues), with RESOURCE_EXHAUSTED and a message.
+# (AdmissionGate, the batchers' queues), with RESOURCE_EXHAUSTED and a message.
 # Pending calls are bounded in practice by their deadlines and HTTP/2 flow control.
 CORE_MAX_PENDING_REQUESTS = 100_000
 
@@ -346,11 +346,12 @@ def create_grpc_server(
     `credentials`: TLS (server/tls.py); None: plaintext."""
     # The server's channelz id is found as the one that appears when it is created.
     servers_before = channelz_server_ids() if max_pending_wait_s else set()
-    admission = AdmissionInterceptor(max_concurrent_rpcs, servicer.metrics)
+    # Admission first: a call refused for capacity is never decoded. Then a request that
+    # does not decode is INVALID_ARGUMENT, not grpc's UNKNOWN and a traceback.
+    admission = AdmissionGate(
+        max_concurrent_rpcs, servicer.metrics, CleanDecoding(servicer.metrics)
+    )
     server = grpc.aio.server(
-        # Admission first: a call refused for capacity is never decoded. Then a request
-        # that does not decode is INVALID_ARGUMENT, not grpc's UNKNOWN and a traceback.
-        interceptors=[admission, CleanDecodingInterceptor(servicer.metrics)],
         options=[
             ("grpc.max_receive_message_length", max_message_bytes),
             ("grpc.max_send_message_length", max_message_bytes),
@@ -368,6 +369,7 @@ def create_grpc_server(
             admission.bound_pending_wait(estimator, max_pending_wait_s)
         else:  # another thread created a server at the same moment: cannot tell which
             log.warning("gRPC server not found in channelz: no pending-wait shedding")
+    admission.install(server)  # every service added from here on is served through it
     pb_grpc.add_GRPCInferenceServiceServicer_to_server(servicer, server)
     try:
         if credentials is None:
