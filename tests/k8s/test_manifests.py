@@ -15,6 +15,7 @@ import json
 import math
 import re
 import shutil
+import ssl
 import subprocess
 import sys
 import urllib.request
@@ -39,12 +40,21 @@ from switchyard.server.config import (
     SwitchyardConfig,
     load_config,
 )
-from switchyard.server.k8s_render import CLUSTER_CONFIG_PATH, CONFIG_FILE_NAME
+from switchyard.server.k8s_render import (
+    CLUSTER_CONFIG_PATH,
+    CONFIG_FILE_NAME,
+    TLS_MOUNT_PATH,
+    TLS_SECRET_KEYS,
+    load_overlay_config,
+)
 from switchyard.server.ray_host.deployments import fast_path_env
+from tests.server.tls_support import CertAuthority
 
 K8S_DIR = REPO_ROOT / "k8s"
-OVERLAYS = ("standalone", "standalone-redis", "ray")
-STANDALONE_OVERLAYS = ("standalone", "standalone-redis")
+OVERLAYS = ("standalone", "standalone-redis", "standalone-tls", "ray")
+STANDALONE_OVERLAYS = ("standalone", "standalone-redis", "standalone-tls")
+TLS_OVERLAYS = ("standalone-tls",)  # k8s/components/tls
+TLS_SECRET_NAME = "switchyard-tls"
 SCHEMA_DIR = Path(__file__).resolve().parent / "crd_schemas"
 CRD_SCHEMAS = {
     ("ray.io/v1", "RayService"): "ray.io_RayService_v1.json",
@@ -90,7 +100,8 @@ def the(objects: list[dict[str, Any]], kind: str, name: str | None = None) -> di
 
 
 def overlay_config(overlay: str) -> SwitchyardConfig:
-    return load_config(K8S_DIR / "overlays" / overlay / CONFIG_FILE_NAME, env={})
+    # As `render k8s` checks it: the TLS Secret's files exist in the pod only.
+    return load_overlay_config(K8S_DIR / "overlays" / overlay / CONFIG_FILE_NAME)
 
 
 def ray_installed() -> bool:
@@ -209,7 +220,10 @@ def test_ports_are_the_configs(overlay: str) -> None:
         name: (port, name) for name, port in ports.items()
     }
     protocols = {p["name"]: p["appProtocol"] for p in service["spec"]["ports"]}
-    assert protocols == {"http": "http", "grpc": "kubernetes.io/h2c", "metrics": "http"}
+    if overlay in TLS_OVERLAYS:  # TLS ends in the gateway: no plaintext h2c to balance per call
+        assert protocols == {"http": "https", "grpc": "https", "metrics": "http"}
+    else:
+        assert protocols == {"http": "http", "grpc": "kubernetes.io/h2c", "metrics": "http"}
     pod_labels = the(objects, "Deployment")["spec"]["template"]["metadata"]["labels"]
     assert service["spec"]["selector"].items() <= pod_labels.items()
     monitor = the(objects, "ServiceMonitor")
@@ -333,6 +347,100 @@ def test_probes_answer_on_a_real_gateway_with_the_overlays_config(tmp_path: Path
         assert grpc_services == {""}  # the server as a whole
         assert "readinessProbe" in container and "grpc" in container["readinessProbe"]
         # The metrics port the ServiceMonitor scrapes serves the autoscaling signal's family.
+        assert "switchyard_requests_total" in scrape_metrics(gateway)
+    finally:
+        assert gateway.stop() == 0
+
+
+def raw_overlay_config(overlay: str) -> dict[str, Any]:
+    raw: dict[str, Any] = yaml.safe_load(
+        (K8S_DIR / "overlays" / overlay / CONFIG_FILE_NAME).read_text()
+    )
+    return raw
+
+
+@pytest.mark.parametrize("overlay", TLS_OVERLAYS)
+def test_the_tls_overlay_probes_over_https_and_mounts_the_secret_where_server_tls_points(
+    overlay: str,
+) -> None:
+    objects = rendered(overlay)
+    container = gateway_container(objects)
+    probes = {name: container[name] for name in ("startupProbe", "readinessProbe", "livenessProbe")}
+    # The kubelet's grpc probe has no TLS: readiness is the REST port's, over HTTPS.
+    assert "grpc" not in probes["readinessProbe"]
+    assert probes["readinessProbe"]["httpGet"] == {
+        "path": "/v2/health/ready",
+        "port": "http",
+        "scheme": "HTTPS",
+    }
+    for name, probe in probes.items():
+        assert set(probe) & {"grpc", "tcpSocket", "exec"} == set(), name
+        assert probe["httpGet"]["scheme"] == "HTTPS", name
+        assert probe["httpGet"]["port"] == "http", name
+    pod = the(objects, "Deployment")["spec"]["template"]["spec"]
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    mounts = {m["mountPath"]: m for m in container["volumeMounts"]}
+    mount = mounts[str(TLS_MOUNT_PATH)]
+    assert mount["readOnly"] is True
+    secret = volumes[mount["name"]]["secret"]
+    assert secret["secretName"] == TLS_SECRET_NAME
+    assert secret["defaultMode"] == 0o440  # the key: the gateway's group (fsGroup) only
+    assert pod["securityContext"]["fsGroup"] == pod["securityContext"]["runAsGroup"]
+    # server.tls reads exactly the Secret's files, where the pod mounts them.
+    tls = raw_overlay_config(overlay)["server"]["tls"]
+    for key in ("cert_file", "key_file"):
+        path = Path(tls[key])
+        assert path.parent == TLS_MOUNT_PATH and path.name in TLS_SECRET_KEYS, key
+    assert tls.get("require_client_cert", False) is False  # the probes have no certificate
+    config = overlay_config(overlay)
+    assert config.server.tls is not None
+    # The metrics port stays plain HTTP for Prometheus: no metrics_tls, no https scrape.
+    assert config.server.metrics_tls is None
+    [endpoint] = the(objects, "ServiceMonitor")["spec"]["endpoints"]
+    assert endpoint.get("scheme", "http") == "http"
+
+
+def kubelet_https_context() -> ssl.SSLContext:
+    """What the kubelet's HTTPS probe does: TLS without verifying the server's certificate,
+    and no client certificate."""
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    return context
+
+
+def test_https_probes_answer_on_a_real_gateway_with_the_tls_overlays_config(
+    tmp_path: Path,
+) -> None:
+    container = gateway_container(rendered("standalone-tls"))
+    port_names = {p["name"]: p["containerPort"] for p in container["ports"]}
+    # The Secret's files, as the kubelet writes them: an issuer the probes do not know.
+    secret_dir = tmp_path / "secret"
+    secret_dir.mkdir()
+    issued = CertAuthority("some-cluster-issuer").issue_server()
+    (secret_dir / "tls.crt").write_bytes(issued.cert_pem)
+    (secret_dir / "tls.key").write_bytes(issued.key_pem)
+    config = local_config("standalone-tls", tmp_path)
+    for key in ("cert_file", "key_file"):
+        path = Path(config["server"]["tls"][key])
+        config["server"]["tls"][key] = str(secret_dir / path.relative_to(TLS_MOUNT_PATH))
+    probe_context = kubelet_https_context()
+    gateway = start_gateway(config, tmp_path, ssl_context=probe_context)
+    try:
+        by_config_port = {
+            port: getattr(gateway, f"{name}_port")
+            for name, port in config_ports(overlay_config("standalone-tls")).items()
+        }
+        for name in ("startupProbe", "readinessProbe", "livenessProbe"):
+            http = container[name]["httpGet"]
+            port = by_config_port[port_names[http["port"]]]
+            url = f"{http['scheme'].lower()}://127.0.0.1:{port}{http['path']}"
+            with urllib.request.urlopen(url, timeout=5, context=probe_context) as response:
+                assert response.status == 200, name
+        # The ports really are TLS: a plaintext request gets no answer.
+        with pytest.raises(OSError):
+            get_status(f"http://{gateway.http_url}/v2/health/ready")
+        # The metrics port the ServiceMonitor scrapes stays plain HTTP.
         assert "switchyard_requests_total" in scrape_metrics(gateway)
     finally:
         assert gateway.stop() == 0
@@ -633,6 +741,93 @@ def test_render_k8s_writes_a_standalone_overlays_config(tmp_path: Path) -> None:
     assert render_k8s("--config", str(source), "--overlay", str(overlay)).returncode == 0
     config_map = the(kustomize(overlay), "ConfigMap", "switchyard-config")
     assert yaml.safe_load(config_map["data"][CONFIG_FILE_NAME])["server"]["log_level"] == "debug"
+
+
+def tls_config(source_overlay: str, tmp_path: Path, **tls: Any) -> Path:
+    """The overlay's config with server.tls set to `tls` (None: unset), in tmp_path."""
+    edited = raw_overlay_config(source_overlay)
+    edited["server"].pop("tls", None)
+    if tls:
+        edited["server"]["tls"] = tls
+    path = tmp_path / f"{source_overlay}-edited.yaml"
+    path.write_text(yaml.safe_dump(edited))
+    return path
+
+
+MOUNTED_PAIR = {
+    "cert_file": str(TLS_MOUNT_PATH / "tls.crt"),
+    "key_file": str(TLS_MOUNT_PATH / "tls.key"),
+}
+
+
+def test_render_k8s_refuses_tls_that_the_overlay_does_not_fit(tmp_path: Path) -> None:
+    k8s = tmp_path / "k8s"  # a copy: a refusal that failed would write there, not into k8s/
+    shutil.copytree(K8S_DIR, k8s)
+    standalone = k8s / "overlays" / "standalone"
+    tls_overlay = k8s / "overlays" / "standalone-tls"
+    # The Secret's files, but no component that mounts them.
+    result = render_k8s(
+        "--config",
+        str(tls_config("standalone", tmp_path, **MOUNTED_PAIR)),
+        "--overlay",
+        str(standalone),
+        "--check",
+    )
+    assert result.returncode == 2
+    assert "server.tls.cert_file is /etc/switchyard/tls/tls.crt" in result.stderr
+    assert "lists no ../../components/tls" in result.stderr
+    # The component's HTTPS probes against plaintext ports.
+    result = render_k8s(
+        "--config", str(tls_config("standalone-tls", tmp_path)), "--overlay", str(tls_overlay)
+    )
+    assert result.returncode == 2
+    assert "sets no server.tls: the probes would fail" in result.stderr
+    # Mutual TLS: the kubelet's probes have no client certificate.
+    mtls = {
+        **MOUNTED_PAIR,
+        "client_ca_file": str(TLS_MOUNT_PATH / "ca.crt"),
+        "require_client_cert": True,
+    }
+    result = render_k8s(
+        "--config",
+        str(tls_config("standalone-tls", tmp_path, **mtls)),
+        "--overlay",
+        str(tls_overlay),
+    )
+    assert result.returncode == 2
+    assert "does not support mutual TLS" in result.stderr
+    # A file in the mount that the Secret does not have.
+    odd = {**MOUNTED_PAIR, "cert_file": str(TLS_MOUNT_PATH / "server.crt")}
+    result = render_k8s(
+        "--config",
+        str(tls_config("standalone-tls", tmp_path, **odd)),
+        "--overlay",
+        str(tls_overlay),
+    )
+    assert result.returncode == 2
+    assert "/etc/switchyard/tls/server.crt is not a file of the TLS Secret's mount" in (
+        result.stderr
+    )
+    # Nothing of that was written.
+    for overlay in (standalone, tls_overlay):
+        original = K8S_DIR / "overlays" / overlay.name / CONFIG_FILE_NAME
+        assert (overlay / CONFIG_FILE_NAME).read_text() == original.read_text()
+
+
+def test_render_k8s_writes_the_tls_overlays_config(tmp_path: Path) -> None:
+    k8s = tmp_path / "k8s"
+    shutil.copytree(K8S_DIR, k8s)
+    overlay = k8s / "overlays" / "standalone-tls"
+    edited = raw_overlay_config("standalone-tls")
+    edited["server"]["tls"]["client_ca_file"] = str(TLS_MOUNT_PATH / "ca.crt")
+    source = tmp_path / "my-config.yaml"
+    source.write_text(yaml.safe_dump(edited))
+    assert render_k8s("--config", str(source), "--overlay", str(overlay), "--check").returncode == 1
+    written = render_k8s("--config", str(source), "--overlay", str(overlay))
+    assert written.returncode == 0, written.stderr
+    config_map = the(kustomize(overlay), "ConfigMap", "switchyard-config")
+    tls = yaml.safe_load(config_map["data"][CONFIG_FILE_NAME])["server"]["tls"]
+    assert tls["client_ca_file"] == "/etc/switchyard/tls/ca.crt"
 
 
 def test_render_k8s_refuses_an_invalid_config_and_a_folder_that_is_no_overlay(
