@@ -55,6 +55,17 @@ class Overloaded(ResourceExhausted):
         self.reason = reason
 
 
+class AuthThrottled(ResourceExhausted):
+    """Too many failed authentications from the caller's address; refused unchecked until
+    `retry_after_s` passes (429 with Retry-After on HTTP)."""
+
+    code = "throttled"
+
+    def __init__(self, message: str, retry_after_s: int) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+
 class Unavailable(SwitchyardError):
     """A dependency or the model is not ready; the caller may retry later."""
 

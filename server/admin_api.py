@@ -9,43 +9,47 @@ store's):
   POST   /endpoints/{name}/rollout/{action}    action: start | abort | promote
   GET    /audit?limit=N                        the shared audit trail, oldest first
   GET    /lease                                the replica judging rollouts now
-Every change is audited (a hash-chained record: README, "Audit trail") with its actor: the
-`X-Switchyard-Actor` header, else "admin", the peer address and the caller's reason: a
-"reason" field in the JSON body (PUT weights; an optional body on DELETE override and POST
-rollout) or else the `X-Switchyard-Reason` header.
+Each route needs a role (server/access.py ROUTE_ROLES: viewer reads, operator changes
+weights and drives rollouts). Every change is audited (a hash-chained record: README, "Audit
+trail") with its actor: the identity of the token or client certificate (`identity (for
+<X-Switchyard-Actor>)` when that header is given), its role, the peer address and the
+caller's reason: a "reason" field in the JSON body (PUT weights; an optional body on DELETE
+override and POST rollout) or else the `X-Switchyard-Reason` header.
 """
 
 from __future__ import annotations
 
-import hmac
 from dataclasses import replace
 from typing import Any
 
 from switchyard.router.config import table_to_config
 from switchyard.runtimes.client_text import client_text
-from switchyard.runtimes.errors import InvalidArgument, NotFound, PermissionDenied, Unauthenticated
+from switchyard.runtimes.errors import InvalidArgument, NotFound
+from switchyard.server.access import AccessControl, required_role
 from switchyard.server.caller import MAX_REASON_CHARS, Actor, Caller
 from switchyard.server.control.plane import ControlPlane
 from switchyard.server.error_status import require_method
 from switchyard.server.json_body import parse_object
 
-ACTOR_HEADER = "x-switchyard-actor"
+API = "admin"  # the api label of switchyard_auth_denied_total
 DEFAULT_AUDIT_LIMIT = 100
 MAX_AUDIT_LIMIT = 10_000
 
 
 class AdminApi:
-    def __init__(self, control: ControlPlane, token: str | None) -> None:
+    def __init__(self, control: ControlPlane, access: AccessControl) -> None:
         self._control = control
-        self._token = token
+        self._access = access
 
-    def authorize(self, caller: Caller) -> Actor:
-        """The caller as an Actor, or refused unless it carries the configured bearer token."""
-        if self._token is None:
-            raise NotFound("the admin API is off; set admin.token or SWITCHYARD_ADMIN_TOKEN")
-        check_bearer(self._token, caller.headers.get("authorization", ""), "admin API")
-        identity = caller.headers.get(ACTOR_HEADER, "admin")[:100]
-        return Actor(identity, "admin", caller.peer, caller.reason())
+    def authorize(self, caller: Caller, method: str, parts: list[str]) -> Actor:
+        """The caller as an Actor allowed /admin/v1/{parts...}, or refused (401/403/429)."""
+        if not self._access.enabled:
+            raise NotFound(
+                "the admin API is off; set admin.token (or SWITCHYARD_ADMIN_TOKEN), "
+                "admin.tokens_file or admin.certificate_identities"
+            )
+        needs = required_role(method, "/admin/v1/" + "/".join(parts))
+        return self._access.authorize(caller, API, needs)
 
     async def handle(
         self,
@@ -95,15 +99,6 @@ class AdminApi:
             require_method(method, "GET")
             return {"holder": await control.lease_holder()}
         raise NotFound(f"no admin route /admin/v1/{client_text('/'.join(parts))}")
-
-
-def check_bearer(token: str, authorization: str, what: str) -> None:
-    """Unauthenticated / PermissionDenied unless `authorization` is `Bearer <token>`."""
-    scheme, _, given = authorization.partition(" ")
-    if scheme.lower() != "bearer" or not given:
-        raise Unauthenticated(f"the {what} needs an 'Authorization: Bearer <token>' header")
-    if not hmac.compare_digest(given.encode(), token.encode()):
-        raise PermissionDenied(f"the bearer token is not valid for the {what}")
 
 
 def _with_body_reason(actor: Actor, document: dict[str, Any]) -> Actor:

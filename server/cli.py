@@ -11,6 +11,7 @@ from pathlib import Path
 
 from switchyard.runtimes.errors import SwitchyardError
 from switchyard.server.audit_cli import add_audit_subcommand
+from switchyard.server.access import add_admin_subcommand
 from switchyard.server.autoscaling.cli import add_autoscale_subcommand
 from switchyard.server.config import (
     DEFAULT_CONFIG_PATH,
@@ -134,6 +135,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     serve.set_defaults(handler=_serve)
     add_audit_subcommand(commands)
+    add_admin_subcommand(commands)
     add_autoscale_subcommand(commands)
     add_config_subcommand(commands)
     add_features_subcommand(commands)

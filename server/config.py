@@ -253,6 +253,7 @@ def _resolve_paths(raw: dict[str, Any], base_dir: Path) -> None:
     _resolve_path(raw.get("routing"), "disagreement_log_path", base_dir)
     _resolve_path(raw.get("admin"), "audit_log_path", base_dir)
     _resolve_path(raw.get("admin"), "audit_key_file", base_dir)
+    _resolve_path(raw.get("admin"), "tokens_file", base_dir)
     _resolve_path(raw.get("model_repository"), "path", base_dir)
     control = raw.get("control")
     for key in ("ca_file", "cert_file", "key_file"):

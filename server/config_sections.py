@@ -10,6 +10,7 @@ from urllib.parse import quote, unquote, urlsplit, urlunsplit
 
 from pydantic import BeforeValidator, Field, SecretStr, field_validator, model_validator
 
+from switchyard.server.access import AccessSettings, CertificateIdentity, read_token_file
 from switchyard.server.config_base import FilePath, StrictModel
 from switchyard.server.config_secrets import SecretText, reveal
 from switchyard.server.tls import TlsSettings
@@ -357,12 +358,36 @@ MIN_TOKEN_CHARS = 16
 
 
 class AdminSettings(StrictModel):
-    """The admin REST API (/admin/v1/...) on the HTTP port; off unless a token is set."""
+    """The admin REST API (/admin/v1/...) on the HTTP port and model load / unload: who may
+    call them (README "Roles"). Off unless an identity source is set: token, tokens_file or
+    certificate_identities."""
 
     token: SecretText | None = Field(
         default=None,
-        description="Bearer token of the admin API, 16 characters at least: better "
-        "{from_env: NAME}, {from_file: PATH} or SWITCHYARD_ADMIN_TOKEN than in the file.",
+        description="The single legacy bearer token (identity 'admin', role admin), 16 "
+        "characters at least: better {from_env: NAME}, {from_file: PATH} or "
+        "SWITCHYARD_ADMIN_TOKEN than in the file.",
+    )
+    tokens_file: FilePath | None = Field(
+        default=None,
+        description="YAML list of {name, role, token_sha256: 'sha256:<hex>'} (digest from "
+        "`switchyard admin hash-token`); re-read when it changes.",
+    )
+    certificate_identities: list[CertificateIdentity] = Field(
+        default=[],
+        description="Client certificate subjects (mTLS) and their identity and role, matched "
+        "exactly: [{subject: 'CN=alice,O=ops', name: alice, role: operator}].",
+    )
+    auth_failure_burst: int = Field(
+        default=10,
+        ge=1,
+        description="Failed authentications one address may make at once before its calls "
+        "are refused (429) unchecked.",
+    )
+    auth_failures_per_minute: float = Field(
+        default=10.0,
+        gt=0,
+        description="How fast an address earns back failed authentications (per process).",
     )
     audit_log_path: FilePath | None = Field(
         default=None,
@@ -387,6 +412,21 @@ class AdminSettings(StrictModel):
     def token_value(self) -> str | None:
         """The admin token's text (`token` itself never prints it)."""
         return reveal(self.token)
+
+    @model_validator(mode="after")
+    def _tokens_file_is_valid(self) -> AdminSettings:
+        if self.tokens_file is not None:
+            read_token_file(self.tokens_file)  # ValueError names the problem; fail at start
+        return self
+
+    def access_settings(self) -> AccessSettings:
+        return AccessSettings(
+            self.token_value,
+            self.tokens_file,
+            tuple(self.certificate_identities),
+            self.auth_failure_burst,
+            self.auth_failures_per_minute,
+        )
 
 
 class RecommendSettings(StrictModel):

@@ -18,6 +18,7 @@ import grpc
 
 from switchyard.runtimes.client_text import client_text
 from switchyard.runtimes.errors import (
+    AuthThrottled,
     DeadlineExceeded,
     FailedPrecondition,
     InvalidArgument,
@@ -46,6 +47,7 @@ ERROR_STATUS: Mapping[type[SwitchyardError], ErrorStatus] = MappingProxyType(
         NotFound: ErrorStatus(grpc.StatusCode.NOT_FOUND, 404),
         PayloadTooLarge: ErrorStatus(grpc.StatusCode.RESOURCE_EXHAUSTED, 413),
         ResourceExhausted: ErrorStatus(grpc.StatusCode.RESOURCE_EXHAUSTED, 503),
+        AuthThrottled: ErrorStatus(grpc.StatusCode.RESOURCE_EXHAUSTED, 429),
         Unavailable: ErrorStatus(grpc.StatusCode.UNAVAILABLE, 503),
         DeadlineExceeded: ErrorStatus(grpc.StatusCode.DEADLINE_EXCEEDED, 504),
         Unauthenticated: ErrorStatus(grpc.StatusCode.UNAUTHENTICATED, 401),
@@ -109,6 +111,8 @@ def http_status(error: Exception) -> tuple[int, str, tuple[tuple[bytes, bytes], 
     if isinstance(error, HttpError):
         return error.status, str(error), error.headers
     status, message = error_status(error)
+    if isinstance(error, AuthThrottled):
+        return status.http, message, ((b"retry-after", str(error.retry_after_s).encode()),)
     return status.http, message, RETRY_AFTER if status.http == 503 else ()
 
 

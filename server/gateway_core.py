@@ -18,6 +18,7 @@ from pathlib import Path
 
 from switchyard.demo.paths import config_base_dir
 from switchyard.router.router import Router
+from switchyard.server.access import AccessControl
 from switchyard.server.admin_api import AdminApi
 from switchyard.server.audit_log import AuditLog, configured_audit_key
 from switchyard.server.client_paths import name_folder
@@ -78,7 +79,12 @@ class GatewayCore:
             replica=replica_name(),
         )
         self.models = ModelControl(repository, config, self.control)
-        self._repository_api = RepositoryApi(self.models, config.admin.token_value)
+        # One for both APIs: a peer's failed authentications count across them.
+        self.access = AccessControl(
+            config.admin.access_settings(),
+            lambda api, reason: metrics.auth_denied.labels(api, reason).inc(),
+        )
+        self._repository_api = RepositoryApi(self.models, self.access)
         self.routing = RoutingService(
             router, dataplane.infer_model, config.routing, metrics.routing, self.control.record
         )
@@ -104,7 +110,7 @@ class GatewayCore:
         self._reload_task: asyncio.Task[None] | None = None
 
     def rest_app(self) -> RestApp:
-        admin = AdminApi(self.control, self.config.admin.token_value)
+        admin = AdminApi(self.control, self.access)
         return RestApp(self.inference, self.metrics, admin, self.recommender, self._repository_api)
 
     def oip_servicer(self) -> InferenceServicer:

@@ -281,7 +281,8 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     async def RepositoryModelLoad(
         self, request: pb.RepositoryModelLoadRequest, context: CallContext
     ) -> pb.RepositoryModelLoadResponse:
-        actor = self._repository.authorize(Caller.from_grpc(context, text_metadata(context)))
+        caller = Caller.from_grpc(context, text_metadata(context))
+        actor = self._repository.authorize(caller, "load")
         await self._repository.load(request.model_name, _parameters(request.parameters), actor)
         return pb.RepositoryModelLoadResponse()
 
@@ -289,7 +290,8 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     async def RepositoryModelUnload(
         self, request: pb.RepositoryModelUnloadRequest, context: CallContext
     ) -> pb.RepositoryModelUnloadResponse:
-        actor = self._repository.authorize(Caller.from_grpc(context, text_metadata(context)))
+        caller = Caller.from_grpc(context, text_metadata(context))
+        actor = self._repository.authorize(caller, "unload")
         await self._repository.unload(request.model_name, _parameters(request.parameters), actor)
         return pb.RepositoryModelUnloadResponse()
 

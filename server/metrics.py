@@ -75,6 +75,13 @@ class ServerMetrics:
             ["protocol", "reason"],
             registry=self.registry,
         )
+        self.auth_denied = Counter(
+            "switchyard_auth_denied",
+            "Admin and model repository calls refused by access control, by api (admin, "
+            "repository) and reason (missing, invalid, forbidden, throttled).",
+            ["api", "reason"],
+            registry=self.registry,
+        )
         self.in_flight = Gauge(
             "switchyard_requests_in_flight",
             "Inference requests being served now.",

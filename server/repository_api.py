@@ -1,9 +1,10 @@
 """Triton's model repository extension, the same on gRPC and REST: list the models, load and
 unload them while serving (server/model_control.py does the work).
 
-The index is open, like model metadata. Load and unload change what every replica serves:
-they need the admin token (`Authorization: Bearer <token>`, as HTTP header or gRPC
-metadata) and are audited with their actor (`x-switchyard-actor`, else "admin").
+The index is open, like model metadata and Triton's. Load and unload change what every
+replica serves: they need an identity with the admin role (server/access.py; a bearer token
+as HTTP header or gRPC metadata `authorization`, or a client certificate) and are audited
+with its name (`name (for <x-switchyard-actor>)` when that header is given).
 
 Load parameters, as Triton's: `config`, a ModelConfig as JSON that replaces the model's
 config.pbtxt. Triton's `file:<path>` parameters (model files sent with the request) are
@@ -17,31 +18,30 @@ from collections.abc import Mapping
 
 from switchyard.runtimes.client_text import client_text
 from switchyard.runtimes.errors import InvalidArgument, PermissionDenied
-from switchyard.server.admin_api import check_bearer
+from switchyard.server.access import AccessControl, required_role
 from switchyard.server.caller import Actor, Caller
 from switchyard.server.model_control import IndexEntry, ModelControl
 from switchyard.server.types import ParameterValue
 
-ACTOR_KEY = "x-switchyard-actor"
+API = "repository"  # the api label of switchyard_auth_denied_total
 CONFIG_PARAMETER = "config"
 UNLOAD_PARAMETERS = frozenset({"unload_dependents"})
 
 
 class RepositoryApi:
-    def __init__(self, models: ModelControl, token: str | None) -> None:
+    def __init__(self, models: ModelControl, access: AccessControl) -> None:
         self._models = models
-        self._token = token
+        self._access = access
 
-    def authorize(self, caller: Caller) -> Actor:
-        """The caller as an Actor, once its token is checked."""
-        if self._token is None:
+    def authorize(self, caller: Caller, action: str) -> Actor:
+        """The caller as an Actor allowed to `action` (load | unload), or refused."""
+        if not self._access.enabled:
             raise PermissionDenied(
-                "loading and unloading models needs the admin token; set admin.token or "
-                "SWITCHYARD_ADMIN_TOKEN"
+                "loading and unloading models needs an admin identity; set admin.token (or "
+                "SWITCHYARD_ADMIN_TOKEN), admin.tokens_file or admin.certificate_identities"
             )
-        check_bearer(self._token, caller.headers.get("authorization", ""), "model repository API")
-        identity = caller.headers.get(ACTOR_KEY, "admin")[:100]
-        return Actor(identity, "admin", caller.peer, caller.reason())
+        needs = required_role("POST", f"/v2/repository/models/*/{action}")
+        return self._access.authorize(caller, API, needs)
 
     def index(self, ready_only: bool) -> list[IndexEntry]:
         return self._models.index(ready_only)

@@ -128,7 +128,7 @@ class RestApp:
         if parts[:2] == ["admin", "v1"] and self._admin is not None:
             headers = dict(scope["headers"])
             caller = Caller.from_asgi(scope, _text_headers(headers))
-            actor = self._admin.authorize(caller)  # before reading any body
+            actor = self._admin.authorize(caller, method, parts[2:])  # before reading any body
             body = await self._read_body(headers, receive) if method in ("PUT", "POST") else b""
             query = parse_qs(scope.get("query_string", b"").decode("latin-1"))
             document = await self._admin.handle(method, parts[2:], actor, body, query)
@@ -208,7 +208,7 @@ class RestApp:
             return Response.json(200, [_index_json(entry) for entry in entries])
         if len(route) == 3 and route[0] == "models" and route[2] in ("load", "unload"):
             caller = Caller.from_asgi(scope, _text_headers(headers))
-            actor = self._repository.authorize(caller)  # before reading any body
+            actor = self._repository.authorize(caller, route[2])  # before reading any body
             body = parse_object(await self._read_body(headers, receive) or b"{}")
             parameters = body.get("parameters", {})
             if not isinstance(parameters, dict):

@@ -441,7 +441,7 @@ def test_b_rollouts_over_three_replicas_are_judged_once(replicas: Replicas) -> N
     ], summary
     assert failing_entries[0]["action"] == "rollout running: started", summary
     assert "error rate" in failing_entries[1]["action"], summary
-    assert ok_entries[0]["identity"] == failing_entries[0]["identity"] == "alice"
+    assert ok_entries[0]["identity"] == failing_entries[0]["identity"] == "admin (for alice)"
     assert ok_entries[1]["identity"] == failing_entries[1]["identity"] == "rollout"
     assert len(entries) == 4, summary  # nothing else was written
 

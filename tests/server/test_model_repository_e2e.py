@@ -117,10 +117,10 @@ def test_tritonclient_lists_loads_and_unloads_over_grpc_and_http(
 
     trail = admin_audit(gateway)
     assert [(e["identity"], e["action"]) for e in trail] == [
-        ("mlengineer", "load"),
-        ("mlengineer", "unload"),
-        ("mlengineer", "load"),
-        ("mlengineer", "unload"),
+        ("admin (for mlengineer)", "load"),
+        ("admin (for mlengineer)", "unload"),
+        ("admin (for mlengineer)", "load"),
+        ("admin (for mlengineer)", "unload"),
     ]
     text = scrape_metrics(gateway)
     assert metric_sum(text, "switchyard_model_loads_total", model="spare", result="loaded") == 2
