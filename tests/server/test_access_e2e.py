@@ -94,7 +94,7 @@ def gateway(
 
 def call(
     gateway: Gateway, method: str, path: str, token: str | None, body: Any = None
-) -> tuple[int, dict[str, str], dict[str, Any]]:
+) -> tuple[int, dict[str, str], Any]:
     host, port = gateway.http_url.rsplit(":", 1)
     connection = http.client.HTTPConnection(host, int(port), timeout=30)
     headers = {"Content-Type": "application/json"}
