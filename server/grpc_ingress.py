@@ -20,7 +20,7 @@ from switchyard.protos import open_inference_pb2 as pb
 from switchyard.protos import open_inference_pb2_grpc as pb_grpc
 from switchyard.runtimes import tracing
 from switchyard.runtimes.client_text import client_text
-from switchyard.runtimes.errors import InvalidArgument
+from switchyard.runtimes.errors import AuthThrottled, InvalidArgument
 from switchyard.runtimes.tensor_codec import decode_raw, encode_raw
 from switchyard.server.caller import Caller
 from switchyard.server.error_status import grpc_status
@@ -41,6 +41,7 @@ from switchyard.server.types import InferInput, InferRequest, InferResponse, Par
 
 log = logging.getLogger(__name__)
 PROTOCOL = "grpc"
+RETRY_AFTER_KEY = "retry-after"  # trailing metadata of a throttled call: seconds to wait
 INFER_SPAN = "inference.GRPCInferenceService/ModelInfer"  # OpenTelemetry's rpc span name
 
 # Which InferTensorContents field carries each datatype; FP16 and BF16 travel raw only.
@@ -91,6 +92,8 @@ def maps_errors(handler: Handler) -> Handler:
             code, message = grpc_status(exc)
             if code is grpc.StatusCode.INTERNAL:
                 log.exception("%s failed", handler.__name__)
+            if isinstance(exc, AuthThrottled):  # as HTTP's Retry-After, for clients that look
+                context.set_trailing_metadata(((RETRY_AFTER_KEY, str(exc.retry_after_s)),))
             await context.abort(code, message)
 
     return wrapper  # type: ignore[return-value]

@@ -12,8 +12,10 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import grpc
 import pytest
 import tritonclient.grpc as triton_grpc
+from tritonclient.grpc import service_pb2
 from tritonclient.utils import InferenceServerException
 
 from loadtests.gateway_process import Gateway, metric_sum, scrape_metrics, start_gateway
@@ -289,11 +291,23 @@ def test_a_brute_force_of_wrong_tokens_is_throttled_and_counted(
             client.load_model("spare", headers={"authorization": f"Bearer {LEGACY_TOKEN}"})
         assert refused.value.status() == "StatusCode.RESOURCE_EXHAUSTED"
         client.close()
+        channel = grpc.insecure_channel(gateway.grpc_url)
+        load = channel.unary_unary(
+            "/inference.GRPCInferenceService/RepositoryModelLoad",
+            request_serializer=service_pb2.RepositoryModelLoadRequest.SerializeToString,
+            response_deserializer=service_pb2.RepositoryModelLoadResponse.FromString,
+        )
+        with pytest.raises(grpc.RpcError) as raw:
+            load(service_pb2.RepositoryModelLoadRequest(model_name="spare"), timeout=10)
+        error: Any = raw.value  # a grpc.Call too; typed as RpcError alone
+        trailing = {key: value for key, value in error.trailing_metadata()}
+        assert 1 <= int(trailing["retry-after"]) <= 10
+        channel.close()
 
         counted = denials(gateway)
         assert counted[("admin", "invalid")] == statuses.count(401)
         assert counted[("admin", "throttled")] == statuses.count(429) + 1
-        assert counted[("repository", "throttled")] == 1
+        assert counted[("repository", "throttled")] == 2
 
         time.sleep(retry_after_s)  # the bucket earns one try back
         status, _, answer = call(gateway, "GET", "/admin/v1/endpoints", TOKENS["viewer"])
