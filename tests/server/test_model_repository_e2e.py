@@ -93,7 +93,7 @@ def test_tritonclient_lists_loads_and_unloads_over_grpc_and_http(
         {"name": "ranker", "version": "1", "state": "READY"},
         {"name": "spare", "version": "", "state": "UNAVAILABLE", "reason": "unloaded"},
     ]
-    with pytest.raises(InferenceServerException, match="needs an 'Authorization: Bearer"):
+    with pytest.raises(InferenceServerException, match="needs 'Authorization: Bearer"):
         grpc_client.load_model("spare")
     with pytest.raises(InferenceServerException, match="not valid"):
         http_client.load_model("spare", headers={"authorization": "Bearer wrong"})
@@ -182,7 +182,7 @@ def test_a_corrupt_version_is_refused_while_the_served_one_stays(
     result = client.infer("ranker", [features_input()])
     assert result.get_response().model_version == "1"
     np.testing.assert_allclose(result.as_numpy("score"), scores(rankers["v1"]), rtol=1e-6)
-    assert "model ranker: load by mlengineer refused, what is served stays" in gateway.log()
+    assert "model ranker: load by admin (for mlengineer) refused, what is served stays" in gateway.log()
 
     place_version(repository, "ranker", 2, rankers["v2"])  # fixed: now it loads
     client.load_model("ranker", headers=AUTH)
