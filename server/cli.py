@@ -10,8 +10,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 from switchyard.runtimes.errors import SwitchyardError
-from switchyard.server.audit_cli import add_audit_subcommand
 from switchyard.server.access import add_admin_subcommand
+from switchyard.server.audit_cli import add_audit_subcommand
 from switchyard.server.autoscaling.cli import add_autoscale_subcommand
 from switchyard.server.config import (
     DEFAULT_CONFIG_PATH,

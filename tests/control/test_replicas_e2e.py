@@ -778,7 +778,7 @@ def test_f_concurrent_changes_on_two_replicas_make_one_verified_trail(
     assert sorted(r["reason"] for r in records) == sorted(expected)  # each decision once
     for record in records:
         identity = record["reason"].split()[0]
-        assert record["identity"] == identity and record["role"] == "admin"
+        assert record["identity"] == f"admin (for {identity})" and record["role"] == "admin"
         assert record["peer"].startswith("127.0.0.1:"), record
         assert record["alg"] == "hmac-sha256"
     # The REST trail is the same chain.
@@ -790,7 +790,8 @@ def test_f_concurrent_changes_on_two_replicas_make_one_verified_trail(
         checked = switchyard_cli("audit", "verify", str(own), "--key-file", str(key_file))
         assert checked.returncode == 0, checked.stdout + checked.stderr
         assert checked.stdout.startswith(f"{changes_each} records, seq 1..{changes_each}")
-        assert {json.loads(line)["identity"] for line in own.read_text().splitlines()} == {identity}
+        identities = {json.loads(line)["identity"] for line in own.read_text().splitlines()}
+        assert identities == {f"admin (for {identity})"}
     # An edit of the export, a line dropped: each caught at its line.
     lines = export.stdout.splitlines()
     edited = json.loads(lines[4])

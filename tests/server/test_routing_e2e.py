@@ -546,7 +546,7 @@ def test_admin_reasons_are_audited_and_the_gateways_file_verifies(routed: Gatewa
     status, _, body = request(routed, "PUT", path, {"weights": {"only": 5}, "reason": 7}, headers)
     assert status == 400 and '"reason" must be a string' in body["error"], body
     _, _, trail = admin(routed, "GET", "/audit")
-    mine = [e for e in trail["entries"] if e["identity"] == "carol"]
+    mine = [e for e in trail["entries"] if e["identity"] == "admin (for carol)"]
     assert [e["reason"] for e in mine] == ["ticket 42", "the body's wins"]
     assert all(e["peer"].startswith("127.0.0.1:") and e["role"] == "admin" for e in mine)
     assert mine[1]["seq"] == mine[0]["seq"] + 1 and mine[1]["prev"] == mine[0]["hash"]
