@@ -259,7 +259,9 @@ def test_changes_are_audited_with_the_identity(clean: Gateway) -> None:
     )
     assert status == 200
     _, _, trail = call(clean, "GET", "/admin/v1/audit?limit=1", TOKENS["viewer"])
-    assert trail["entries"][-1]["actor"] == "operator-bot"
+    entry = trail["entries"][-1]
+    assert (entry["identity"], entry["role"]) == ("operator-bot", "operator")
+    assert entry["peer"].startswith("127.0.0.1:")
 
 
 def test_a_brute_force_of_wrong_tokens_is_throttled_and_counted(
