@@ -298,7 +298,7 @@ class _ShadowPair:
 
 
 _ModelItem = tuple[_Intake, Mapping[str, np.ndarray], Mapping[str, np.ndarray]]
-_ShadowItem = tuple[tuple[str, str], tuple[str, str], np.ndarray, np.ndarray]
+_ShadowItem = tuple[tuple[str, str], tuple[str, str, str], np.ndarray, np.ndarray]
 
 
 class DriftService:
@@ -400,10 +400,10 @@ class DriftService:
         grouped: dict[int, tuple[_Intake, list[Mapping[str, np.ndarray]]]] = {}
         for item in items:
             if isinstance(item[0], _Intake):
-                intake, inputs, outputs = item  # type: ignore[misc]
+                intake, inputs, outputs = item
                 grouped.setdefault(id(intake), (intake, []))[1].append({**inputs, **outputs})
             else:
-                self._add_shadow(item, now_s)  # type: ignore[arg-type]
+                self._add_shadow(item, now_s)
         for intake, arrays in grouped.values():
             intake.observed += len(arrays)
             monitor = self._monitor(intake, now_s)

@@ -92,13 +92,16 @@ def bin_counts(edges: np.ndarray, values: np.ndarray) -> np.ndarray:
 
 def quantile_edges(values: np.ndarray, bins: int = DEFAULT_BINS) -> np.ndarray:
     """The minimum, the inner quantiles and the successor of the maximum of the finite
-    values, without repeats (a discrete column gets fewer bins)."""
+    values, without repeats; a column of at most `bins` distinct values gets one bin each."""
     finite = values[np.isfinite(values)].astype(np.float64)
     if finite.size == 0:
         raise ProfileError("no finite values to bin")
-    quantiles = np.quantile(finite, np.linspace(0.0, 1.0, bins + 1))
-    quantiles[-1] = np.nextafter(quantiles[-1], math.inf)  # the maximum lands inside
-    return np.unique(quantiles)
+    distinct = np.unique(finite)
+    if len(distinct) <= bins:  # a discrete column: a bin per value
+        lower = distinct
+    else:  # data values as edges ("lower"), so that no inner bin is empty
+        lower = np.unique(np.quantile(finite, np.linspace(0.0, 1.0, bins + 1)[:-1], method="lower"))
+    return np.append(lower, np.nextafter(distinct[-1], math.inf))  # the maximum lands inside
 
 
 def column_names(tensor: str, width: int, names: Sequence[str] | None = None) -> list[str]:

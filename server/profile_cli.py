@@ -190,8 +190,8 @@ def profile_version(
     try:
         signature = runtime.load()
         if len(signature.inputs) != 1:
-            names = [spec.name for spec in signature.inputs]
-            raise ProfileError(f"profiles are built for models of one input tensor, not {names}")
+            tensors = [spec.name for spec in signature.inputs]
+            raise ProfileError(f"profiles are built for models of one input tensor, not {tensors}")
         spec = signature.inputs[0]
         dtype = OIP_TO_NUMPY.get(spec.datatype)
         if dtype is None or dtype.kind not in "biuf":

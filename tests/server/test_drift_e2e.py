@@ -9,11 +9,13 @@ import json
 import re
 import time
 import urllib.request
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
+import redis
 
 from loadtests.gateway_process import Gateway, scrape_metrics, start_gateway
 from switchyard.demo.build_model import (
@@ -25,6 +27,7 @@ from switchyard.demo.build_model import (
 )
 from switchyard.server.drift_profile import default_profile_path
 from switchyard.server.features.files import read_table
+from tests.server.test_workers import REDIS_URL, workers_config
 
 MIN_SAMPLES = 1000
 THRESHOLD = 0.2
@@ -189,3 +192,32 @@ def test_a_version_without_a_profile_has_no_drift_series(
     text = wait_for(drift_gateway, "switchyard_drift_requests_total", model="other")
     assert not samples(text, "switchyard_drift_window_samples", model="other")
     assert "no reference profile for other:1" in drift_gateway.log()
+
+
+def test_drift_series_come_through_the_supervisor_with_workers(
+    demo_model_path: Path, training_rows: np.ndarray, tmp_path: Path
+) -> None:
+    """server.workers: 2: each worker judges its own window; the supervisor's metrics port
+    shows the worst worker's PSI and drifted count, and every worker's rows."""
+    prefix = f"switchyard-drift:{uuid.uuid4().hex[:8]}:"
+    config = {
+        **workers_config(demo_model_path, prefix),
+        "drift": {"window_s": 3600, "export_interval_s": 0.2, "min_samples": 500},
+    }
+    gateway = start_gateway(config, tmp_path)
+    try:
+        shifted = training_rows.copy()
+        shifted[:, SHIFTED_COLUMN] += 3.0 * shifted[:, SHIFTED_COLUMN].std()
+        send(gateway, "models/ranker", shifted, 3000, seed=5)
+        labels = {"model": "ranker", "version": "1"}
+        text = wait_for(gateway, "switchyard_drift_psi", **labels, feature="user.tenure")
+        assert samples(text, "switchyard_drift_psi", **labels, kind="input")["user.tenure"] > 0.2
+        assert samples(text, "switchyard_drift_features_drifted", **labels) == {"": 1.0}
+        assert 500 <= samples(text, "switchyard_drift_window_samples", **labels)[""] <= 3000
+    finally:
+        assert gateway.stop() == 0, gateway.log()
+        client = redis.Redis.from_url(REDIS_URL)
+        keys = list(client.scan_iter(match=prefix + "*", count=1000))
+        if keys:
+            client.delete(*keys)
+        client.close()
