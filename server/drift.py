@@ -401,12 +401,13 @@ class DriftService:
         """Bin queued items: one bincount per model version for the whole batch."""
         now_s = self._clock()
         grouped: dict[int, tuple[_Intake, list[Mapping[str, np.ndarray]]]] = {}
+        shadows: list[_ShadowItem] = []
         for item in items:
             if isinstance(item[0], _Intake):
                 intake, inputs, outputs = item
                 grouped.setdefault(id(intake), (intake, []))[1].append({**inputs, **outputs})
             else:
-                self._add_shadow(item, now_s)
+                shadows.append(item)
         for intake, arrays in grouped.values():
             intake.observed += len(arrays)
             monitor = self._monitor(intake, now_s)
@@ -419,6 +420,9 @@ class DriftService:
                 if len({p.shape[1] for p in parts}) == 1:  # same width: one array
                     merged[name] = np.concatenate(parts)
             monitor.add(merged, now_s)
+        # After the versions: a shadow pair's first item finds its primary's profile loaded.
+        for shadow in shadows:
+            self._add_shadow(shadow, now_s)
 
     def _monitor(self, intake: _Intake, now_s: float) -> DriftMonitor | None:
         if intake.state == "pending":
