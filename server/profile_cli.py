@@ -32,9 +32,7 @@ from switchyard.server.drift_profile import (
 )
 from switchyard.server.features.definitions import FeatureDefinitions, training_matrix
 from switchyard.server.features.files import read_table
-from switchyard.server.metrics import ServerMetrics
 from switchyard.server.model_config import ModelConfig, ModelVersionConfig
-from switchyard.server.repository import create_runtime
 
 CHUNK_ROWS = 4096  # rows per inference call while profiling outputs
 
@@ -186,6 +184,10 @@ def profile_version(
     seed_files: Mapping[str, Path],
     bins: int = DEFAULT_BINS,
 ) -> Profile:
+    # Here, not at import: `switchyard --help` need not load the runtimes.
+    from switchyard.server.metrics import ServerMetrics
+    from switchyard.server.repository import create_runtime
+
     runtime = create_runtime(model, version, ServerMetrics())
     try:
         signature = runtime.load()
