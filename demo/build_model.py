@@ -33,6 +33,7 @@ import yaml
 from onnx import TensorProto, helper, numpy_helper
 
 from switchyard.demo.paths import DEMO_CONFIG_PATH, artifacts_dir
+from switchyard.server.drift_profile import build_profile, default_profile_path
 from switchyard.server.features.config import parse_features
 from switchyard.server.features.definitions import EntityTable, FeatureDefinitions
 from switchyard.server.features.definitions import training_matrix as rows_to_training_matrix
@@ -269,6 +270,7 @@ def build(out_dir: Path | None = None, seed: int = 7) -> Path:
     tmp_path = model_path.with_suffix(".tmp")
     onnx.save(to_onnx(params, mean, std), tmp_path)
     tmp_path.replace(model_path)
+    write_profile(model_path, x[:n_train])
     log.info(
         "demo ranker written to %s (held-out AUC %.3f, click rate %.2f)",
         model_path,
@@ -278,11 +280,46 @@ def build(out_dir: Path | None = None, seed: int = 7) -> Path:
     return model_path
 
 
-def ensure_built(out_dir: Path | None = None) -> Path:
-    """The demo model's path, building it first when it is missing."""
+def write_profile(model_path: Path, x: np.ndarray) -> Path:
+    """The model's reference profile for drift (`ranker.profile.json` beside it): the
+    training rows' features, named as the features config names them, and the outputs the
+    exported model gives on them."""
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(model_path), providers=["CPUExecutionProvider"])
+    names = [output.name for output in session.get_outputs()]
+    outputs = dict(zip(names, session.run(names, {"features": x}), strict=True))
+    layout = feature_definitions().layout(MODEL_NAME)
+    profile = build_profile(
+        MODEL_NAME,
+        "1",
+        {"features": x},
+        outputs,
+        input_names={"features": layout.feature_names},
+    )
+    path = default_profile_path(model_path)
+    profile.save(path)
+    return path
+
+
+def ensure_built(out_dir: Path | None = None, seed: int = 7) -> Path:
+    """The demo model's path, building it first when it is missing (and its profile, when
+    only that is: a build from before profiles)."""
     out_dir = artifacts_dir() if out_dir is None else out_dir
     model_path = out_dir / MODEL_FILE_NAME
-    return model_path if model_path.is_file() else build(out_dir)
+    if not model_path.is_file():
+        return build(out_dir, seed)
+    if not default_profile_path(model_path).is_file():
+        # The build's data again (same seed, same draws), joined from the files written.
+        data = generate_data(np.random.default_rng(seed))
+        definitions = feature_definitions()
+        tables = {
+            "user": read_table(out_dir / "users.csv", definitions.entity("user")),
+            "item": read_table(out_dir / "items.csv", definitions.entity("item")),
+        }
+        x = training_matrix(data, tables)
+        write_profile(model_path, x[: int(0.8 * len(x))])
+    return model_path
 
 
 def main() -> None:

@@ -22,6 +22,7 @@ from switchyard.server.config import (
 )
 from switchyard.server.config_cli import add_config_subcommand
 from switchyard.server.features.cli import add_features_subcommand
+from switchyard.server.profile_cli import add_profile_subcommand
 from switchyard.server.ray_host.cli import add_render_subcommand, serve_on_ray
 
 
@@ -139,6 +140,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_autoscale_subcommand(commands)
     add_config_subcommand(commands)
     add_features_subcommand(commands)
+    add_profile_subcommand(commands)
     add_render_subcommand(commands)
     return parser
 

@@ -31,6 +31,7 @@ from switchyard.server.config_secrets import secret_context
 from switchyard.server.config_sections import (
     AdminSettings,
     ControlSettings,
+    DriftSettings,
     ModelRepositorySettings,
     RayHostSettings,
     RecommendSettings,
@@ -52,6 +53,7 @@ __all__ = [
     "AdminSettings",
     "ConfigError",
     "ControlSettings",
+    "DriftSettings",
     "ModelConfig",
     "ModelRepositorySettings",
     "ModelVersionConfig",
@@ -112,6 +114,10 @@ class SwitchyardConfig(StrictModel):
     tracing: TracingSettings = Field(
         default_factory=TracingSettings,
         description="OpenTelemetry traces of requests, exported over OTLP (off by default).",
+    )
+    drift: DriftSettings = Field(
+        default_factory=DriftSettings,
+        description="Online drift of inputs and outputs against reference profiles.",
     )
 
     # The endpoints compiled into the router's immutable table, once, at validation.
@@ -272,6 +278,7 @@ def _resolve_paths(raw: dict[str, Any], base_dir: Path) -> None:
         versions = model.get("versions") if isinstance(model, dict) else None
         for version in versions if isinstance(versions, list) else []:
             _resolve_path(version, "path", base_dir)
+            _resolve_path(version, "profile", base_dir)
 
 
 def parse_config(

@@ -436,3 +436,49 @@ class RecommendSettings(StrictModel):
     score_output: str = Field(
         default="score", description="The model output that ranks the candidates."
     )
+
+
+class DriftSettings(StrictModel):
+    """Online drift of each model version's inputs and outputs against its reference profile
+    (`switchyard profile build`; docs/architecture.md, Drift)."""
+
+    enabled: bool = Field(
+        default=True,
+        description="Monitor drift of every model version that has a reference profile "
+        "(`models[].drift: false` turns one model off).",
+    )
+    window_s: float = Field(
+        default=60.0, gt=0, description="Seconds of traffic each drift window spans."
+    )
+    window_slots: int = Field(
+        default=6,
+        ge=1,
+        le=600,
+        description="Slots the window is a ring of: data ages out one slot "
+        "(window_s / window_slots) at a time.",
+    )
+    export_interval_s: float = Field(
+        default=5.0, gt=0, description="Seconds between computations of the drift gauges."
+    )
+    psi_threshold: float = Field(
+        default=0.2,
+        gt=0,
+        description="A feature with a population stability index above this has drifted "
+        "(0.1: a moderate shift, 0.2: a significant one).",
+    )
+    min_samples: int = Field(
+        default=1000,
+        ge=1,
+        description="Rows a window needs before its PSI and JS distance are exported and judged.",
+    )
+    max_rows_per_s: float = Field(
+        default=5000.0,
+        gt=0,
+        description="Rows per second per model version that drift monitoring takes; "
+        "requests beyond it are sampled out (counted).",
+    )
+    queue_size: int = Field(
+        default=1024,
+        ge=1,
+        description="Requests waiting to be binned at most; more are dropped (counted).",
+    )

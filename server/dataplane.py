@@ -18,6 +18,7 @@ from switchyard.protos import open_inference_pb2 as pb
 from switchyard.runtimes.base import ModelSignature, TensorSpec
 from switchyard.runtimes.client_text import client_text
 from switchyard.runtimes.errors import InvalidArgument, UnknownOutput
+from switchyard.server.drift import DriftService
 from switchyard.server.repository import LoadedModel, ModelRepository
 from switchyard.server.triton_config_bridge import to_triton_config, with_model_tensors
 from switchyard.server.types import (
@@ -34,9 +35,17 @@ TIMEOUT_PARAMETER_US = "timeout"
 
 
 class DataPlane:
-    def __init__(self, repository: ModelRepository, max_request_size_bytes: int) -> None:
+    def __init__(
+        self,
+        repository: ModelRepository,
+        max_request_size_bytes: int,
+        drift: DriftService | None = None,
+    ) -> None:
         self._repository = repository
         self.max_request_size_bytes = max_request_size_bytes
+        # Every inference of a version passes here, direct, routed or Recommend: drift sees
+        # each version's inputs and outputs at this one place.
+        self._drift = drift
 
     def has_model(self, name: str) -> bool:
         return self._repository.has_model(name)
@@ -98,6 +107,8 @@ class DataPlane:
                     results = await _run_in_batches(model, inputs, _deadline_s(request))
                 finally:
                     stats.request_finished(time.perf_counter() - started_s)
+        if self._drift is not None:
+            self._drift.observe(model, inputs, results)
         return InferResponse(
             model_name=model.name,
             model_version=model.version,

@@ -27,6 +27,7 @@ from switchyard.server.config_reload import ConfigReloader
 from switchyard.server.control.factory import create_control_store
 from switchyard.server.control.plane import ControlPlane
 from switchyard.server.dataplane import DataPlane
+from switchyard.server.drift import DriftService
 from switchyard.server.features.definitions import FeatureDefinitions
 from switchyard.server.features.factory import create_store
 from switchyard.server.grpc_ingress import InferenceServicer
@@ -65,7 +66,12 @@ class GatewayCore:
         if config_path is not None:
             name_folder(config_base_dir(config_path), "config folder")
         self.repository = repository
-        dataplane = DataPlane(repository, config.server.max_request_size_bytes)
+        self.drift = (
+            DriftService(config.drift, metrics.registry, lambda: repository.catalog)
+            if config.drift.enabled
+            else None
+        )
+        dataplane = DataPlane(repository, config.server.max_request_size_bytes, self.drift)
         router = Router(routing_table(config))
         audit_key = configured_audit_key(config.admin)
         self.control = ControlPlane(
@@ -86,7 +92,12 @@ class GatewayCore:
         )
         self._repository_api = RepositoryApi(self.models, self.access)
         self.routing = RoutingService(
-            router, dataplane.infer_model, config.routing, metrics.routing, self.control.record
+            router,
+            dataplane.infer_model,
+            config.routing,
+            metrics.routing,
+            self.control.record,
+            self.drift,
         )
         self.inference = InferenceService(dataplane, self.routing)
         definitions = FeatureDefinitions.from_config(config.features)
@@ -126,6 +137,8 @@ class GatewayCore:
         await self.repository.start()
         await self.control.start()  # first: the store says which models were (un)loaded
         await self.models.start()
+        if self.drift is not None:
+            await self.drift.start()
         if self._reloader is not None:
             self._reload_task = asyncio.create_task(self._reloader.run_forever(), name="reload")
         self.inference.set_ready(True)
@@ -137,6 +150,8 @@ class GatewayCore:
             self._reload_task.cancel()
             await asyncio.gather(self._reload_task, return_exceptions=True)
         await self.routing.close()
+        if self.drift is not None:
+            await self.drift.close()
         await self.models.close()
         await self.control.close()
         await self.repository.close(drain=True)

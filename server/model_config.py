@@ -184,6 +184,11 @@ class ModelVersionConfig(StrictModel):
         description="The MLflow model registry's `models:/<name>/<version>` or "
         "`models:/<name>@<alias>` (ONNX flavour), downloaded once to `mlflow.cache_dir`.",
     )
+    profile: FilePath | None = Field(
+        default=None,
+        description="The version's reference profile for drift, relative to the config "
+        "file; unset: `<model file stem>.profile.json`, else `profile.json`, beside `path`.",
+    )
 
     @model_validator(mode="after")
     def _one_file(self) -> ModelVersionConfig:
@@ -267,6 +272,10 @@ class ModelConfig(StrictModel):
     )
     ray: RayDeploymentSettings = Field(
         default_factory=RayDeploymentSettings, description="Deployment settings on the Ray host."
+    )
+    drift: bool = Field(
+        default=True,
+        description="Monitor this model's drift (with `drift.enabled` and a reference profile).",
     )
 
     @model_validator(mode="after")

@@ -23,6 +23,7 @@ from switchyard.router.table import RoutingTable
 from switchyard.runtimes import tracing
 from switchyard.runtimes.errors import InvalidArgument
 from switchyard.server.config import RoutingSettings
+from switchyard.server.drift import DriftService
 from switchyard.server.metrics import RoutingMetrics, status_code
 from switchyard.server.types import InferRequest, InferResponse
 
@@ -66,8 +67,10 @@ class RoutingService:
         settings: RoutingSettings,
         metrics: RoutingMetrics,
         observe_outcome: OutcomeObserver,
+        drift: DriftService | None = None,
     ) -> None:
         self._router = router
+        self._drift = drift
         self._call_model = call_model
         self._metrics = metrics
         self._observe_outcome = observe_outcome
@@ -117,8 +120,9 @@ class RoutingService:
         self._metrics.routed.labels(*routed, status_code(None)).inc()
         if decision.shadows:
             outputs = {output.name: output.data for output in response.outputs}
+            primary_version = (response.model_name, response.model_version)
             for shadow in decision.shadows:
-                self._mirror(decision, shadow, request, outputs, latency_s)
+                self._mirror(decision, shadow, request, outputs, latency_s, primary_version)
         response.parameters[ENDPOINT_PARAMETER] = decision.endpoint
         response.parameters[VARIANT_PARAMETER] = primary.name
         return response
@@ -130,10 +134,13 @@ class RoutingService:
         request: InferRequest,
         primary_outputs: Mapping[str, np.ndarray],
         primary_latency_s: float,
+        primary_version: tuple[str, str],
     ) -> None:
         counter = self._metrics.shadow_requests
         labels = (decision.endpoint, shadow.name)
-        work = self._shadow(decision, shadow, request, primary_outputs, primary_latency_s)
+        work = self._shadow(
+            decision, shadow, request, primary_outputs, primary_latency_s, primary_version
+        )
         admission = self._launcher.launch(
             work,
             self._router.shadow_gate(decision.endpoint),
@@ -152,6 +159,7 @@ class RoutingService:
         request: InferRequest,
         primary_outputs: Mapping[str, np.ndarray],
         primary_latency_s: float,
+        primary_version: tuple[str, str],
     ) -> None:
         labels = (decision.endpoint, shadow.name)
         started_s = time.perf_counter()
@@ -167,6 +175,9 @@ class RoutingService:
             top_k=TOP_K,
         )
         self._observe(labels, comparison)
+        if self._drift is not None:  # score distributions, beside the per-request agreement
+            shadow_outputs = {output.name: output.data for output in response.outputs}
+            self._drift.observe_shadow(*labels, primary_version, primary_outputs, shadow_outputs)
         if self._disagreements is not None:
             self._disagreements.offer(
                 Disagreement(

@@ -136,6 +136,9 @@ def gateway_config(model_path: Path, workdir: Path, triton_url: str) -> dict[str
         ],
         "features": features,
         "recommend": {"max_candidates": 50},
+        # The test's rows are not the training rows: ranker drifts, and the drift series
+        # (judged from 50 rows here) have data.
+        "drift": {"min_samples": 50, "export_interval_s": 0.5},
     }
 
 
