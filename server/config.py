@@ -31,6 +31,7 @@ from switchyard.server.config_secrets import secret_context
 from switchyard.server.config_sections import (
     AdminSettings,
     ControlSettings,
+    FeedbackSettings,
     ModelRepositorySettings,
     RayHostSettings,
     RecommendSettings,
@@ -52,6 +53,7 @@ __all__ = [
     "AdminSettings",
     "ConfigError",
     "ControlSettings",
+    "FeedbackSettings",
     "ModelConfig",
     "ModelRepositorySettings",
     "ModelVersionConfig",
@@ -97,6 +99,10 @@ class SwitchyardConfig(StrictModel):
     )
     recommend: RecommendSettings = Field(
         default_factory=RecommendSettings, description="The Recommend API."
+    )
+    feedback: FeedbackSettings = Field(
+        default_factory=FeedbackSettings,
+        description="Recommend predictions joined with reported clicks: online quality.",
     )
     ray: RayHostSettings = Field(
         default_factory=RayHostSettings, description="The Ray host's ingress deployment."

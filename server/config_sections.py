@@ -396,3 +396,27 @@ class RecommendSettings(StrictModel):
     score_output: str = Field(
         default="score", description="The model output that ranks the candidates."
     )
+
+
+class FeedbackSettings(StrictModel):
+    """Feedback on Recommend: predictions kept and joined with reported clicks (quality)."""
+
+    enabled: bool = Field(
+        default=True,
+        description="Keep Recommend predictions and accept POST /v1/feedback; off: feedback "
+        "is answered joined=false, reason unknown_request.",
+    )
+    ttl_s: float = Field(
+        default=3600.0,
+        gt=0,
+        description="Seconds a prediction is kept for joining; later feedback is counted late.",
+    )
+    max_predictions: int = Field(
+        default=200_000,
+        ge=1,
+        description="Predictions kept at most (memory bound: about 1 KiB each for 10 items); "
+        "the oldest are dropped and counted.",
+    )
+    ctr_k: int = Field(
+        default=5, ge=1, description="k of CTR@k: the first k items shown count as slots."
+    )

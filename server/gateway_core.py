@@ -28,6 +28,7 @@ from switchyard.server.control.plane import ControlPlane
 from switchyard.server.dataplane import DataPlane
 from switchyard.server.features.definitions import FeatureDefinitions
 from switchyard.server.features.factory import create_store
+from switchyard.server.feedback import FeedbackLog, FeedbackMetrics
 from switchyard.server.grpc_ingress import InferenceServicer
 from switchyard.server.inference import InferenceService
 from switchyard.server.metrics import ServerMetrics
@@ -85,8 +86,11 @@ class GatewayCore:
         self.inference = InferenceService(dataplane, self.routing)
         definitions = FeatureDefinitions.from_config(config.features)
         self.feature_store = create_store(config.features, definitions)
+        self.feedback = FeedbackLog(
+            config.feedback, FeedbackMetrics(metrics.registry), self.control.record_quality
+        )
         self.recommender = Recommender(
-            self.inference, definitions, self.feature_store, config.recommend
+            self.inference, definitions, self.feature_store, config.recommend, self.feedback
         )
         self._reloader = (
             ConfigReloader(
@@ -105,13 +109,22 @@ class GatewayCore:
 
     def rest_app(self) -> RestApp:
         admin = AdminApi(self.control, self.config.admin.token_value)
-        return RestApp(self.inference, self.metrics, admin, self.recommender, self._repository_api)
+        return RestApp(
+            self.inference,
+            self.metrics,
+            admin,
+            self.recommender,
+            self._repository_api,
+            self.feedback,
+        )
 
     def oip_servicer(self) -> InferenceServicer:
         return InferenceServicer(self.inference, self.metrics, self._repository_api)
 
     def recommend_servicer(self) -> RecommendServicer:
-        return RecommendServicer(self.recommender, self.metrics, self.inference.model_label)
+        return RecommendServicer(
+            self.recommender, self.metrics, self.inference.model_label, self.feedback
+        )
 
     async def start(self) -> None:
         """Set up tracing, load every model version and start the background work; then
