@@ -290,7 +290,11 @@ def parse_feedback_json(body: bytes) -> FeedbackRequest:
         raise InvalidArgument("'clicked_item_ids' must be a list of item id strings")
     if labels is not None and not isinstance(labels, dict):
         raise InvalidArgument("'labels' must be an object of item id to 0 or 1")
-    timestamp = field(document, "timestamp", (int, float), "request", None)
+    timestamp = document.get("timestamp")
+    if timestamp is not None and (
+        isinstance(timestamp, bool) or not isinstance(timestamp, int | float)
+    ):
+        raise InvalidArgument("'timestamp' must be a number: epoch seconds of the outcome")
     return check_feedback(
         FeedbackRequest(
             request_id=field(document, "request_id", str, "request", ""),
