@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from statistics import NormalDist
+from typing import Any
 
 import numpy as np
 import pytest
@@ -71,7 +72,7 @@ def test_hanley_mcneil_standard_error() -> None:
     assert hanley_mcneil_se(0.8, 50, 50) == pytest.approx(0.0445, abs=1e-4)
 
 
-def quality_plan(**checks: float) -> RolloutPlan:
+def quality_plan(**checks: Any) -> RolloutPlan:
     return RolloutPlan("stable", "canary", min_requests=1, min_feedback_samples=50, **checks)
 
 

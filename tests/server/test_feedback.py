@@ -25,8 +25,11 @@ class Clock:
         return self.now_s
 
 
-def make_log(**settings: float) -> tuple[FeedbackLog, Clock, CollectorRegistry, list[object]]:
-    registry, clock, sunk = CollectorRegistry(), Clock(), []
+def make_log(
+    **settings: float,
+) -> tuple[FeedbackLog, Clock, CollectorRegistry, list[tuple[str, str, QualityCounts]]]:
+    registry, clock = CollectorRegistry(), Clock()
+    sunk: list[tuple[str, str, QualityCounts]] = []
     log = FeedbackLog(
         FeedbackSettings(**settings),  # type: ignore[arg-type]
         FeedbackMetrics(registry),
@@ -64,7 +67,7 @@ def test_clicks_join_into_exact_ctr_and_auc_and_metrics() -> None:
     assert registry.get_sample_value("switchyard_quality_auc", labels) == quality.auc
     assert registry.get_sample_value("switchyard_quality_ctr_at_k", labels) == 0.5
     assert registry.get_sample_value("switchyard_quality_samples", labels) == 2
-    assert [(e, v) for e, v, _ in sunk] == [("recs", "stable"), ("recs", "stable")]  # type: ignore[misc]
+    assert [(e, v) for e, v, _ in sunk] == [("recs", "stable"), ("recs", "stable")]
     assert result_count(registry, "joined") == 2
 
 
