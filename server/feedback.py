@@ -1,56 +1,57 @@
 """Feedback: Recommend predictions kept for a while and joined with the clicks callers report.
 
 A Recommend response is recorded under its request id (endpoint, variant, version, the items
-shown with their scores, time): in memory, bounded by `feedback.max_predictions` (oldest
-dropped, counted) and `feedback.ttl_s`. Feedback names the request id and the clicked items
-(every other shown item is a negative) or explicit 0/1 labels. A joined request adds to the
-quality counts (router/quality.py) of its (endpoint, variant, version), exported as metrics,
-and to the running rollout's counts of its variant, which the control plane merges across
-replicas and judges.
+shown with their scores, time) in the prediction log (server/predictions.py: in memory, or
+in the control store's Redis, shared by every replica). Feedback names the request id and
+the clicked items (every other shown item is a negative) or explicit 0/1 labels. A joined
+request adds to the quality counts (router/quality.py) of its (endpoint, variant, version),
+exported as metrics, and to the running rollout's counts of its variant, which the control
+plane merges across replicas and judges.
 
 Unknown and late request ids are answered 200 with `joined: false` and counted: a caller's
 feedback pipeline should not retry them, and a flood of them must not look like an outage.
-A second feedback for a request already joined is not counted again (reason "duplicate").
+A second feedback for a request already joined, on any replica, is not counted again
+(reason "duplicate"). A prediction store that cannot be read (Redis down) is an outage:
+503 / UNAVAILABLE, counted as "store_unavailable", so the caller retries later.
 """
 
 from __future__ import annotations
 
 import secrets
 import time
-from collections import OrderedDict
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, fields
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
 
 from switchyard.router.quality import QualityCounts
 from switchyard.runtimes.client_text import client_text
 from switchyard.runtimes.errors import InvalidArgument
 from switchyard.server.config_sections import FeedbackSettings
 from switchyard.server.json_body import field, parse_object
+from switchyard.server.predictions import (
+    MemoryPredictionStore,
+    Prediction,
+    PredictionStats,
+    PredictionStore,
+    PredictionStoreUnavailable,
+    Shown,
+)
 
 REST_PATH = "/v1/feedback"
 REQUEST_ID_HEADER = "x-request-id"
-RESULTS = ("joined", "unknown_request", "late", "duplicate", "invalid")
+RESULTS = ("joined", "unknown_request", "late", "duplicate", "invalid", "store_unavailable")
 MAX_REQUEST_ID_CHARS = 128
+DROP_REASONS = ("capacity", "ttl", "queue_full", "write_failed")
 
 
 def new_request_id() -> str:
     """16 hex digits (64 random bits): short, and unguessable enough that nobody posts
     feedback for another caller's request by guessing."""
     return secrets.token_hex(8)
-
-
-@dataclass(slots=True)
-class Prediction:
-    endpoint: str
-    variant: str
-    version: str
-    item_ids: tuple[str, ...]  # shown, best first
-    scores: tuple[float, ...]
-    time_s: float
-    joined: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,29 +78,30 @@ class FeedbackResult:
         }
 
 
+PREDICTIONS_HELP = "Recommend predictions kept for joining (memory prediction log)."
+PENDING_HELP = "Recommend predictions queued for writing to the Redis prediction log."
+DROPPED_HELP = (
+    "Predictions dropped before any feedback came: capacity, expired (ttl), write queue "
+    "full (queue_full) or Redis write failed (write_failed)."
+)
+
+
 class FeedbackMetrics:
+    """Counted on feedback (off the Recommend path). The prediction log's own counts are
+    plain integers (PredictionStats) exported at scrape time by FeedbackStatsCollector, or,
+    in a worker process, by FeedbackStatsExport."""
+
     def __init__(self, registry: CollectorRegistry) -> None:
         self.feedback = Counter(
             "switchyard_feedback",
-            "Feedback posts by result: joined, unknown_request, late, duplicate, invalid.",
+            "Feedback posts by result: joined, unknown_request, late, duplicate, invalid, "
+            "store_unavailable.",
             ["result"],
             registry=registry,
         )
         self.ignored_labels = Counter(
             "switchyard_feedback_ignored_labels",
             "Feedback labels naming items the response did not show (ignored).",
-            registry=registry,
-        )
-        self.predictions = Gauge(
-            "switchyard_feedback_predictions",
-            "Recommend predictions kept for joining.",
-            registry=registry,
-            multiprocess_mode="livesum",
-        )
-        self.dropped = Counter(
-            "switchyard_feedback_predictions_dropped",
-            "Predictions dropped before any feedback came: capacity or expired (ttl).",
-            ["reason"],
             registry=registry,
         )
         labels = ["endpoint", "variant", "version"]
@@ -133,8 +135,65 @@ class FeedbackMetrics:
         )
         for result in RESULTS:
             self.feedback.labels(result)
-        for reason in ("capacity", "ttl"):
-            self.dropped.labels(reason)
+
+
+def _dropped(stats: PredictionStats) -> dict[str, int]:
+    return {reason: getattr(stats, f"dropped_{reason}") for reason in DROP_REASONS}
+
+
+class FeedbackStatsCollector(Collector):
+    """The prediction log's counts at scrape time: the Recommend path only adds to ints."""
+
+    def __init__(self, stats: PredictionStats) -> None:
+        self._stats = stats
+
+    def collect(self) -> Iterator[Metric]:
+        stats = self._stats
+        yield GaugeMetricFamily("switchyard_feedback_predictions", PREDICTIONS_HELP, stats.kept)
+        yield GaugeMetricFamily(
+            "switchyard_feedback_predictions_pending", PENDING_HELP, stats.pending
+        )
+        dropped = CounterMetricFamily(
+            "switchyard_feedback_predictions_dropped", DROPPED_HELP, labels=["reason"]
+        )
+        for reason, count in _dropped(stats).items():
+            dropped.add_metric([reason], count)
+        yield dropped
+
+
+class FeedbackStatsExport:
+    """FeedbackStatsCollector's numbers as plain metrics, for worker processes (a worker is
+    never scraped: its supervisor reads the multiprocess files); `sync` once a second."""
+
+    def __init__(self, stats: PredictionStats, registry: CollectorRegistry) -> None:
+        self._stats = stats
+        self._exported = PredictionStats()
+        self._kept = Gauge(
+            "switchyard_feedback_predictions",
+            PREDICTIONS_HELP,
+            registry=registry,
+            multiprocess_mode="livesum",
+        )
+        self._pending = Gauge(
+            "switchyard_feedback_predictions_pending",
+            PENDING_HELP,
+            registry=registry,
+            multiprocess_mode="livesum",
+        )
+        self._dropped = Counter(
+            "switchyard_feedback_predictions_dropped", DROPPED_HELP, ["reason"], registry=registry
+        )
+        for reason in DROP_REASONS:
+            self._dropped.labels(reason)
+
+    def sync(self) -> None:
+        stats, exported = self._stats, self._exported
+        self._kept.set(stats.kept)
+        self._pending.set(stats.pending)
+        for reason, count in _dropped(stats).items():
+            self._dropped.labels(reason).inc(count - getattr(exported, f"dropped_{reason}"))
+        for item in fields(stats):
+            setattr(exported, item.name, getattr(stats, item.name))
 
 
 # (endpoint, variant, quality of one joined request): the control plane's record_quality.
@@ -142,7 +201,7 @@ QualitySink = Callable[[str, str, QualityCounts], None]
 
 
 class FeedbackLog:
-    """The prediction log and the join, in memory (one process)."""
+    """The prediction log (a PredictionStore) and the join."""
 
     def __init__(
         self,
@@ -150,17 +209,29 @@ class FeedbackLog:
         metrics: FeedbackMetrics,
         sink: QualitySink | None = None,
         clock: Callable[[], float] = time.time,
+        store: PredictionStore | None = None,
     ) -> None:
         self.settings = settings
+        self.store: PredictionStore = store or MemoryPredictionStore(settings)
         self._metrics = metrics
         self._sink = sink
         self._clock = clock
-        self._predictions: OrderedDict[str, Prediction] = OrderedDict()
         self._quality: dict[tuple[str, str, str], QualityCounts] = {}
 
     @property
     def enabled(self) -> bool:
         return self.settings.enabled
+
+    @property
+    def stats(self) -> PredictionStats:
+        return self.store.stats
+
+    async def start(self) -> None:
+        if self.enabled:
+            await self.store.start()
+
+    async def close(self) -> None:
+        await self.store.close()
 
     def record(
         self,
@@ -168,41 +239,21 @@ class FeedbackLog:
         endpoint: str,
         variant: str,
         version: str,
-        item_ids: Sequence[str],
-        scores: Sequence[float],
+        items: Sequence[Shown],
+        k: int = 0,
     ) -> None:
-        """Keep one Recommend response for joining: O(1), no I/O (on the request path)."""
-        now_s = self._clock()
-        predictions = self._predictions
-        predictions.pop(request_id, None)  # a reused id: the newest response is the one shown
-        predictions[request_id] = Prediction(
-            endpoint, variant, version, tuple(item_ids), tuple(scores), now_s
-        )
-        self._evict(now_s)
-        self._metrics.predictions.set(len(predictions))
+        """Keep one Recommend response for joining: O(1), no I/O (on the request path).
+        `items` is the response's own list, kept as it is: the caller must not change it."""
+        self.store.put(request_id, Prediction(endpoint, variant, version, items, k, self._clock()))
 
-    def _evict(self, now_s: float) -> None:
-        predictions = self._predictions
-        while len(predictions) > self.settings.max_predictions:
-            _, dropped = predictions.popitem(last=False)
-            if not dropped.joined:
-                self._metrics.dropped.labels("capacity").inc()
-        oldest_s = now_s - self.settings.ttl_s
-        # The log is in time order, so only its head can be expired; a few per call keeps
-        # the request path's cost bounded.
-        for _ in range(8):
-            if not predictions:
-                break
-            first = next(iter(predictions.values()))
-            if first.time_s >= oldest_s:
-                break
-            predictions.popitem(last=False)
-            if not first.joined:
-                self._metrics.dropped.labels("ttl").inc()
-
-    def join(self, feedback: FeedbackRequest) -> FeedbackResult:
+    async def join(self, feedback: FeedbackRequest) -> FeedbackResult:
+        """PredictionStoreUnavailable (503) when the shared prediction store is down."""
         now_s = self._clock()
-        prediction = self._predictions.get(feedback.request_id)
+        try:
+            prediction = await self.store.get(feedback.request_id)
+        except PredictionStoreUnavailable:
+            self._count(FeedbackResult(False, "store_unavailable"))
+            raise
         if prediction is None:
             return self._count(FeedbackResult(False, "unknown_request"))
         too_old_s = prediction.time_s + self.settings.ttl_s
@@ -212,7 +263,8 @@ class FeedbackLog:
             return self._count(FeedbackResult(False, "late"))
         if prediction.joined:
             return self._count(FeedbackResult(False, "duplicate"))
-        shown = set(prediction.item_ids)
+        shown_items = prediction.items
+        shown = {item.item_id for item in shown_items}
         if feedback.labels is not None:
             named = dict(feedback.labels)
             positives = {item for item, label in named.items() if label == 1 and item in shown}
@@ -220,29 +272,34 @@ class FeedbackLog:
             named = dict.fromkeys(feedback.clicked_item_ids or (), 1)
             positives = {item for item in named if item in shown}
         ignored = sum(1 for item in named if item not in shown)
-        if ignored:
-            self._metrics.ignored_labels.inc(ignored)
         if feedback.labels is not None and ignored == len(named):
+            self._metrics.ignored_labels.inc(ignored)
             self._count(FeedbackResult(False, "invalid"))
             raise InvalidArgument(
                 f"none of the {len(named)} labelled items was shown in response "
                 f"'{client_text(feedback.request_id)}'; label the items it returned"
             )
+        # Marked before counting: of two replicas joining the same request, one counts it.
+        try:
+            first = await self.store.mark_joined(feedback.request_id, prediction)
+        except PredictionStoreUnavailable:
+            self._count(FeedbackResult(False, "store_unavailable"))
+            raise
+        if not first:
+            return self._count(FeedbackResult(False, "duplicate"))
+        if ignored:
+            self._metrics.ignored_labels.inc(ignored)
         if feedback.labels is not None:
             # Explicit labels judge only the items they name.
             scored = [
-                (score, int(item in positives))
-                for item, score in zip(prediction.item_ids, prediction.scores, strict=True)
-                if item in named
+                (item.score, int(item.item_id in positives))
+                for item in shown_items
+                if item.item_id in named
             ]
         else:
-            scored = [
-                (score, int(item in positives))
-                for item, score in zip(prediction.item_ids, prediction.scores, strict=True)
-            ]
+            scored = [(item.score, int(item.item_id in positives)) for item in shown_items]
         one = QualityCounts()
         one.add_request(scored, self.settings.ctr_k)
-        prediction.joined = True
         key = (prediction.endpoint, prediction.variant, prediction.version)
         total = self._quality.get(key)
         if total is None:
@@ -258,6 +315,7 @@ class FeedbackLog:
         self._metrics.feedback.labels("invalid").inc()
 
     def quality(self, endpoint: str, variant: str, version: str) -> QualityCounts:
+        """This replica's joins (the rollout judges every replica's, merged in the store)."""
         return self._quality.get((endpoint, variant, version), QualityCounts())
 
     def _export(self, key: tuple[str, str, str], total: QualityCounts) -> None:

@@ -33,6 +33,7 @@ from switchyard.server.grpc_ingress import InferenceServicer
 from switchyard.server.inference import InferenceService
 from switchyard.server.metrics import ServerMetrics
 from switchyard.server.model_control import ModelControl
+from switchyard.server.predictions import create_prediction_store
 from switchyard.server.recommend import Recommender
 from switchyard.server.recommend_ingress import RecommendServicer
 from switchyard.server.repository import ModelRepository
@@ -87,7 +88,10 @@ class GatewayCore:
         definitions = FeatureDefinitions.from_config(config.features)
         self.feature_store = create_store(config.features, definitions)
         self.feedback = FeedbackLog(
-            config.feedback, FeedbackMetrics(metrics.registry), self.control.record_quality
+            config.feedback,
+            FeedbackMetrics(metrics.registry),
+            self.control.record_quality,
+            store=create_prediction_store(config.feedback, config.control),
         )
         self.recommender = Recommender(
             self.inference, definitions, self.feature_store, config.recommend, self.feedback
@@ -133,6 +137,7 @@ class GatewayCore:
         await self.repository.start()
         await self.control.start()  # first: the store says which models were (un)loaded
         await self.models.start()
+        await self.feedback.start()
         if self._reloader is not None:
             self._reload_task = asyncio.create_task(self._reloader.run_forever(), name="reload")
         self.inference.set_ready(True)
@@ -144,6 +149,7 @@ class GatewayCore:
             self._reload_task.cancel()
             await asyncio.gather(self._reload_task, return_exceptions=True)
         await self.routing.close()
+        await self.feedback.close()  # after the drain: writes what Recommend queued
         await self.models.close()
         await self.control.close()
         await self.repository.close(drain=True)

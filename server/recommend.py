@@ -168,8 +168,8 @@ class Recommender:
                 request.endpoint,
                 variant,
                 response.model_version,
-                [item.item_id for item in items],
-                [item.score for item in items],
+                items,  # the response's own list: no copies on the request path
+                request.k,
             )
         return RecommendResponse(
             items=items,

@@ -96,7 +96,7 @@ class RecommendServicer(pb_grpc.RecommenderServicer):
             if self._feedback is not None:
                 self._feedback.count_invalid()
             raise
-        result = join_feedback(self._feedback, feedback)
+        result = await join_feedback(self._feedback, feedback)
         return pb.FeedbackResponse(
             joined=result.joined,
             reason=result.reason,
@@ -105,10 +105,12 @@ class RecommendServicer(pb_grpc.RecommenderServicer):
         )
 
 
-def join_feedback(feedback_log: FeedbackLog | None, feedback: FeedbackRequest) -> FeedbackResult:
+async def join_feedback(
+    feedback_log: FeedbackLog | None, feedback: FeedbackRequest
+) -> FeedbackResult:
     if feedback_log is None or not feedback_log.enabled:
         return FeedbackResult(False, "unknown_request")
-    return feedback_log.join(feedback)
+    return await feedback_log.join(feedback)
 
 
 def parse_recommend_json(body: bytes, headers: dict[str, str]) -> RecommendRequest:

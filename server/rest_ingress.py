@@ -264,7 +264,8 @@ class RestApp:
             if self._feedback is not None:
                 self._feedback.count_invalid()
             raise
-        return Response.json(200, join_feedback(self._feedback, feedback).as_json())
+        result = await join_feedback(self._feedback, feedback)
+        return Response.json(200, result.as_json())
 
     async def _read_body(self, headers: dict[bytes, bytes], receive: Receive) -> bytes:
         declared = headers.get(b"content-length")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 from prometheus_client import CollectorRegistry
 
@@ -12,9 +14,12 @@ from switchyard.server.feedback import (
     FeedbackLog,
     FeedbackMetrics,
     FeedbackRequest,
+    FeedbackResult,
+    FeedbackStatsCollector,
     new_request_id,
     parse_feedback_json,
 )
+from switchyard.server.predictions import ShownItem
 
 
 class Clock:
@@ -36,7 +41,12 @@ def make_log(
         lambda endpoint, variant, quality: sunk.append((endpoint, variant, quality)),
         clock,
     )
+    registry.register(FeedbackStatsCollector(log.stats))
     return log, clock, registry, sunk
+
+
+def join(log: FeedbackLog, feedback: FeedbackRequest) -> FeedbackResult:
+    return asyncio.run(log.join(feedback))
 
 
 def result_count(registry: CollectorRegistry, result: str) -> float:
@@ -44,17 +54,19 @@ def result_count(registry: CollectorRegistry, result: str) -> float:
     return value or 0.0
 
 
-ITEMS = ["a", "b", "c", "d"]
-SCORES = [0.9, 0.7, 0.4, 0.2]
+ITEMS = [
+    ShownItem(item, score)
+    for item, score in zip(["a", "b", "c", "d"], [0.9, 0.7, 0.4, 0.2], strict=True)
+]
 
 
 def test_clicks_join_into_exact_ctr_and_auc_and_metrics() -> None:
     log, _, registry, sunk = make_log(ctr_k=2)
-    log.record("r1", "recs", "stable", "1", ITEMS, SCORES)
-    log.record("r2", "recs", "stable", "1", ITEMS, SCORES)
-    result = log.join(FeedbackRequest("r1", clicked_item_ids=("b", "d")))
+    log.record("r1", "recs", "stable", "1", ITEMS)
+    log.record("r2", "recs", "stable", "1", ITEMS)
+    result = join(log, FeedbackRequest("r1", clicked_item_ids=("b", "d")))
     assert result.joined and result.labelled == 4
-    log.join(FeedbackRequest("r2", labels={"a": 1, "c": 0}))
+    join(log, FeedbackRequest("r2", labels={"a": 1, "c": 0}))
     quality = log.quality("recs", "stable", "1")
     # Offline: slots at k=2: r1 a,b (b clicked), r2 a,c: only its labelled items, a clicked.
     assert (quality.slots_at_k, quality.clicks_at_k) == (4, 2)
@@ -73,30 +85,30 @@ def test_clicks_join_into_exact_ctr_and_auc_and_metrics() -> None:
 
 def test_unknown_late_and_duplicate_are_counted_not_joined() -> None:
     log, clock, registry, _ = make_log(ttl_s=60)
-    log.record("r1", "recs", "canary", "2", ITEMS, SCORES)
-    assert log.join(FeedbackRequest("nope", clicked_item_ids=())).reason == "unknown_request"
-    assert log.join(FeedbackRequest("r1", clicked_item_ids=("a",))).joined
-    duplicate = log.join(FeedbackRequest("r1", clicked_item_ids=("b",)))
+    log.record("r1", "recs", "canary", "2", ITEMS)
+    assert join(log, FeedbackRequest("nope", clicked_item_ids=())).reason == "unknown_request"
+    assert join(log, FeedbackRequest("r1", clicked_item_ids=("a",))).joined
+    duplicate = join(log, FeedbackRequest("r1", clicked_item_ids=("b",)))
     assert (duplicate.joined, duplicate.reason) == (False, "duplicate")
     assert log.quality("recs", "canary", "2").requests == 1  # counted once
-    log.record("r2", "recs", "canary", "2", ITEMS, SCORES)
+    log.record("r2", "recs", "canary", "2", ITEMS)
     clock.now_s += 61
-    assert log.join(FeedbackRequest("r2", clicked_item_ids=("a",))).reason == "late"
-    log.record("r3", "recs", "canary", "2", ITEMS, SCORES)
+    assert join(log, FeedbackRequest("r2", clicked_item_ids=("a",))).reason == "late"
+    log.record("r3", "recs", "canary", "2", ITEMS)
     late = FeedbackRequest("r3", clicked_item_ids=("a",), timestamp_s=clock.now_s + 120)
-    assert log.join(late).reason == "late"
+    assert join(log, late).reason == "late"
     for result, count in (("unknown_request", 1), ("duplicate", 1), ("late", 2)):
         assert result_count(registry, result) == count
 
 
 def test_items_not_shown_are_ignored_and_all_unknown_labels_refused() -> None:
     log, _, registry, _ = make_log()
-    log.record("r1", "recs", "stable", "1", ITEMS, SCORES)
-    result = log.join(FeedbackRequest("r1", clicked_item_ids=("a", "zzz")))
+    log.record("r1", "recs", "stable", "1", ITEMS)
+    result = join(log, FeedbackRequest("r1", clicked_item_ids=("a", "zzz")))
     assert (result.joined, result.ignored) == (True, 1)
-    log.record("r2", "recs", "stable", "1", ITEMS, SCORES)
+    log.record("r2", "recs", "stable", "1", ITEMS)
     with pytest.raises(InvalidArgument, match="none of the 1 labelled items was shown"):
-        log.join(FeedbackRequest("r2", labels={"zzz": 1}))
+        join(log, FeedbackRequest("r2", labels={"zzz": 1}))
     assert registry.get_sample_value("switchyard_feedback_ignored_labels_total") == 2
     assert result_count(registry, "invalid") == 1
 
@@ -104,9 +116,9 @@ def test_items_not_shown_are_ignored_and_all_unknown_labels_refused() -> None:
 def test_the_log_is_bounded_oldest_dropped_and_counted() -> None:
     log, _, registry, _ = make_log(max_predictions=2)
     for name in ("r1", "r2", "r3"):
-        log.record(name, "recs", "stable", "1", ITEMS, SCORES)
-    assert log.join(FeedbackRequest("r1", clicked_item_ids=())).reason == "unknown_request"
-    assert log.join(FeedbackRequest("r3", clicked_item_ids=())).joined
+        log.record(name, "recs", "stable", "1", ITEMS)
+    assert join(log, FeedbackRequest("r1", clicked_item_ids=())).reason == "unknown_request"
+    assert join(log, FeedbackRequest("r3", clicked_item_ids=())).joined
     dropped = {"reason": "capacity"}
     assert registry.get_sample_value("switchyard_feedback_predictions_dropped_total", dropped) == 1
 
