@@ -5,18 +5,26 @@ One gateway per mode on the demo (memory feature store), driven closed-loop over
   off:           feedback.enabled false (no prediction kept)
   on:            predictions kept (the Recommend path's whole extra cost)
   on + feedback: and every response's clicks posted to Recommender.Feedback (the join)
-req/s counts Recommend calls; CPU us/req is the gateway process tree's CPU over them.
+each of "on" twice: the memory prediction log, and the Redis one (`control.store: redis` on
+a redis-server of the benchmark's own: background batched writes, GET + SET NX per join).
+req/s counts Recommend calls; CPU us/req is the gateway process tree's CPU over them. The
+modes run interleaved `--rounds` times and the median of each is shown: on a shared machine
+one run's figures move by tens of us.
 
-Run: `.venv/bin/python -m loadtests.bench_feedback [--duration-s 10] [--concurrency 16]`
+Run: `.venv/bin/python -m loadtests.bench_feedback [--duration-s 10] [--concurrency 16]
+[--rounds 3]`
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import statistics
 import tempfile
 import time
+import uuid
 from pathlib import Path
+from typing import Any
 
 import grpc
 import uvloop
@@ -25,6 +33,7 @@ import yaml
 from loadtests.gateway_process import start_gateway
 from loadtests.procstat import tree_cpu_s
 from loadtests.recommend_setup import gateway_config
+from loadtests.redis_process import RedisServer
 from switchyard.demo.build_model import ensure_built
 from switchyard.demo.paths import DEMO_CONFIG_PATH, artifacts_dir
 from switchyard.protos import recommend_pb2 as pb
@@ -61,11 +70,52 @@ async def drive(
     return done
 
 
+MODES = (
+    ("off", False, False, "memory"),
+    ("on", True, False, "memory"),
+    ("on + feedback", True, True, "memory"),
+    ("on", True, False, "redis"),
+    ("on + feedback", True, True, "redis"),
+)
+
+
+def run_mode(
+    args: argparse.Namespace,
+    features: dict[str, Any],
+    workdir: Path,
+    enabled: bool,
+    post: bool,
+    redis_url: str | None,
+) -> tuple[float, float]:
+    """(Recommend req/s, gateway CPU us per Recommend) of one mode."""
+    workdir.mkdir()
+    config = gateway_config(ensure_built(), features)
+    config["recommend"] = {"max_candidates": max(500, args.candidates)}
+    config["feedback"] = {"enabled": enabled}
+    if redis_url is not None:
+        prefix = f"bench-feedback-{uuid.uuid4().hex[:8]}:"
+        config["control"] = {"store": "redis", "url": redis_url, "prefix": prefix}
+    gateway = start_gateway(config, workdir)
+    try:
+        uvloop.run(drive(gateway.grpc_url, 1.0, args.concurrency, args.candidates, post))
+        cpu_before_s = tree_cpu_s(gateway.process.pid)
+        started = time.monotonic()
+        count = uvloop.run(
+            drive(gateway.grpc_url, args.duration_s, args.concurrency, args.candidates, post)
+        )
+        elapsed_s = time.monotonic() - started
+        cpu_s = tree_cpu_s(gateway.process.pid) - cpu_before_s
+    finally:
+        gateway.stop()
+    return count / elapsed_s, cpu_s / count * 1e6
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--duration-s", type=float, default=10.0)
     parser.add_argument("--concurrency", type=int, default=16)
     parser.add_argument("--candidates", type=int, default=100)
+    parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
     defaults = yaml.safe_load(DEMO_CONFIG_PATH.read_text())["features"]
     features = {
@@ -77,41 +127,30 @@ def main() -> None:
             },
         },
     }
-    rows = []
+    results: dict[int, list[tuple[float, float]]] = {i: [] for i in range(len(MODES))}
     with tempfile.TemporaryDirectory() as tmp:
-        for name, enabled, post in (
-            ("off", False, False),
-            ("on", True, False),
-            ("on + feedback", True, True),
-        ):
-            workdir = Path(tmp) / name.replace(" ", "").replace("+", "_")
-            workdir.mkdir()
-            config = gateway_config(ensure_built(), features)
-            config["recommend"] = {"max_candidates": max(500, args.candidates)}
-            config["feedback"] = {"enabled": enabled}
-            gateway = start_gateway(config, workdir)
-            try:
-                uvloop.run(drive(gateway.grpc_url, 1.0, args.concurrency, args.candidates, post))
-                cpu_before_s = tree_cpu_s(gateway.process.pid)
-                started = time.monotonic()
-                count = uvloop.run(
-                    drive(
-                        gateway.grpc_url, args.duration_s, args.concurrency, args.candidates, post
-                    )
-                )
-                elapsed_s = time.monotonic() - started
-                cpu_s = tree_cpu_s(gateway.process.pid) - cpu_before_s
-            finally:
-                gateway.stop()
-            rows.append((name, count / elapsed_s, cpu_s / count * 1e6))
+        redis_dir = Path(tmp) / "redis"
+        redis_dir.mkdir()
+        redis_server = RedisServer(redis_dir)
+        redis_server.start()
+        try:
+            for round_ in range(args.rounds):
+                for i, (_, enabled, post, log) in enumerate(MODES):
+                    url = redis_server.url if log == "redis" else None
+                    workdir = Path(tmp) / f"r{round_}-m{i}"
+                    results[i].append(run_mode(args, features, workdir, enabled, post, url))
+        finally:
+            redis_server.stop()
     print(
         f"\nRecommend over gRPC, closed loop x{args.concurrency}, 1 user x {args.candidates} "
-        f"candidates, top 10, {args.duration_s:.0f} s per mode"
+        f"candidates, top 10, {args.duration_s:.0f} s per mode, median of {args.rounds}"
     )
-    print(f"| {'feedback':<14} | {'req/s':>8} | {'CPU us/req':>10} |")
-    print(f"|{'-' * 16}|{'-' * 10}|{'-' * 12}|")
-    for name, rate, cpu_us in rows:
-        print(f"| {name:<14} | {rate:8.0f} | {cpu_us:10.0f} |")
+    print(f"| {'feedback':<14} | {'log':<6} | {'req/s':>8} | {'CPU us/req':>10} |")
+    print(f"|{'-' * 16}|{'-' * 8}|{'-' * 10}|{'-' * 12}|")
+    for i, (name, enabled, _, log) in enumerate(MODES):
+        rate = statistics.median(r for r, _ in results[i])
+        cpu_us = statistics.median(c for _, c in results[i])
+        print(f"| {name:<14} | {log if enabled else '-':<6} | {rate:8.0f} | {cpu_us:10.0f} |")
 
 
 if __name__ == "__main__":

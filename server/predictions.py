@@ -11,8 +11,8 @@ Two backends, chosen by `control.store`:
 Either way a prediction is kept `feedback.ttl_s` for joining and `late_window_s` more, so
 feedback that comes after the ttl is counted late, not unknown. Redis writes never run on
 the request path: `put` appends to a bounded queue that a background task writes, one
-pipeline per batch; a full queue drops the prediction and counts it. Recommend never waits
-for, nor fails because of, the prediction log.
+call per batch (a script); a full queue drops the prediction and counts it. Recommend
+never waits for, nor fails because of, the prediction log.
 """
 
 from __future__ import annotations
@@ -82,39 +82,35 @@ def late_window_s(settings: FeedbackSettings) -> float:
 
 
 def encode_prediction(prediction: Prediction) -> bytes:
-    """{"e", "v", "r", "i": [ids], "s": [scores], "k", "t"}: short keys, about 25 bytes an
-    item; scores as Python floats (JSON round-trips them exactly)."""
+    """[endpoint, variant, version, k, time_s, [item ids], [scores]]: a JSON array (no key
+    names), about 20 bytes an item; scores as Python floats (JSON round-trips them)."""
     items = prediction.items
     return json.dumps(
-        {
-            "e": prediction.endpoint,
-            "v": prediction.variant,
-            "r": prediction.version,
-            "i": [item.item_id for item in items],
-            "s": [float(item.score) for item in items],
-            "k": prediction.k,
-            "t": prediction.time_s,
-        },
+        [
+            prediction.endpoint,
+            prediction.variant,
+            prediction.version,
+            prediction.k,
+            prediction.time_s,
+            [item.item_id for item in items],
+            [float(item.score) for item in items],
+        ],
         separators=(",", ":"),
-        allow_nan=True,
     ).encode()
 
 
 def decode_prediction(raw: bytes | str) -> Prediction:
     """ValueError for a record that is not one of encode_prediction's."""
     try:
-        record = json.loads(raw)
-        ids, scores = record["i"], record["s"]
+        endpoint, variant, version, k, time_s, ids, scores = json.loads(raw)
         if not isinstance(ids, list) or not isinstance(scores, list) or len(ids) != len(scores):
             raise ValueError("item ids and scores differ in length")
         items = [ShownItem(str(i), float(s)) for i, s in zip(ids, scores, strict=True)]
-        time_s = float(record["t"])
+        time_s = float(time_s)
         if not math.isfinite(time_s):
             raise ValueError("time is not finite")
-        return Prediction(
-            str(record["e"]), str(record["v"]), str(record["r"]), items, int(record["k"]), time_s
-        )
-    except (KeyError, TypeError, json.JSONDecodeError) as exc:
+        return Prediction(str(endpoint), str(variant), str(version), items, int(k), time_s)
+    except (TypeError, ValueError) as exc:  # JSONDecodeError, unpacking, float("x")
         raise ValueError(f"not a prediction record: {exc}") from None
 
 
@@ -193,6 +189,17 @@ class MemoryPredictionStore:
         pass
 
 
+# One call writes a batch: a script with every key and value costs the client a third of
+# the CPU of a pipeline of SETs (redis-py packs and parses each pipelined command).
+_WRITE_BATCH = """
+local keep_ms = ARGV[1]
+for i, key in ipairs(KEYS) do
+  redis.call('SET', key, ARGV[i + 1], 'PX', keep_ms)
+end
+return #KEYS
+"""
+
+
 class RedisPredictionStore:
     def __init__(
         self,
@@ -222,6 +229,8 @@ class RedisPredictionStore:
             retry=Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)),
             **(connection_options or {}),
         )
+
+        self._write = self._client.register_script(_WRITE_BATCH)
 
     def key(self, request_id: str) -> str:
         return f"{self._prefix}pred:{request_id}"
@@ -290,7 +299,10 @@ class RedisPredictionStore:
                 await self._wake.wait()
             if len(self._queue) < FLUSH_BATCH:
                 await asyncio.sleep(FLUSH_INTERVAL_S)  # gather a batch: one round trip
-            await self._flush_batch()
+            try:
+                await self._flush_batch()
+            except Exception:  # a bug in one batch must not stop every later write
+                log.exception("writing a batch of predictions failed")
 
     async def _flush_batch(self) -> bool:
         queue = self._queue
@@ -299,10 +311,10 @@ class RedisPredictionStore:
         if not batch:
             return True
         try:
-            async with self._client.pipeline(transaction=False) as pipe:
-                for request_id, prediction in batch:
-                    pipe.set(self.key(request_id), encode_prediction(prediction), px=self._keep_ms)
-                await pipe.execute()
+            await self._write(
+                keys=[self.key(request_id) for request_id, _ in batch],
+                args=[self._keep_ms, *(encode_prediction(p) for _, p in batch)],
+            )
         except RedisError as exc:
             self.stats.dropped_write_failed += len(batch)
             if not self._failing:
