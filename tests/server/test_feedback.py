@@ -16,10 +16,11 @@ from switchyard.server.feedback import (
     FeedbackRequest,
     FeedbackResult,
     FeedbackStatsCollector,
+    FeedbackStatsExport,
     new_request_id,
     parse_feedback_json,
 )
-from switchyard.server.predictions import ShownItem
+from switchyard.server.predictions import PredictionStats, ShownItem
 
 
 class Clock:
@@ -145,3 +146,16 @@ def test_bad_bodies_are_refused_with_what_to_fix(body: bytes, message: str) -> N
 def test_generated_ids_are_short_and_distinct() -> None:
     ids = {new_request_id() for _ in range(1000)}
     assert len(ids) == 1000 and all(len(i) == 16 for i in ids)
+
+
+def test_worker_export_adds_what_was_counted_since_the_last_sync() -> None:
+    registry = CollectorRegistry()
+    stats = PredictionStats(kept=3, dropped_ttl=2)
+    export = FeedbackStatsExport(stats, registry)
+    export.sync()
+    stats.dropped_ttl, stats.dropped_queue_full, stats.kept = 5, 1, 4
+    export.sync()
+    dropped = "switchyard_feedback_predictions_dropped_total"
+    assert registry.get_sample_value(dropped, {"reason": "ttl"}) == 5
+    assert registry.get_sample_value(dropped, {"reason": "queue_full"}) == 1
+    assert registry.get_sample_value("switchyard_feedback_predictions") == 4
