@@ -43,6 +43,10 @@ log = logging.getLogger(__name__)
 
 MODEL_NAME = "ranker"
 MODEL_FILE_NAME = "ranker.onnx"
+# The quality-rollout demo's versions 2 and 3: a worse ranker (trained on shuffled labels:
+# healthy latency and errors, ranking no better than chance) and a retrained one.
+WORSE_MODEL_FILE_NAME = "ranker_v2_worse.onnx"
+RETRAINED_MODEL_FILE_NAME = "ranker_v3.onnx"
 USER_FEATURES = ("activity", "tenure", "pref_0", "pref_1", "pref_2", "pref_3", "pref_4", "pref_5")
 ITEM_FEATURES = ("popularity", "price", "emb_0", "emb_1", "emb_2", "emb_3", "emb_4", "emb_5")
 HIDDEN_UNITS = (32, 16)
@@ -55,6 +59,17 @@ class DemoData:
     item_features: np.ndarray  # [n_items, 8] float32
     pairs: np.ndarray  # [n, 2] int (user index, item index)
     clicks: np.ndarray  # [n] float32 in {0, 1}
+    # The hidden tastes clicks are drawn from (loadtests/replay_clicks.py draws more).
+    user_taste: np.ndarray  # [n_users, TASTE_DIMS]
+    item_taste: np.ndarray  # [n_items, TASTE_DIMS]
+    popularity: np.ndarray  # [n_items]
+
+    def click_probability(self, user: int, items: np.ndarray) -> np.ndarray:
+        """P(click) of user index `user` on item indices `items`, from the hidden tastes."""
+        affinity = self.item_taste[items] @ self.user_taste[user]
+        return np.asarray(
+            1.0 / (1.0 + np.exp(-(1.2 * affinity + 0.8 * self.popularity[items] - 1.0)))
+        )
 
 
 def generate_data(
@@ -86,7 +101,7 @@ def generate_data(
     affinity = np.einsum("ij,ij->i", user_taste[pairs[:, 0]], item_taste[pairs[:, 1]])
     logit = 1.2 * affinity + 0.8 * popularity[pairs[:, 1]] - 1.0
     clicks = (rng.random(n_pairs) < 1.0 / (1.0 + np.exp(-logit))).astype(np.float32)
-    return DemoData(user_features, item_features, pairs, clicks)
+    return DemoData(user_features, item_features, pairs, clicks, user_taste, item_taste, popularity)
 
 
 def feature_definitions() -> FeatureDefinitions:
@@ -277,6 +292,21 @@ def build(out_dir: Path | None = None, seed: int = 7) -> Path:
         auc(held_out_logits, y[n_train:]),
         float(y.mean()),
     )
+    # Written after ranker.onnx, with their own generators, so it stays what it was.
+    variants = (
+        (WORSE_MODEL_FILE_NAME, np.random.default_rng(seed + 1).permutation(y[:n_train])),
+        (RETRAINED_MODEL_FILE_NAME, y[:n_train]),
+    )
+    for index, (file_name, labels) in enumerate(variants):
+        variant_params, variant_mean, variant_std = train(
+            np.random.default_rng(seed + 100 + index), x[:n_train], labels
+        )
+        logits, _ = forward(variant_params, (x[n_train:] - variant_mean) / variant_std)
+        path = out_dir / file_name
+        tmp_path = path.with_suffix(".tmp")
+        onnx.save(to_onnx(variant_params, variant_mean, variant_std), tmp_path)
+        tmp_path.replace(path)
+        log.info("%s written (held-out AUC %.3f)", path, auc(logits, y[n_train:]))
     return model_path
 
 
@@ -307,7 +337,8 @@ def ensure_built(out_dir: Path | None = None, seed: int = 7) -> Path:
     only that is: a build from before profiles)."""
     out_dir = artifacts_dir() if out_dir is None else out_dir
     model_path = out_dir / MODEL_FILE_NAME
-    if not model_path.is_file():
+    names = (MODEL_FILE_NAME, WORSE_MODEL_FILE_NAME, RETRAINED_MODEL_FILE_NAME)
+    if not all((out_dir / n).is_file() for n in names):
         return build(out_dir, seed)
     if not default_profile_path(model_path).is_file():
         # The build's data again (same seed, same draws), joined from the files written.

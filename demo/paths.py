@@ -26,7 +26,7 @@ def artifacts_dir(env: Mapping[str, str] | None = None) -> Path:
 
 def config_base_dir(config_path: Path) -> Path:
     """The folder a config file's relative paths are resolved against: its own folder, or the
-    demo build's folder for the embedded demo config."""
-    if config_path.resolve() == DEMO_CONFIG_PATH:
+    demo build's folder for the configs shipped in demo/ (config.yaml, quality_rollout.yaml)."""
+    if config_path.resolve().parent == DEMO_CONFIG_PATH.parent:  # demo/*.yaml
         return artifacts_dir()
     return config_path.resolve().parent

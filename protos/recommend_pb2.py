@@ -27,7 +27,7 @@ _sym_db = _symbol_database.Default()
 # Switchyard: a pool of our own, so these `inference.*` messages can share a process with
 # tritonclient's, which register the same names in the default pool.
 _POOL = _descriptor_pool.DescriptorPool()
-DESCRIPTOR = _POOL.AddSerializedFile(b'\n!switchyard/protos/recommend.proto\x12\x17switchyard.recommend.v1\"\xe4\x01\n\x10RecommendRequest\x12\x10\n\x08\x65ndpoint\x18\x01 \x01(\t\x12\x0f\n\x07user_id\x18\x02 \x01(\t\x12\x15\n\rcandidate_ids\x18\x03 \x03(\t\x12\t\n\x01k\x18\x04 \x01(\x05\x12G\n\x07\x63ontext\x18\x05 \x03(\x0b\x32\x36.switchyard.recommend.v1.RecommendRequest.ContextEntry\x12\x12\n\nrequest_id\x18\x06 \x01(\t\x1a.\n\x0c\x43ontextEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\",\n\nScoredItem\x12\x0f\n\x07item_id\x18\x01 \x01(\t\x12\r\n\x05score\x18\x02 \x01(\x02\"\xc4\x01\n\x11RecommendResponse\x12\x32\n\x05items\x18\x01 \x03(\x0b\x32#.switchyard.recommend.v1.ScoredItem\x12\x10\n\x08\x65ndpoint\x18\x02 \x01(\t\x12\x0f\n\x07variant\x18\x03 \x01(\t\x12\x12\n\nmodel_name\x18\x04 \x01(\t\x12\x15\n\rmodel_version\x18\x05 \x01(\t\x12\x19\n\x11\x66\x65\x61tures_degraded\x18\x06 \x01(\x08\x12\x12\n\nrequest_id\x18\x07 \x01(\t2s\n\x0bRecommender\x12\x64\n\tRecommend\x12).switchyard.recommend.v1.RecommendRequest\x1a*.switchyard.recommend.v1.RecommendResponse\"\x00\x62\x06proto3')
+DESCRIPTOR = _POOL.AddSerializedFile(b'\n!switchyard/protos/recommend.proto\x12\x17switchyard.recommend.v1\"\xe4\x01\n\x10RecommendRequest\x12\x10\n\x08\x65ndpoint\x18\x01 \x01(\t\x12\x0f\n\x07user_id\x18\x02 \x01(\t\x12\x15\n\rcandidate_ids\x18\x03 \x03(\t\x12\t\n\x01k\x18\x04 \x01(\x05\x12G\n\x07\x63ontext\x18\x05 \x03(\x0b\x32\x36.switchyard.recommend.v1.RecommendRequest.ContextEntry\x12\x12\n\nrequest_id\x18\x06 \x01(\t\x1a.\n\x0c\x43ontextEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\",\n\nScoredItem\x12\x0f\n\x07item_id\x18\x01 \x01(\t\x12\r\n\x05score\x18\x02 \x01(\x02\"\xc4\x01\n\x11RecommendResponse\x12\x32\n\x05items\x18\x01 \x03(\x0b\x32#.switchyard.recommend.v1.ScoredItem\x12\x10\n\x08\x65ndpoint\x18\x02 \x01(\t\x12\x0f\n\x07variant\x18\x03 \x01(\t\x12\x12\n\nmodel_name\x18\x04 \x01(\t\x12\x15\n\rmodel_version\x18\x05 \x01(\t\x12\x19\n\x11\x66\x65\x61tures_degraded\x18\x06 \x01(\x08\x12\x12\n\nrequest_id\x18\x07 \x01(\t\" \n\x0c\x43lickedItems\x12\x10\n\x08item_ids\x18\x01 \x03(\t\"|\n\nItemLabels\x12?\n\x06labels\x18\x01 \x03(\x0b\x32/.switchyard.recommend.v1.ItemLabels.LabelsEntry\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x05:\x02\x38\x01\"\xb6\x01\n\x0f\x46\x65\x65\x64\x62\x61\x63kRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x38\n\x07\x63licked\x18\x02 \x01(\x0b\x32%.switchyard.recommend.v1.ClickedItemsH\x00\x12\x35\n\x06labels\x18\x03 \x01(\x0b\x32#.switchyard.recommend.v1.ItemLabelsH\x00\x12\x13\n\x0btimestamp_s\x18\x04 \x01(\x01\x42\t\n\x07outcome\"a\n\x10\x46\x65\x65\x64\x62\x61\x63kResponse\x12\x0e\n\x06joined\x18\x01 \x01(\x08\x12\x0e\n\x06reason\x18\x02 \x01(\t\x12\x16\n\x0elabelled_items\x18\x03 \x01(\x05\x12\x15\n\rignored_items\x18\x04 \x01(\x05\x32\xd6\x01\n\x0bRecommender\x12\x64\n\tRecommend\x12).switchyard.recommend.v1.RecommendRequest\x1a*.switchyard.recommend.v1.RecommendResponse\"\x00\x12\x61\n\x08\x46\x65\x65\x64\x62\x61\x63k\x12(.switchyard.recommend.v1.FeedbackRequest\x1a).switchyard.recommend.v1.FeedbackResponse\"\x00\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -36,6 +36,8 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_RECOMMENDREQUEST_CONTEXTENTRY']._loaded_options = None
   _globals['_RECOMMENDREQUEST_CONTEXTENTRY']._serialized_options = b'8\001'
+  _globals['_ITEMLABELS_LABELSENTRY']._loaded_options = None
+  _globals['_ITEMLABELS_LABELSENTRY']._serialized_options = b'8\001'
   _globals['_RECOMMENDREQUEST']._serialized_start=63
   _globals['_RECOMMENDREQUEST']._serialized_end=291
   _globals['_RECOMMENDREQUEST_CONTEXTENTRY']._serialized_start=245
@@ -44,6 +46,16 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_SCOREDITEM']._serialized_end=337
   _globals['_RECOMMENDRESPONSE']._serialized_start=340
   _globals['_RECOMMENDRESPONSE']._serialized_end=536
-  _globals['_RECOMMENDER']._serialized_start=538
-  _globals['_RECOMMENDER']._serialized_end=653
+  _globals['_CLICKEDITEMS']._serialized_start=538
+  _globals['_CLICKEDITEMS']._serialized_end=570
+  _globals['_ITEMLABELS']._serialized_start=572
+  _globals['_ITEMLABELS']._serialized_end=696
+  _globals['_ITEMLABELS_LABELSENTRY']._serialized_start=651
+  _globals['_ITEMLABELS_LABELSENTRY']._serialized_end=696
+  _globals['_FEEDBACKREQUEST']._serialized_start=699
+  _globals['_FEEDBACKREQUEST']._serialized_end=881
+  _globals['_FEEDBACKRESPONSE']._serialized_start=883
+  _globals['_FEEDBACKRESPONSE']._serialized_end=980
+  _globals['_RECOMMENDER']._serialized_start=983
+  _globals['_RECOMMENDER']._serialized_end=1197
 # @@protoc_insertion_point(module_scope)

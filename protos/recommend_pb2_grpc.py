@@ -39,6 +39,11 @@ class RecommenderStub:
                 request_serializer=switchyard_dot_protos_dot_recommend__pb2.RecommendRequest.SerializeToString,
                 response_deserializer=switchyard_dot_protos_dot_recommend__pb2.RecommendResponse.FromString,
                 _registered_method=True)
+        self.Feedback = channel.unary_unary(
+                '/switchyard.recommend.v1.Recommender/Feedback',
+                request_serializer=switchyard_dot_protos_dot_recommend__pb2.FeedbackRequest.SerializeToString,
+                response_deserializer=switchyard_dot_protos_dot_recommend__pb2.FeedbackResponse.FromString,
+                _registered_method=True)
 
 
 class RecommenderServicer:
@@ -50,6 +55,13 @@ class RecommenderServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Feedback(self, request, context):
+        """What the caller saw of a Recommend response: joined with it for online quality.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_RecommenderServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -57,6 +69,11 @@ def add_RecommenderServicer_to_server(servicer, server):
                     servicer.Recommend,
                     request_deserializer=switchyard_dot_protos_dot_recommend__pb2.RecommendRequest.FromString,
                     response_serializer=switchyard_dot_protos_dot_recommend__pb2.RecommendResponse.SerializeToString,
+            ),
+            'Feedback': grpc.unary_unary_rpc_method_handler(
+                    servicer.Feedback,
+                    request_deserializer=switchyard_dot_protos_dot_recommend__pb2.FeedbackRequest.FromString,
+                    response_serializer=switchyard_dot_protos_dot_recommend__pb2.FeedbackResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -86,6 +103,33 @@ class Recommender:
             '/switchyard.recommend.v1.Recommender/Recommend',
             switchyard_dot_protos_dot_recommend__pb2.RecommendRequest.SerializeToString,
             switchyard_dot_protos_dot_recommend__pb2.RecommendResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Feedback(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/switchyard.recommend.v1.Recommender/Feedback',
+            switchyard_dot_protos_dot_recommend__pb2.FeedbackRequest.SerializeToString,
+            switchyard_dot_protos_dot_recommend__pb2.FeedbackResponse.FromString,
             options,
             channel_credentials,
             insecure,

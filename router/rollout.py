@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 
 from switchyard.router.latency_histogram import LatencyHistogram
+from switchyard.router.quality import QualityCounts
 from switchyard.router.rollout_checks import Outcome, judge
 from switchyard.router.rollout_plan import RolloutPlan
 from switchyard.runtimes.errors import InvalidArgument
@@ -80,11 +81,13 @@ class Rollout:
         canary: LatencyHistogram,
         stable: LatencyHistogram,
         now_s: float,
+        canary_quality: QualityCounts | None = None,
+        stable_quality: QualityCounts | None = None,
     ) -> RolloutEvent | None:
         """Roll back on a failed check, or advance once the interval passed and checks pass."""
         if status.state is not RolloutState.RUNNING or status.step is None:
             return None
-        verdict = judge(self.plan, canary, stable)
+        verdict = judge(self.plan, canary, stable, canary_quality, stable_quality)
         if verdict.outcome is Outcome.FAIL:
             return self._event(status, now_s, RolloutState.ROLLED_BACK, None, verdict.reason)
         if verdict.outcome is Outcome.WAIT:

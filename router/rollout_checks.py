@@ -5,8 +5,10 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from enum import StrEnum
+from statistics import NormalDist
 
 from switchyard.router.latency_histogram import LatencyHistogram
+from switchyard.router.quality import QualityCounts, auc_drop_z, ctr_drop_z, one_sided_p
 from switchyard.router.rollout_plan import RolloutPlan
 
 
@@ -22,7 +24,13 @@ class Verdict:
     reason: str
 
 
-def judge(plan: RolloutPlan, canary: LatencyHistogram, stable: LatencyHistogram) -> Verdict:
+def judge(
+    plan: RolloutPlan,
+    canary: LatencyHistogram,
+    stable: LatencyHistogram,
+    canary_quality: QualityCounts | None = None,
+    stable_quality: QualityCounts | None = None,
+) -> Verdict:
     """PASS when every configured check is judged and holds, FAIL at the first that fails.
 
     The canary is judged once it has `min_requests`; the checks relative to stable also wait
@@ -46,7 +54,49 @@ def judge(plan: RolloutPlan, canary: LatencyHistogram, stable: LatencyHistogram)
         verdict = _judge_against_stable(plan, error_rate, p95_s, stable)
         if verdict is not None:
             return verdict
+    if plan.checks_quality:
+        verdict = judge_quality(
+            plan, canary_quality or QualityCounts(), stable_quality or QualityCounts()
+        )
+        if verdict is not None:
+            return verdict
     return Verdict(Outcome.PASS, f"checks passed over {canary.requests} canary requests")
+
+
+def judge_quality(
+    plan: RolloutPlan, canary: QualityCounts, stable: QualityCounts
+) -> Verdict | None:
+    """The quality checks: None when they hold. Each waits for `min_feedback_samples`
+    joined requests on both sides; a drop fails only when it exceeds the margin and is
+    significant (one-sided, at `significance`), so noise alone does not roll back."""
+    minimum = plan.min_feedback_samples
+    for role, counts in (("canary", canary), ("stable", stable)):
+        if counts.requests < minimum:
+            return Verdict(
+                Outcome.WAIT, f"{role} has {counts.requests} of {minimum} joined feedback requests"
+            )
+    critical = NormalDist().inv_cdf(1 - plan.significance)
+    if plan.max_ctr_drop is not None:
+        if not canary.slots_at_k or not stable.slots_at_k:
+            return Verdict(Outcome.WAIT, "no shown items with feedback to compare CTR@k with")
+        z = ctr_drop_z(canary, stable, plan.max_ctr_drop)
+        if z > critical:
+            return _fail(
+                f"quality: canary CTR@k {canary.ctr_at_k:.4f} is below stable "
+                f"{stable.ctr_at_k:.4f} by more than {plan.max_ctr_drop:.4f} "
+                f"(z {z:.2f}, p {one_sided_p(z):.4g} < {plan.significance})"
+            )
+    if plan.max_auc_drop is not None:
+        if canary.auc is None or stable.auc is None:
+            return Verdict(Outcome.WAIT, "AUC needs clicked and unclicked items on both sides")
+        z = auc_drop_z(canary, stable, plan.max_auc_drop)
+        if z > critical:
+            return _fail(
+                f"quality: canary AUC {canary.auc:.4f} is below stable {stable.auc:.4f} by "
+                f"more than {plan.max_auc_drop:.4f} "
+                f"(z {z:.2f}, p {one_sided_p(z):.4g} < {plan.significance})"
+            )
+    return None
 
 
 def _judge_against_stable(

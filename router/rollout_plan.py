@@ -33,6 +33,16 @@ class RolloutPlan:
     max_p95_latency_ratio: float | None = None
     # Canary p95 minus stable p95.
     max_p95_latency_increase_s: float | None = None
+    # Quality from joined feedback (router/quality.py): each side needs this many joined
+    # requests before the quality checks judge (until then the step waits).
+    min_feedback_samples: int = 100
+    # Stable CTR@k minus canary CTR@k, absolute, tolerated before a significant drop fails.
+    max_ctr_drop: float | None = None
+    # Stable AUC minus canary AUC tolerated before a significant drop fails.
+    max_auc_drop: float | None = None
+    # One-sided alpha of the quality tests: fail only when the drop beyond the margin is
+    # significant at this level.
+    significance: float = 0.05
 
     def __post_init__(self) -> None:
         if self.stable == self.canary:
@@ -58,10 +68,23 @@ class RolloutPlan:
             "max_p95_latency_s",
             "max_p95_latency_ratio",
             "max_p95_latency_increase_s",
+            "max_ctr_drop",
+            "max_auc_drop",
         ):
             value = getattr(self, key)
             if value is not None and not (math.isfinite(value) and value >= 0):
                 raise RoutingConfigError(key, f"must be a finite number >= 0, got {value}")
+        if self.min_feedback_samples < 1:
+            raise RoutingConfigError("min_feedback_samples", "must be at least 1")
+        if not 0 < self.significance < 0.5:
+            raise RoutingConfigError(
+                "significance", f"must be in (0, 0.5) (0.05 is usual), got {self.significance}"
+            )
+
+    @property
+    def checks_quality(self) -> bool:
+        """Whether any check needs joined feedback."""
+        return self.max_ctr_drop is not None or self.max_auc_drop is not None
 
     @property
     def compares_to_stable(self) -> bool:

@@ -18,6 +18,7 @@ from switchyard.protos import open_inference_pb2, recommend_pb2
 from switchyard.protos.recommend_pb2_grpc import add_RecommenderServicer_to_server
 from switchyard.server.autoscaling.metrics import AutoscalingSignals
 from switchyard.server.config import SwitchyardConfig
+from switchyard.server.feedback import FeedbackStatsCollector, FeedbackStatsExport
 from switchyard.server.gateway_core import GatewayCore
 from switchyard.server.grpc_drain import GrpcDrain
 from switchyard.server.grpc_health import HEALTH_PROTO_FILE, GatewayHealth, add_health_to_server
@@ -118,11 +119,16 @@ class StandaloneServer:
             ),
         )
         self._feature_counters: FeatureStatsCounters | None = None
+        self._feedback_export: FeedbackStatsExport | None = None
         if worker is None:
             self.metrics.registry.register(FeatureStatsCollector(self.core.feature_store.stats))
+            self.metrics.registry.register(FeedbackStatsCollector(self.core.feedback.stats))
         else:
             stats = self.core.feature_store.stats
             self._feature_counters = FeatureStatsCounters(stats, self.metrics.registry)
+            self._feedback_export = FeedbackStatsExport(
+                self.core.feedback.stats, self.metrics.registry
+            )
         self._feature_task: asyncio.Task[None] | None = None
         self._signals = AutoscalingSignals(self.metrics.registry)
         self._signal_task: asyncio.Task[None] | None = None
@@ -239,6 +245,8 @@ class StandaloneServer:
         while True:
             await asyncio.sleep(1.0)
             self._feature_counters.sync()
+            if self._feedback_export is not None:
+                self._feedback_export.sync()
 
     async def _export_autoscaling_signal_forever(self) -> None:
         """This pod's share of the replicas each autoscaled model version needs, for an HPA
@@ -274,6 +282,8 @@ class StandaloneServer:
         await self.core.stop()
         if self._feature_counters is not None:
             self._feature_counters.sync()
+        if self._feedback_export is not None:
+            self._feedback_export.sync()
         log.info("switchyard stopped")
 
 

@@ -32,6 +32,7 @@ from switchyard.server.config_sections import (
     AdminSettings,
     ControlSettings,
     DriftSettings,
+    FeedbackSettings,
     ModelRepositorySettings,
     RayHostSettings,
     RecommendSettings,
@@ -54,6 +55,7 @@ __all__ = [
     "ConfigError",
     "ControlSettings",
     "DriftSettings",
+    "FeedbackSettings",
     "ModelConfig",
     "ModelRepositorySettings",
     "ModelVersionConfig",
@@ -99,6 +101,10 @@ class SwitchyardConfig(StrictModel):
     )
     recommend: RecommendSettings = Field(
         default_factory=RecommendSettings, description="The Recommend API."
+    )
+    feedback: FeedbackSettings = Field(
+        default_factory=FeedbackSettings,
+        description="Recommend predictions joined with reported clicks: online quality.",
     )
     ray: RayHostSettings = Field(
         default_factory=RayHostSettings, description="The Ray host's ingress deployment."

@@ -482,3 +482,36 @@ class DriftSettings(StrictModel):
         ge=1,
         description="Requests waiting to be binned at most; more are dropped (counted).",
     )
+
+
+class FeedbackSettings(StrictModel):
+    """Feedback on Recommend: predictions kept and joined with reported clicks (quality)."""
+
+    enabled: bool = Field(
+        default=True,
+        description="Keep Recommend predictions and accept POST /v1/feedback; off: feedback "
+        "is answered joined=false, reason unknown_request.",
+    )
+    ttl_s: float = Field(
+        default=3600.0,
+        gt=0,
+        description="Seconds a prediction is kept for joining; feedback up to min(ttl_s, "
+        "300) seconds later is counted late, after that unknown_request.",
+    )
+    max_predictions: int = Field(
+        default=200_000,
+        ge=1,
+        description="Predictions kept at most in memory (about 1 KiB each for 10 items); "
+        "the oldest are dropped and counted. With control.store redis the predictions live "
+        "in that Redis (shared by the replicas), bounded by ttl_s.",
+    )
+    redis_queue_max: int = Field(
+        default=10_000,
+        ge=1,
+        description="With control.store redis: predictions queued for the background "
+        "writer at most; a full queue (Redis slow or down) drops and counts, never blocks "
+        "Recommend.",
+    )
+    ctr_k: int = Field(
+        default=5, ge=1, description="k of CTR@k: the first k items shown count as slots."
+    )

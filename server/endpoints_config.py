@@ -139,6 +139,30 @@ class RolloutConfig(StrictModel):
     max_p95_latency_increase_s: float | None = Field(
         default=None, ge=0, description="Seconds of canary p95 minus stable p95."
     )
+    min_feedback_samples: int = Field(
+        default=_PLAN.min_feedback_samples,
+        ge=1,
+        description="Joined feedback requests each of canary and stable needs in a step "
+        "before the quality checks judge it.",
+    )
+    max_ctr_drop: float | None = Field(
+        default=None,
+        ge=0,
+        description="Stable CTR@k minus canary CTR@k (absolute) tolerated; a larger drop, "
+        "significant at `significance`, rolls back.",
+    )
+    max_auc_drop: float | None = Field(
+        default=None,
+        ge=0,
+        description="Stable AUC minus canary AUC tolerated; a larger drop, significant at "
+        "`significance`, rolls back.",
+    )
+    significance: float = Field(
+        default=_PLAN.significance,
+        gt=0,
+        lt=0.5,
+        description="One-sided alpha of the quality tests (z-test on CTR@k, Hanley-McNeil on AUC).",
+    )
 
     def to_plan(self) -> RolloutPlan:
         return RolloutPlan(**{**self.model_dump(), "steps_percent": tuple(self.steps_percent)})

@@ -30,10 +30,12 @@ from switchyard.server.dataplane import DataPlane
 from switchyard.server.drift import DriftService
 from switchyard.server.features.definitions import FeatureDefinitions
 from switchyard.server.features.factory import create_store
+from switchyard.server.feedback import FeedbackLog, FeedbackMetrics
 from switchyard.server.grpc_ingress import InferenceServicer
 from switchyard.server.inference import InferenceService
 from switchyard.server.metrics import ServerMetrics
 from switchyard.server.model_control import ModelControl
+from switchyard.server.predictions import create_prediction_store
 from switchyard.server.recommend import Recommender
 from switchyard.server.recommend_ingress import RecommendServicer
 from switchyard.server.repository import ModelRepository
@@ -102,8 +104,14 @@ class GatewayCore:
         self.inference = InferenceService(dataplane, self.routing)
         definitions = FeatureDefinitions.from_config(config.features)
         self.feature_store = create_store(config.features, definitions)
+        self.feedback = FeedbackLog(
+            config.feedback,
+            FeedbackMetrics(metrics.registry),
+            self.control.record_quality,
+            store=create_prediction_store(config.feedback, config.control),
+        )
         self.recommender = Recommender(
-            self.inference, definitions, self.feature_store, config.recommend
+            self.inference, definitions, self.feature_store, config.recommend, self.feedback
         )
         self._reloader = (
             ConfigReloader(
@@ -122,13 +130,22 @@ class GatewayCore:
 
     def rest_app(self) -> RestApp:
         admin = AdminApi(self.control, self.access)
-        return RestApp(self.inference, self.metrics, admin, self.recommender, self._repository_api)
+        return RestApp(
+            self.inference,
+            self.metrics,
+            admin,
+            self.recommender,
+            self._repository_api,
+            self.feedback,
+        )
 
     def oip_servicer(self) -> InferenceServicer:
         return InferenceServicer(self.inference, self.metrics, self._repository_api)
 
     def recommend_servicer(self) -> RecommendServicer:
-        return RecommendServicer(self.recommender, self.metrics, self.inference.model_label)
+        return RecommendServicer(
+            self.recommender, self.metrics, self.inference.model_label, self.feedback
+        )
 
     async def start(self) -> None:
         """Set up tracing, load every model version and start the background work; then
@@ -139,6 +156,7 @@ class GatewayCore:
         await self.models.start()
         if self.drift is not None:
             await self.drift.start()
+        await self.feedback.start()
         if self._reloader is not None:
             self._reload_task = asyncio.create_task(self._reloader.run_forever(), name="reload")
         self.inference.set_ready(True)
@@ -152,6 +170,7 @@ class GatewayCore:
         await self.routing.close()
         if self.drift is not None:
             await self.drift.close()
+        await self.feedback.close()  # after the drain: writes what Recommend queued
         await self.models.close()
         await self.control.close()
         await self.repository.close(drain=True)

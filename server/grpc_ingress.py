@@ -24,6 +24,7 @@ from switchyard.runtimes.errors import AuthThrottled, InvalidArgument
 from switchyard.runtimes.tensor_codec import decode_raw, encode_raw
 from switchyard.server.caller import Caller
 from switchyard.server.error_status import grpc_status
+from switchyard.server.feedback import REQUEST_ID_HEADER, new_request_id
 from switchyard.server.grpc_admission import AdmissionGate
 from switchyard.server.grpc_decoding import CleanDecoding
 from switchyard.server.grpc_pending import (
@@ -312,14 +313,18 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
                 request, self._inference.max_request_size_bytes
             )
             infer_request.headers = headers
+            if not infer_request.id:  # OIP's request id: the caller's, else one made here
+                infer_request.id = headers.get(REQUEST_ID_HEADER) or new_request_id()
             remaining_s = context.time_remaining()
             if remaining_s is not None:
                 infer_request.deadline_s = time.monotonic() + remaining_s
             response = await self._inference.infer(infer_request)
             labels.version = response.model_version
+            trailing = [(REQUEST_ID_HEADER, infer_request.id)]
             variant = response.parameters.get(VARIANT_PARAMETER)
             if variant is not None:
-                context.set_trailing_metadata(((VARIANT_HEADER, str(variant)),))
+                trailing.append((VARIANT_HEADER, str(variant)))
+            context.set_trailing_metadata(trailing)
             return encode_infer_response(response)
 
 

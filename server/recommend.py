@@ -19,6 +19,7 @@ from switchyard.runtimes.errors import InvalidArgument, NotFound, UnknownOutput
 from switchyard.server.config import RecommendSettings
 from switchyard.server.features.definitions import FeatureDefinitions, RowLayout
 from switchyard.server.features.store import FeatureStore
+from switchyard.server.feedback import FeedbackLog, new_request_id
 from switchyard.server.inference import InferenceService, ModelVersionTarget
 from switchyard.server.routing import VARIANT_PARAMETER
 from switchyard.server.types import InferInput, InferRequest, ParameterValue
@@ -68,11 +69,13 @@ class Recommender:
         definitions: FeatureDefinitions,
         store: FeatureStore,
         settings: RecommendSettings,
+        feedback: FeedbackLog | None = None,
     ) -> None:
         self._inference = inference
         self._definitions = definitions
         self._store = store
         self._settings = settings
+        self._feedback = feedback if feedback is not None and feedback.enabled else None
 
     def _check(self, request: RecommendRequest) -> None:
         if not request.endpoint:
@@ -113,6 +116,8 @@ class Recommender:
 
     async def recommend(self, request: RecommendRequest) -> RecommendResponse:
         self._check(request)
+        if not request.request_id:
+            request.request_id = new_request_id()  # feedback joins on it
         layout = self._layout(request.endpoint)
         context_ids = {}
         for part in layout.context:
@@ -155,10 +160,21 @@ class Recommender:
             )
         k = request.k or len(request.candidate_ids)
         order = np.argsort(-scores, kind="stable")[:k]  # ties keep the caller's order
+        items = [ScoredItem(request.candidate_ids[i], float(scores[i])) for i in order]
+        variant = str(response.parameters.get(VARIANT_PARAMETER, ""))
+        if self._feedback is not None:
+            self._feedback.record(
+                request.request_id,
+                request.endpoint,
+                variant,
+                response.model_version,
+                items,  # the response's own list: no copies on the request path
+                request.k,
+            )
         return RecommendResponse(
-            items=[ScoredItem(request.candidate_ids[i], float(scores[i])) for i in order],
+            items=items,
             endpoint=request.endpoint,
-            variant=str(response.parameters.get(VARIANT_PARAMETER, "")),
+            variant=variant,
             model_name=response.model_name,
             model_version=response.model_version,
             features_degraded=batch.degraded,

@@ -11,6 +11,13 @@ from switchyard.protos import recommend_pb2_grpc as pb_grpc
 from switchyard.runtimes import tracing
 from switchyard.runtimes.client_text import client_text
 from switchyard.runtimes.errors import InvalidArgument
+from switchyard.server.feedback import (
+    REQUEST_ID_HEADER,
+    FeedbackLog,
+    FeedbackRequest,
+    FeedbackResult,
+    check_feedback,
+)
 from switchyard.server.grpc_ingress import CallContext, maps_errors, text_metadata
 from switchyard.server.json_body import field, parse_object
 from switchyard.server.metrics import ServerMetrics
@@ -27,7 +34,9 @@ class RecommendServicer(pb_grpc.RecommenderServicer):
         recommender: Recommender,
         metrics: ServerMetrics,
         model_label: Callable[[str], str],
+        feedback: FeedbackLog | None = None,
     ) -> None:
+        self._feedback = feedback
         self._recommender = recommender
         self._metrics = metrics
         self._model_label = model_label
@@ -50,12 +59,13 @@ class RecommendServicer(pb_grpc.RecommenderServicer):
                     candidate_ids=list(request.candidate_ids),
                     k=request.k,
                     context=dict(request.context),
-                    request_id=request.request_id,
+                    request_id=request.request_id or headers.get(REQUEST_ID_HEADER, ""),
                     headers=headers,
                     deadline_s=None if remaining_s is None else time.monotonic() + remaining_s,
                 )
             )
             labels.version = response.model_version
+            context.set_trailing_metadata(((REQUEST_ID_HEADER, response.request_id),))
             return pb.RecommendResponse(
                 items=[pb.ScoredItem(item_id=i.item_id, score=i.score) for i in response.items],
                 endpoint=response.endpoint,
@@ -65,6 +75,42 @@ class RecommendServicer(pb_grpc.RecommenderServicer):
                 features_degraded=response.features_degraded,
                 request_id=response.request_id,
             )
+
+    @maps_errors
+    async def Feedback(
+        self, request: pb.FeedbackRequest, context: CallContext
+    ) -> pb.FeedbackResponse:
+        which = request.WhichOneof("outcome")
+        try:
+            feedback = check_feedback(
+                FeedbackRequest(
+                    request_id=request.request_id,
+                    clicked_item_ids=tuple(request.clicked.item_ids)
+                    if which == "clicked"
+                    else None,
+                    labels=dict(request.labels.labels) if which == "labels" else None,
+                    timestamp_s=request.timestamp_s or None,
+                )
+            )
+        except InvalidArgument:
+            if self._feedback is not None:
+                self._feedback.count_invalid()
+            raise
+        result = await join_feedback(self._feedback, feedback)
+        return pb.FeedbackResponse(
+            joined=result.joined,
+            reason=result.reason,
+            labelled_items=result.labelled,
+            ignored_items=result.ignored,
+        )
+
+
+async def join_feedback(
+    feedback_log: FeedbackLog | None, feedback: FeedbackRequest
+) -> FeedbackResult:
+    if feedback_log is None or not feedback_log.enabled:
+        return FeedbackResult(False, "unknown_request")
+    return await feedback_log.join(feedback)
 
 
 def parse_recommend_json(body: bytes, headers: dict[str, str]) -> RecommendRequest:
@@ -88,7 +134,8 @@ def parse_recommend_json(body: bytes, headers: dict[str, str]) -> RecommendReque
         candidate_ids=candidates,
         k=field(document, "k", int, "request", 0),
         context=context,
-        request_id=field(document, "request_id", str, "request", ""),
+        request_id=field(document, "request_id", str, "request", "")
+        or headers.get(REQUEST_ID_HEADER, ""),
         headers=headers,
         deadline_s=time.monotonic() + timeout_ms / 1e3 if timeout_ms > 0 else None,
     )

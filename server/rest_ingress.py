@@ -26,6 +26,13 @@ from switchyard.runtimes.tensor_codec import decode_raw, encode_raw
 from switchyard.server.admin_api import AdminApi
 from switchyard.server.caller import Caller
 from switchyard.server.error_status import HttpError, http_status, require_method
+from switchyard.server.feedback import (
+    REQUEST_ID_HEADER,
+    FeedbackLog,
+    new_request_id,
+    parse_feedback_json,
+)
+from switchyard.server.feedback import REST_PATH as FEEDBACK_PATH
 from switchyard.server.inference import InferenceService
 from switchyard.server.json_body import field, parse_object
 from switchyard.server.metrics import ServerMetrics
@@ -35,6 +42,7 @@ from switchyard.server.recommend import Recommender
 from switchyard.server.recommend_ingress import (
     RECOMMEND_REST_SPAN,
     REST_PATH,
+    join_feedback,
     parse_recommend_json,
     recommend_json,
 )
@@ -47,6 +55,7 @@ log = logging.getLogger(__name__)
 PROTOCOL = "rest"
 INFER_SPAN = "POST /v2/models/{model}/infer"  # OpenTelemetry's HTTP span name: the route
 HEADER_LENGTH = b"inference-header-content-length"
+REQUEST_ID_BYTES = REQUEST_ID_HEADER.encode()
 # Bodies above these sizes are inflated / parsed off the event loop (server/off_loop.py): a
 # 4 KiB gzip body can inflate to 4 MiB, and parsing a 256 KiB JSON body and converting its
 # values takes a few milliseconds. Smaller ones are not worth the thread hop.
@@ -99,7 +108,9 @@ class RestApp:
         admin: AdminApi | None = None,
         recommender: Recommender | None = None,
         repository: RepositoryApi | None = None,
+        feedback: FeedbackLog | None = None,
     ) -> None:
+        self._feedback = feedback
         self._inference = inference
         self._metrics = metrics
         self._admin = admin
@@ -136,6 +147,9 @@ class RestApp:
         if scope["path"] == REST_PATH and self._recommender is not None:
             require_method(method, "POST")
             return await self._recommend(scope, receive)
+        if scope["path"] == FEEDBACK_PATH and self._recommender is not None:
+            require_method(method, "POST")
+            return await self._post_feedback(scope, receive)
         if parts[0] != "v2":
             raise NotFound(f"no route for {client_text(scope['path'])}; the API lives under /v2")
         if parts == ["v2"]:
@@ -187,9 +201,12 @@ class RestApp:
                 self._max_bytes,
             )
             request.headers = text_headers
+            if not request.id:
+                request.id = text_headers.get(REQUEST_ID_HEADER) or new_request_id()
             response = await self._inference.infer(request)
             labels.version = response.model_version
             encoded = encode_infer_response(response, binary_outputs)
+            encoded.headers.append((REQUEST_ID_BYTES, request.id.encode()))
             variant = response.parameters.get(VARIANT_PARAMETER)
             if variant is not None:
                 encoded.headers.append((VARIANT_HEADER.encode(), str(variant).encode()))
@@ -235,7 +252,20 @@ class RestApp:
             labels.model = request.endpoint
             response = await self._recommender.recommend(request)
             labels.version = response.model_version
-            return Response.json(200, recommend_json(response))
+            encoded = Response.json(200, recommend_json(response))
+            encoded.headers.append((REQUEST_ID_BYTES, response.request_id.encode()))
+            return encoded
+
+    async def _post_feedback(self, scope: Scope, receive: Receive) -> Response:
+        body = await self._read_body(dict(scope["headers"]), receive)
+        try:
+            feedback = parse_feedback_json(body)
+        except InvalidArgument:
+            if self._feedback is not None:
+                self._feedback.count_invalid()
+            raise
+        result = await join_feedback(self._feedback, feedback)
+        return Response.json(200, result.as_json())
 
     async def _read_body(self, headers: dict[bytes, bytes], receive: Receive) -> bytes:
         declared = headers.get(b"content-length")

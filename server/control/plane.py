@@ -26,6 +26,7 @@ from typing import Any, TypeVar
 
 from switchyard.router.audit import describe_changes
 from switchyard.router.latency_histogram import LatencyHistogram
+from switchyard.router.quality import QualityCounts
 from switchyard.router.rollout import (
     IDLE,
     Rollout,
@@ -99,6 +100,7 @@ class ControlPlane:
         self._snapshot = ControlSnapshot()
         self._running: dict[str, _Running] = {}
         self._pending: dict[tuple[str, int, str], LatencyHistogram] = {}
+        self._pending_quality: dict[tuple[str, int, str], QualityCounts] = {}
         self._check_base = True  # after loading a base, void records get reset once
         self._store_up = True
         self._changed = asyncio.Event()
@@ -165,21 +167,35 @@ class ControlPlane:
 
     def record(self, endpoint: str, variant: str, latency_s: float, ok: bool) -> None:
         """One request an endpoint's variant served; counted if a rollout judges it."""
-        running = self._running.get(endpoint)
-        if running is None:
+        key = self._rollout_key(endpoint, variant)
+        if key is None:
             return
-        revision, plan = running
-        if variant == plan.canary:
-            role = "canary"
-        elif variant == plan.stable:
-            role = "stable"
-        else:
-            return
-        key = (endpoint, revision, role)
         histogram = self._pending.get(key)
         if histogram is None:
             histogram = self._pending[key] = LatencyHistogram()
         histogram.record(latency_s, ok)
+
+    def record_quality(self, endpoint: str, variant: str, quality: QualityCounts) -> None:
+        """Joined feedback of a request an endpoint's variant served; counted for the step
+        running when the feedback arrives (a step outlasts the clicks of its requests)."""
+        key = self._rollout_key(endpoint, variant)
+        if key is None:
+            return
+        pending = self._pending_quality.get(key)
+        if pending is None:
+            pending = self._pending_quality[key] = QualityCounts()
+        pending.merge(quality)
+
+    def _rollout_key(self, endpoint: str, variant: str) -> tuple[str, int, str] | None:
+        running = self._running.get(endpoint)
+        if running is None:
+            return None
+        revision, plan = running
+        if variant == plan.canary:
+            return (endpoint, revision, "canary")
+        if variant == plan.stable:
+            return (endpoint, revision, "stable")
+        return None
 
     # Changes ---------------------------------------------------------------------------
 
@@ -472,6 +488,18 @@ class ControlPlane:
             endpoint, revision, _ = key
             if self._running.get(endpoint, (None,))[0] == revision:
                 self._pending.setdefault(key, LatencyHistogram()).merge(histogram)
+        quality, self._pending_quality = self._pending_quality, {}
+        for key, counts in quality.items():
+            if error is None:
+                try:
+                    stats_key = _quality_key(*key)
+                    await self._call("stats", self.store.add_stats(stats_key, counts.counts()))
+                    continue
+                except ControlStoreError as exc:
+                    error = exc
+            endpoint, revision, _ = key
+            if self._running.get(endpoint, (None,))[0] == revision:
+                self._pending_quality.setdefault(key, QualityCounts()).merge(counts)
         if error is not None:
             raise error
 
@@ -486,7 +514,19 @@ class ControlPlane:
                     LatencyHistogram.from_counts(await self._call("stats", self.store.stats(key)))
                 )
             canary, stable = merged
-            event = Rollout(endpoint, plan).judge(record.rollout, canary, stable, now_s)
+            qualities: list[QualityCounts | None] = [None, None]
+            if plan.checks_quality:
+                qualities = [
+                    QualityCounts.from_counts(
+                        await self._call(
+                            "stats", self.store.stats(_quality_key(endpoint, revision, role))
+                        )
+                    )
+                    for role in ("canary", "stable")
+                ]
+            event = Rollout(endpoint, plan).judge(
+                record.rollout, canary, stable, now_s, qualities[0], qualities[1]
+            )
             if event is None:
                 continue
             new_record, action = _rollout_record(record, event, "rollout", now_s)
@@ -569,3 +609,8 @@ def _rollout_record(
 
 def _stats_key(endpoint: str, revision: int, role: str) -> str:
     return f"{endpoint}:{revision}:{role}"
+
+
+def _quality_key(endpoint: str, revision: int, role: str) -> str:
+    """Joined-feedback counts of the same step and role, next to its latency stats."""
+    return f"{endpoint}:{revision}:{role}:quality"

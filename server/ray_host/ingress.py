@@ -41,6 +41,7 @@ from switchyard.protos import recommend_pb2 as recommend_pb
 from switchyard.server.autoscaling.latency_policy import ReplicaStats
 from switchyard.server.autoscaling.ray_adapter import to_autoscaling_metrics
 from switchyard.server.config import ModelConfig, ModelVersionConfig, SwitchyardConfig
+from switchyard.server.feedback import FeedbackStatsCollector
 from switchyard.server.gateway_core import GatewayCore
 from switchyard.server.metrics import ServerMetrics
 from switchyard.server.ray_host.deployments import ingress_policy_model
@@ -161,6 +162,7 @@ class IngressReplica:
                 metrics, loader, memory_budget_bytes=config.server.model_memory_budget_bytes
             ),
         )
+        metrics.registry.register(FeedbackStatsCollector(self.core.feedback.stats))
         self._oip = self.core.oip_servicer()
         self._recommend = self.core.recommend_servicer()
         self._rest = RestWithMetrics(self.core.rest_app(), metrics)

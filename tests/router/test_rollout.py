@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
 from switchyard.router.latency_histogram import LatencyHistogram
@@ -17,7 +19,7 @@ from switchyard.router.rollout_plan import RolloutPlan
 from switchyard.runtimes.errors import InvalidArgument
 
 
-def make_rollout(**checks: float) -> Rollout:
+def make_rollout(**checks: Any) -> Rollout:
     plan = RolloutPlan(
         stable="stable",
         canary="canary",
