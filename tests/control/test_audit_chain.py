@@ -181,3 +181,12 @@ def test_a_duplicate_key_is_unreadable_since_readers_disagree_on_which_counts() 
     lines = trail(2)
     lines[1] = '{"identity": "mallory", ' + lines[1][1:]
     assert problem_of(lines) == (2, None, "unreadable")
+
+
+def test_two_writers_of_one_file_keep_one_chain(tmp_path: Path) -> None:
+    # server.workers: N gateway processes, each an AuditLog on the same audit_log_path.
+    path = tmp_path / "audit.jsonl"
+    first, second = AuditLog(path, KEY), AuditLog(path, KEY)
+    for number in range(1, 5):
+        (first if number % 2 else second).write(entry(number))
+    assert verify_file(path, KEY).summary() == "4 records, seq 1..4, chain intact"
