@@ -2,13 +2,15 @@
 
 The shared trail, every replica's decisions once each, is the control store's
 (GET /admin/v1/audit); this file keeps the ones this replica made, for its own logs. The
-file is a hash chain of its own (server/control/audit_chain.py): it continues from the
-file's last record at start, so `switchyard audit verify FILE` checks all of it. Each
-record is appended as one whole line, in one write, flushed.
+file is a hash chain of its own (server/control/audit_chain.py): each append continues
+from the file's last record, read under an exclusive lock (the workers of server.workers
+share the file), so `switchyard audit verify FILE` checks all of it. Each record is
+appended as one whole line, in one write.
 """
 
 from __future__ import annotations
 
+import fcntl
 import json
 import logging
 import os
@@ -40,11 +42,6 @@ class AuditLog:
     def __init__(self, path: Path | None, key: bytes | None = None) -> None:
         self._path = path
         self._key = key
-        self._head = ChainHead()
-        self._restart_reason = ""
-        self._cut_short = False  # the file ends inside a line: end it before appending
-        if path is not None:
-            self._head, self._restart_reason, self._cut_short = _last_head(path)
 
     def write(self, entry: AuditEntry) -> None:
         changes = "; ".join(entry.changes) or "none"
@@ -55,48 +52,50 @@ class AuditLog:
         )  # fmt: skip
         if self._path is None:
             return
-        lines = ["\n"] if self._cut_short else []
-        if self._restart_reason:
+        try:
+            fd = os.open(self._path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
+            try:
+                # Every worker of server.workers appends to the same file: the head is read
+                # under the lock, each time, so that they all extend one chain.
+                fcntl.flock(fd, fcntl.LOCK_EX)
+                os.write(
+                    fd, self._lines(fd, self._path, entry).encode("utf-8")
+                )  # one write: whole lines
+            finally:
+                os.close(fd)  # and the lock with it
+        except OSError as exc:
+            # The change is applied already; losing its line must be loud, not fatal.
+            log.error("cannot append to audit log %s: %s", self._path, exc)
+
+    def _lines(self, fd: int, path: Path, entry: AuditEntry) -> str:
+        """`entry` sealed after the file's last record (after a restart marker, if its chain
+        cannot be continued; after a newline, if it ends inside a line)."""
+        head, restart_reason, cut_short = _last_head(fd, path)
+        lines = ["\n"] if cut_short else []
+        if restart_reason:
             # The file's chain cannot be continued: a new segment, saying why, from seq 1.
             marker = AuditEntry(
                 "audit-log",
-                f"audit chain restarted: {self._restart_reason}",
+                f"audit chain restarted: {restart_reason}",
                 (),
                 entry.replica,
                 role="gateway",
             )
-            lines.append(self._sealed(marker))
-        lines.append(self._sealed(entry))
-        try:
-            fd = os.open(self._path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-            try:
-                os.write(fd, "".join(lines).encode("utf-8"))  # one write: whole lines
-            finally:
-                os.close(fd)
-        except OSError as exc:
-            # The change is applied already; losing its line must be loud, not fatal.
-            log.error("cannot append to audit log %s: %s", self._path, exc)
-            return
-        self._restart_reason, self._cut_short = "", False
-
-    def _sealed(self, entry: AuditEntry) -> str:
-        record = seal(entry.body(), self._head, self._key)
-        self._head = ChainHead(record["seq"], record["hash"])
-        return json.dumps(record, ensure_ascii=False) + "\n"
+            record = seal(marker.body(), head, self._key)
+            head = ChainHead(record["seq"], record["hash"])
+            lines.append(json.dumps(record, ensure_ascii=False) + "\n")
+        record = seal(entry.body(), head, self._key)
+        lines.append(json.dumps(record, ensure_ascii=False) + "\n")
+        return "".join(lines)
 
 
-def _last_head(path: Path) -> tuple[ChainHead, str, bool]:
+def _last_head(fd: int, path: Path) -> tuple[ChainHead, str, bool]:
     """The chain head of the file's last record, why the chain must restart ("" if it need
     not: the file's last line unreadable as a chained record), and whether the file ends
     inside a line."""
     try:
-        with path.open("rb") as file:
-            file.seek(0, os.SEEK_END)
-            size = file.tell()
-            file.seek(max(0, size - _TAIL_BYTES))
-            tail = file.read()
-    except FileNotFoundError:
-        return ChainHead(), "", False
+        size = os.fstat(fd).st_size
+        tail = os.pread(fd, _TAIL_BYTES, max(0, size - _TAIL_BYTES))
     except OSError as exc:
         log.error("cannot read audit log %s: %s; its chain starts again", path, exc)
         return ChainHead(), f"the file could not be read ({exc})", False

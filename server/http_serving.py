@@ -140,6 +140,10 @@ class HttpServer:
                 self.guard,
                 lifespan="off",
                 access_log=False,
+                # Not a proxy's backend: X-Forwarded-For is the client's own claim (uvicorn
+                # believes it from 127.0.0.1); the audited peer and the auth throttle's key
+                # must be the connection's address.
+                proxy_headers=False,
                 log_config=None,
                 log_level=log_level,
                 # Never uvicorn's: its cancellation answers 500 (the drain is stop()'s).

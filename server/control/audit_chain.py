@@ -16,12 +16,14 @@ import hashlib
 import hmac
 import json
 import os
+import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 GENESIS = "0" * 64
+HEX_DIGEST = re.compile(r"[0-9a-f]{64}")
 KEY_ENV = "SWITCHYARD_AUDIT_KEY"
 CHAIN_FIELDS = ("seq", "prev", "hash", "alg")
 
@@ -152,7 +154,7 @@ def verify_file(path: Path, key: bytes | None, from_start: bool = False) -> Verd
 
 def _parse(line: str) -> tuple[dict[str, Any] | None, str]:
     try:
-        record = json.loads(line)
+        record = json.loads(line, object_pairs_hook=_no_duplicate_keys)
     except ValueError as exc:
         return None, f"not JSON: {exc}"
     if not isinstance(record, dict):
@@ -162,9 +164,21 @@ def _parse(line: str) -> tuple[dict[str, Any] | None, str]:
         return None, "no positive integer 'seq'"
     if not isinstance(prev, str) or not isinstance(digest_, str):
         return None, "no 'prev' and 'hash' strings"
+    if not HEX_DIGEST.fullmatch(prev) or not HEX_DIGEST.fullmatch(digest_):
+        return None, "'prev' and 'hash' are not 64 lower-case hex digits"
     if record.get("alg") not in ("sha256", "hmac-sha256"):
         return None, "'alg' is neither sha256 nor hmac-sha256"
     return record, ""
+
+
+def _no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    # json.loads keeps a repeated key's last value, other readers its first: a record with
+    # one could verify while showing a reader something else.
+    record = dict(pairs)
+    if len(record) != len(pairs):
+        repeated = sorted({k for k, _ in pairs if sum(1 for n, _ in pairs if n == k) > 1})
+        raise ValueError(f"the key(s) {', '.join(repeated)} appear more than once")
+    return record
 
 
 def _check(

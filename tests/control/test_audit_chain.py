@@ -166,3 +166,27 @@ def test_the_cli_exit_status_and_line(tmp_path: Path, capsys: pytest.CaptureFixt
     missing = build_parser().parse_args(["audit", "verify", str(tmp_path / "absent.jsonl")])
     assert run_verify(missing) == 2
     assert "absent.jsonl" in capsys.readouterr().err
+
+
+def test_a_non_hex_hash_is_reported_not_raised() -> None:
+    lines = trail(2)
+    record = json.loads(lines[1])
+    record["hash"] = "é" * 64  # hmac.compare_digest raises TypeError on non-ASCII text
+    lines[1] = json.dumps(record, ensure_ascii=False)
+    assert problem_of(lines)[:2] == (2, None)
+
+
+def test_a_duplicate_key_is_unreadable_since_readers_disagree_on_which_counts() -> None:
+    # json.loads keeps the last "identity" (the sealed one); another reader shows the first.
+    lines = trail(2)
+    lines[1] = '{"identity": "mallory", ' + lines[1][1:]
+    assert problem_of(lines) == (2, None, "unreadable")
+
+
+def test_two_writers_of_one_file_keep_one_chain(tmp_path: Path) -> None:
+    # server.workers: N gateway processes, each an AuditLog on the same audit_log_path.
+    path = tmp_path / "audit.jsonl"
+    first, second = AuditLog(path, KEY), AuditLog(path, KEY)
+    for number in range(1, 5):
+        (first if number % 2 else second).write(entry(number))
+    assert verify_file(path, KEY).summary() == "4 records, seq 1..4, chain intact"

@@ -319,3 +319,46 @@ def test_a_brute_force_of_wrong_tokens_is_throttled_and_counted(
         assert "guess-0000" not in log and token_digest("guess-0000-0123456789") not in log
     finally:
         assert gateway.stop() == 0, gateway.log()
+
+
+def test_forwarded_headers_neither_escape_the_throttle_nor_forge_the_audited_peer(
+    demo_model_path: Path, ranker_v2: Path, tmp_path: Path
+) -> None:
+    # The gateway is no proxy's backend: X-Forwarded-For is the client's own say, also from
+    # 127.0.0.1 (uvicorn trusts it from there by default).
+    config = gateway_config(
+        demo_model_path, ranker_v2, tmp_path, auth_failure_burst=2, auth_failures_per_minute=1
+    )
+    gateway = start_gateway(config, tmp_path)
+    host, port = gateway.http_url.rsplit(":", 1)
+
+    def forwarded_call(method: str, path: str, token: str, forwarded_for: str) -> tuple[int, Any]:
+        connection = http.client.HTTPConnection(host, int(port), timeout=30)
+        headers = {
+            "Authorization": f"Bearer {token}",
+            "X-Forwarded-For": forwarded_for,
+            "Content-Type": "application/json",
+        }
+        body = json.dumps({"weights": {"stable": 2, "canary": 1}}) if method == "PUT" else None
+        connection.request(method, path, body, headers)
+        response = connection.getresponse()
+        answer = json.loads(response.read() or b"{}")
+        connection.close()
+        return response.status, answer
+
+    try:
+        status, _ = forwarded_call(
+            "PUT", "/admin/v1/endpoints/recs/weights", TOKENS["operator"], "203.0.113.7"
+        )
+        assert status == 200
+        _, _, trail = call(gateway, "GET", "/admin/v1/audit?limit=1", TOKENS["viewer"])
+        assert trail["entries"][-1]["peer"].startswith("127.0.0.1:"), trail
+        statuses = [
+            forwarded_call("GET", "/admin/v1/endpoints", f"guess-{n:04d}-0123", f"198.51.100.{n}")[
+                0
+            ]
+            for n in range(4)
+        ]
+        assert statuses == [401, 401, 429, 429], statuses
+    finally:
+        assert gateway.stop() == 0, gateway.log()
