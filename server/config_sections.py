@@ -255,28 +255,42 @@ class RedisTlsSettings(StrictModel):
         }
 
 
-def check_redis_tls(url: str, tls: RedisTlsSettings | None) -> None:
-    if tls is not None and not url.startswith("rediss://"):
-        raise ValueError("tls is set, but the url is not rediss:// (TLS would not be used)")
+class RedisConnectionSettings(StrictModel):
+    """How to reach a Redis: the control store's and the redis feature store's settings share
+    these (each declares its own `url`)."""
+
+    url: str
+    password: SecretText | None = Field(
+        default=None,
+        description="Redis password (AUTH), over one in the URL: {from_env: NAME} or "
+        "{from_file: PATH} keeps it out of the file.",
+    )
+    tls: RedisTlsSettings | None = Field(
+        default=None, description="CA and client certificate of a rediss:// URL."
+    )
+
+    @model_validator(mode="after")
+    def _tls_needs_rediss(self) -> RedisConnectionSettings:
+        if self.tls is not None and not self.url.startswith("rediss://"):
+            raise ValueError("tls is set, but the url is not rediss:// (TLS would not be used)")
+        return self
+
+    def connection(self) -> tuple[str, dict[str, Any]]:
+        """The URL and redis-py connection options (from_url keywords): the password
+        replaces one in the URL (redis-py would let the URL's win)."""
+        url = self.url
+        options: dict[str, Any] = {} if self.tls is None else self.tls.redis_options()
+        if self.password is not None:
+            parts = urlsplit(url)
+            if parts.password is not None:
+                host = parts.netloc.rpartition("@")[2]
+                user = quote(unquote(parts.username or ""), safe="")
+                url = urlunsplit(parts._replace(netloc=f"{user}@{host}" if user else host))
+            options["password"] = self.password.get_secret_value()
+        return url, options
 
 
-def redis_connection(
-    url: str, password: SecretStr | None, tls: RedisTlsSettings | None
-) -> tuple[str, dict[str, Any]]:
-    """The URL and redis-py connection options (from_url keywords) of a store's settings:
-    `password` replaces one in the URL (redis-py would let the URL's win)."""
-    options: dict[str, Any] = {} if tls is None else tls.redis_options()
-    if password is not None:
-        parts = urlsplit(url)
-        if parts.password is not None:
-            host = parts.netloc.rpartition("@")[2]
-            user = quote(unquote(parts.username or ""), safe="")
-            url = urlunsplit(parts._replace(netloc=f"{user}@{host}" if user else host))
-        options["password"] = password.get_secret_value()
-    return url, options
-
-
-class ControlSettings(StrictModel):
+class ControlSettings(RedisConnectionSettings):
     """Where the routing state every replica must agree on is kept: the weights set while
     serving, running rollouts, the audit trail (docs/architecture.md, "Control store")."""
 
@@ -289,14 +303,6 @@ class ControlSettings(StrictModel):
         default="redis://127.0.0.1:6379/0",
         pattern=r"^rediss?://",
         description="The Redis of the redis store (it may be the feature store's).",
-    )
-    password: SecretText | None = Field(
-        default=None,
-        description="Redis password (AUTH), over one in the URL: {from_env: NAME} or "
-        "{from_file: PATH} keeps it out of the file.",
-    )
-    tls: RedisTlsSettings | None = Field(
-        default=None, description="CA and client certificate of a rediss:// URL."
     )
     prefix: str = Field(
         default="switchyard:",
@@ -324,15 +330,6 @@ class ControlSettings(StrictModel):
         description="Records the shared audit trail keeps, about; older ones are trimmed "
         "(export the trail regularly: `switchyard audit export`).",
     )
-
-    @model_validator(mode="after")
-    def _tls_needs_rediss(self) -> ControlSettings:
-        check_redis_tls(self.url, self.tls)
-        return self
-
-    def connection(self) -> tuple[str, dict[str, Any]]:
-        """The URL and redis-py options (password, TLS) to connect with."""
-        return redis_connection(self.url, self.password, self.tls)
 
 
 class RayHostSettings(StrictModel):

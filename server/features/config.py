@@ -42,11 +42,9 @@ from switchyard.server.config_base import (
     error_lines,
     raise_errors,
 )
-from switchyard.server.config_secrets import SecretText, secret_context
+from switchyard.server.config_secrets import secret_context
 from switchyard.server.config_sections import (
-    RedisTlsSettings,
-    check_redis_tls,
-    redis_connection,
+    RedisConnectionSettings,
     resolve_path,
 )
 from switchyard.server.config_yaml import load_yaml
@@ -86,7 +84,7 @@ class BreakerConfig(StrictModel):
     open_s: float = Field(default=1.0, gt=0, description="Seconds Redis is skipped once open.")
 
 
-class RedisStoreConfig(StrictModel):
+class RedisStoreConfig(RedisConnectionSettings):
     """Features from Redis: one HASH per entity."""
 
     renamed_keys: ClassVar[Mapping[str, str]] = {"timeout_ms": "timeout_s"}
@@ -96,14 +94,6 @@ class RedisStoreConfig(StrictModel):
         default=DEFAULT_REDIS_URL,
         pattern=r"^(redis|rediss|unix)://",
         description="The Redis server (redis://, rediss:// or unix://).",
-    )
-    password: SecretText | None = Field(
-        default=None,
-        description="Redis password (AUTH), over one in the URL: {from_env: NAME} or "
-        "{from_file: PATH} keeps it out of the file.",
-    )
-    tls: RedisTlsSettings | None = Field(
-        default=None, description="CA and client certificate of a rediss:// URL."
     )
     timeout_s: float = Field(
         default=0.05,
@@ -119,15 +109,6 @@ class RedisStoreConfig(StrictModel):
         default_factory=BreakerConfig, description="Skipping a Redis that keeps failing."
     )
     cache: CacheConfig | None = Field(default=None, description="In-process cache; unset: none.")
-
-    @model_validator(mode="after")
-    def _tls_needs_rediss(self) -> RedisStoreConfig:
-        check_redis_tls(self.url, self.tls)
-        return self
-
-    def connection(self) -> tuple[str, dict[str, Any]]:
-        """The URL and redis-py options (password, TLS) to connect with."""
-        return redis_connection(self.url, self.password, self.tls)
 
 
 class MemoryStoreConfig(StrictModel):
