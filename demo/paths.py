@@ -11,6 +11,8 @@ from collections.abc import Mapping
 from pathlib import Path
 
 DEMO_CONFIG_PATH = Path(__file__).resolve().parent / "config.yaml"
+# v1 against a worse v2 and a retrained v3, rolled out on quality (README, Feedback).
+QUALITY_CONFIG_PATH = DEMO_CONFIG_PATH.parent / "quality_rollout.yaml"
 DEMO_DIR_ENV = "SWITCHYARD_DEMO_DIR"
 
 

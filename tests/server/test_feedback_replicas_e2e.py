@@ -19,16 +19,13 @@ from typing import Any, TypeVar
 
 import pytest
 import redis
-import yaml
 
 from loadtests.gateway_process import Gateway, metric_sum, scrape_metrics, start_gateway
 from loadtests.redis_process import RedisServer
-from switchyard.demo.build_model import ensure_built
-from switchyard.demo.paths import DEMO_CONFIG_PATH, artifacts_dir
+from tests.server.quality_demo import quality_demo_config
 
 T = TypeVar("T")
 TOKEN = "feedback-replicas-admin-token-0123456789"
-QUALITY_CONFIG_PATH = DEMO_CONFIG_PATH.parent / "quality_rollout.yaml"
 SHORT_TTL_S = 2.0  # kept 2 x this: ttl_s, then as long again to answer "late"
 
 
@@ -41,14 +38,7 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServ
 
 
 def pair_config(redis_url: str, prefix: str, ttl_s: float) -> dict[str, Any]:
-    ensure_built()
-    config: dict[str, Any] = yaml.safe_load(QUALITY_CONFIG_PATH.read_text())
-    demo = artifacts_dir()
-    for version in config["models"][0]["versions"]:
-        version["path"] = str(demo / version["path"])
-    seeds = config["features"]["store"]["seed_files"]
-    for entity, file in seeds.items():
-        seeds[entity] = str(demo / file)
+    config = quality_demo_config()
     config["admin"] = {"token": TOKEN, "audit_log_path": "audit.jsonl"}
     config["routing"] = {"rollout_tick_s": 0.1}
     config["feedback"] = {"ttl_s": ttl_s, "ctr_k": 5}

@@ -17,30 +17,20 @@ from typing import Any
 
 import grpc
 import pytest
-import yaml
 
 from loadtests.gateway_process import Gateway, start_gateway
 from loadtests.replay_clicks import replay
-from switchyard.demo.build_model import ensure_built
-from switchyard.demo.paths import DEMO_CONFIG_PATH, artifacts_dir
 from switchyard.protos import recommend_pb2 as pb
 from switchyard.protos import recommend_pb2_grpc as pb_grpc
+from tests.server.quality_demo import quality_demo_config
 
 TOKEN = "quality-e2e-admin-token-0123456789"
-QUALITY_CONFIG_PATH = DEMO_CONFIG_PATH.parent / "quality_rollout.yaml"
 
 
 @pytest.fixture(scope="module")
 def quality_gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
-    ensure_built()
     workdir = tmp_path_factory.mktemp("quality")
-    config: dict[str, Any] = yaml.safe_load(QUALITY_CONFIG_PATH.read_text())
-    demo = artifacts_dir()
-    for version in config["models"][0]["versions"]:
-        version["path"] = str(demo / version["path"])
-    seeds = config["features"]["store"]["seed_files"]
-    for entity, file in seeds.items():
-        seeds[entity] = str(demo / file)
+    config = quality_demo_config()
     config["admin"] = {"token": TOKEN, "audit_log_path": str(workdir / "audit.jsonl")}
     config["routing"] = {"rollout_tick_s": 0.1}
     for endpoint in config["endpoints"]:
