@@ -48,6 +48,24 @@ MAX_REQUEST_ID_CHARS = 128
 DROP_REASONS = ("capacity", "ttl", "queue_full", "write_failed")
 
 
+def request_id_problem(request_id: str) -> str | None:
+    """Why `request_id` cannot be used, or None. It is echoed in the x-request-id header and
+    gRPC trailer and is the prediction log's key: a newline there broke the response (the
+    connection dropped), and a long one was kept but could never be joined."""
+    if len(request_id) > MAX_REQUEST_ID_CHARS:
+        return f"is {len(request_id)} characters, over the maximum of {MAX_REQUEST_ID_CHARS}"
+    if not (request_id.isascii() and request_id.isprintable()) or " " in request_id:
+        return "must be printable ASCII without spaces or control characters"
+    return None
+
+
+def check_request_id(request_id: str) -> None:
+    """InvalidArgument (400) for a request id that cannot be echoed nor joined."""
+    problem = request_id_problem(request_id)
+    if problem is not None:
+        raise InvalidArgument(f"'request_id' {client_text(repr(request_id))} {problem}")
+
+
 def new_request_id() -> str:
     """16 hex digits (64 random bits): short, and unguessable enough that nobody posts
     feedback for another caller's request by guessing."""
@@ -367,8 +385,7 @@ def check_feedback(feedback: FeedbackRequest) -> FeedbackRequest:
     """The checks REST and gRPC share; InvalidArgument (400) with what to fix."""
     if not feedback.request_id:
         raise InvalidArgument("'request_id' is required: the id the Recommend response carried")
-    if len(feedback.request_id) > MAX_REQUEST_ID_CHARS:
-        raise InvalidArgument(f"'request_id' is longer than {MAX_REQUEST_ID_CHARS} characters")
+    check_request_id(feedback.request_id)
     if (feedback.clicked_item_ids is None) == (feedback.labels is None):
         raise InvalidArgument("give exactly one of 'clicked_item_ids' or 'labels'")
     if feedback.labels is not None:

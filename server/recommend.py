@@ -19,7 +19,7 @@ from switchyard.runtimes.errors import InvalidArgument, NotFound, UnknownOutput
 from switchyard.server.config import RecommendSettings
 from switchyard.server.features.definitions import FeatureDefinitions, RowLayout
 from switchyard.server.features.store import FeatureStore
-from switchyard.server.feedback import FeedbackLog, new_request_id
+from switchyard.server.feedback import FeedbackLog, check_request_id, new_request_id
 from switchyard.server.inference import InferenceService, ModelVersionTarget
 from switchyard.server.routing import VARIANT_PARAMETER
 from switchyard.server.types import InferInput, InferRequest, ParameterValue
@@ -97,6 +97,8 @@ class Recommender:
             raise InvalidArgument("candidate_ids contains an empty id")
         if request.k < 0:
             raise InvalidArgument(f"k must be >= 0 (0 returns every candidate), got {request.k}")
+        if request.request_id:
+            check_request_id(request.request_id)
 
     def _layout(self, name: str) -> RowLayout:
         """The feature layout of the model or endpoint: its own, or its variants' one."""

@@ -156,6 +156,18 @@ def test_missing_user_and_items_get_defaults(
         ({"endpoint": "recs", "user_id": "u1", "candidate_ids": [1, 2]}, 400, "list of strings"),
         ({"endpoint": "recs", "user_id": "u1", "items": ["i1"]}, 400, "unknown fields ['items']"),
         ({"endpoint": "nope", "user_id": "u1", "candidate_ids": ["i1"]}, 404, "'nope'"),
+        # A request id is echoed in x-request-id and is the feedback join key: bounded,
+        # printable ASCII (was a 500 from the header, or a prediction never joinable).
+        (
+            {"endpoint": "recs", "user_id": "u1", "candidate_ids": ["i1"], "request_id": "a\r\nb"},
+            400,
+            "request_id",
+        ),
+        (
+            {"endpoint": "recs", "user_id": "u1", "candidate_ids": ["i1"], "request_id": "r" * 129},
+            400,
+            "128",
+        ),
     ],
 )
 def test_bad_requests_get_clear_errors(
@@ -171,6 +183,12 @@ def test_grpc_bad_request_is_invalid_argument(redis_gateway: tuple[Gateway, str]
         grpc_recommend(redis_gateway[0], endpoint="recs", user_id="u1", candidate_ids=[])
     assert error.value.code() is grpc.StatusCode.INVALID_ARGUMENT
     assert "empty" in (error.value.details() or "")
+    with pytest.raises(grpc.RpcError) as error:
+        grpc_recommend(
+            redis_gateway[0], endpoint="recs", user_id="u1", candidate_ids=["i1"], request_id="a\nb"
+        )
+    assert error.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+    assert "request_id" in (error.value.details() or "")
 
 
 def test_redis_down_fails_fast_or_degrades_then_recovers(
