@@ -24,7 +24,7 @@ from switchyard.runtimes.errors import AuthThrottled, InvalidArgument
 from switchyard.runtimes.tensor_codec import decode_raw, encode_raw
 from switchyard.server.caller import Caller
 from switchyard.server.error_status import grpc_status
-from switchyard.server.feedback import REQUEST_ID_HEADER, new_request_id
+from switchyard.server.feedback import REQUEST_ID_HEADER, new_request_id, request_id_problem
 from switchyard.server.grpc_admission import AdmissionGate
 from switchyard.server.grpc_decoding import CleanDecoding
 from switchyard.server.grpc_pending import (
@@ -320,7 +320,9 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
                 infer_request.deadline_s = time.monotonic() + remaining_s
             response = await self._inference.infer(infer_request)
             labels.version = response.model_version
-            trailing = [(REQUEST_ID_HEADER, infer_request.id)]
+            trailing: list[tuple[str, str]] = []
+            if request_id_problem(infer_request.id) is None:  # OIP's id is any string
+                trailing.append((REQUEST_ID_HEADER, infer_request.id))
             variant = response.parameters.get(VARIANT_PARAMETER)
             if variant is not None:
                 trailing.append((VARIANT_HEADER, str(variant)))

@@ -31,6 +31,7 @@ from switchyard.server.feedback import (
     FeedbackLog,
     new_request_id,
     parse_feedback_json,
+    request_id_problem,
 )
 from switchyard.server.feedback import REST_PATH as FEEDBACK_PATH
 from switchyard.server.inference import InferenceService
@@ -206,7 +207,8 @@ class RestApp:
             response = await self._inference.infer(request)
             labels.version = response.model_version
             encoded = encode_infer_response(response, binary_outputs)
-            encoded.headers.append((REQUEST_ID_BYTES, request.id.encode()))
+            if request_id_problem(request.id) is None:  # OIP's id is any string
+                encoded.headers.append((REQUEST_ID_BYTES, request.id.encode()))
             variant = response.parameters.get(VARIANT_PARAMETER)
             if variant is not None:
                 encoded.headers.append((VARIANT_HEADER.encode(), str(variant).encode()))

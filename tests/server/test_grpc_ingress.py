@@ -303,3 +303,17 @@ def test_undecodable_protobufs_are_invalid_argument_without_a_traceback(
     new_log = gateway.log()[log_start:]
     assert "Traceback" not in new_log and "Unexpected" not in new_log, new_log
     assert client.is_server_ready()
+
+
+@pytest.mark.parametrize("request_id", ["a\nb", "r" * 20000])
+def test_an_unechoable_request_id_is_answered_without_the_trailer(
+    stub: service_pb2_grpc.GRPCInferenceServiceStub, features: np.ndarray, request_id: str
+) -> None:
+    # A newline is no metadata value, and 20,000 characters overflow the client's 8 KiB of
+    # metadata: the id comes back in the response, not in the x-request-id trailer.
+    request = service_pb2.ModelInferRequest(model_name="ranker", id=request_id)
+    request.inputs.add(name="features", datatype="FP32", shape=list(features.shape))
+    request.raw_input_contents.append(features.astype(np.float32).tobytes())
+    response, call = stub.ModelInfer.with_call(request, timeout=30)
+    assert response.id == request_id
+    assert "x-request-id" not in dict(call.trailing_metadata() or ())

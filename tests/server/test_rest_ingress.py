@@ -361,3 +361,22 @@ def test_gzip_bodies_cut_short_or_large_are_handled(gateway: Gateway, features: 
     bomb = gzip.compress(b" " * (64 * TEST_MAX_REQUEST_SIZE_BYTES))
     status, _, response = post(gateway, path, bomb, {"Content-Encoding": "gzip"})
     assert_error(status, response, 413, "decompressed")
+
+
+@pytest.mark.parametrize("request_id", ["a\r\nx-injected: 1", "r" * 5000, "bad id"])
+def test_an_unechoable_request_id_is_answered_without_the_header(
+    gateway: Gateway, features: np.ndarray, request_id: str
+) -> None:
+    # OIP's id is any string and comes back in the body; x-request-id only carries ids a
+    # header can (a newline there dropped the connection).
+    body = json_request(features.reshape(-1).tolist(), list(features.shape), id=request_id)
+    status, headers, answer = post(gateway, "/v2/models/ranker/infer", body)
+    assert status == 200, answer
+    assert json.loads(answer)["id"] == request_id
+    assert "x-request-id" not in headers and "x-injected" not in headers
+    status, headers, _ = post(
+        gateway,
+        "/v2/models/ranker/infer",
+        json_request(features.reshape(-1).tolist(), list(features.shape), id="fine-id"),
+    )
+    assert status == 200 and headers["x-request-id"] == "fine-id"
