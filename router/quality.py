@@ -27,8 +27,8 @@ MICRO = 1_000_000
 
 
 def score_bin(score: float) -> int:
-    if not math.isfinite(score):
-        return 0
+    if not math.isfinite(score):  # int() cannot take them; NaN ranks lowest
+        return SCORE_BINS - 1 if score > 0 else 0
     return min(SCORE_BINS - 1, max(0, int(score * SCORE_BINS)))
 
 

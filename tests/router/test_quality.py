@@ -16,6 +16,7 @@ from switchyard.router.quality import (
     QualityCounts,
     ctr_drop_z,
     hanley_mcneil_se,
+    score_bin,
 )
 from switchyard.router.rollout_checks import Outcome, judge
 from switchyard.router.rollout_plan import RolloutPlan
@@ -121,3 +122,13 @@ def test_bad_quality_settings_are_refused() -> None:
         quality_plan(significance=0.7)
     with pytest.raises(Exception, match="max_auc_drop"):
         quality_plan(max_auc_drop=-0.1)
+
+
+def test_infinite_scores_clip_to_the_end_bins_and_nan_counts_as_lowest() -> None:
+    # +inf is the highest score: it was binned as the lowest, ranking a clicked +inf item
+    # below every unclicked one.
+    assert score_bin(math.inf) == SCORE_BINS - 1
+    assert score_bin(-math.inf) == 0 and score_bin(math.nan) == 0
+    counts = QualityCounts()
+    counts.add_request([(math.inf, 1), (0.5, 0)], k=2)
+    assert counts.auc == 1.0
