@@ -45,6 +45,8 @@ REST_PATH = "/v1/feedback"
 REQUEST_ID_HEADER = "x-request-id"
 RESULTS = ("joined", "unknown_request", "late", "duplicate", "invalid", "store_unavailable")
 MAX_REQUEST_ID_CHARS = 128
+# Items one feedback names, at most: far above any response's (recommend.max_candidates).
+MAX_FEEDBACK_ITEMS = 10_000
 DROP_REASONS = ("capacity", "ttl", "queue_full", "write_failed")
 
 
@@ -388,6 +390,12 @@ def check_feedback(feedback: FeedbackRequest) -> FeedbackRequest:
     check_request_id(feedback.request_id)
     if (feedback.clicked_item_ids is None) == (feedback.labels is None):
         raise InvalidArgument("give exactly one of 'clicked_item_ids' or 'labels'")
+    named = feedback.labels if feedback.labels is not None else feedback.clicked_item_ids
+    if named is not None and len(named) > MAX_FEEDBACK_ITEMS:
+        raise InvalidArgument(
+            f"{len(named)} items is over the maximum of {MAX_FEEDBACK_ITEMS} per feedback; "
+            "name the items the response showed"
+        )
     if feedback.labels is not None:
         bad = [
             item

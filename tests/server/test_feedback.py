@@ -136,6 +136,14 @@ def test_the_log_is_bounded_oldest_dropped_and_counted() -> None:
         (b'{"request_id": "x", "clicked": []}', "unknown fields"),
         (b'{"request_id": "x", "clicked_item_ids": [], "timestamp": "now"}', "timestamp"),
         (b"[1]", "object"),
+        # Bounded: no response shows this many, and each costs a look-up in the join.
+        (b'{"request_id": "x", "clicked_item_ids": [%s]}' % b",".join([b'"i"'] * 10_001), "10000"),
+        (
+            b'{"request_id": "x", "labels": {%s}}'
+            % b",".join(b'"i%d": 0' % n for n in range(10_001)),
+            "10000",
+        ),
+        (b'{"request_id": "a\\nb", "clicked_item_ids": []}', "control characters"),
     ],
 )
 def test_bad_bodies_are_refused_with_what_to_fix(body: bytes, message: str) -> None:
