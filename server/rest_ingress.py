@@ -261,7 +261,7 @@ class RestApp:
     async def _post_feedback(self, scope: Scope, receive: Receive) -> Response:
         body = await self._read_body(dict(scope["headers"]), receive)
         try:
-            feedback = parse_feedback_json(body)
+            feedback = await _parse_off_loop_if_large(len(body), parse_feedback_json, body)
         except InvalidArgument:
             if self._feedback is not None:
                 self._feedback.count_invalid()
