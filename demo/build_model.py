@@ -260,6 +260,13 @@ def write_feature_table(
     tmp_path.replace(path)
 
 
+def save_onnx(model: onnx.ModelProto, path: Path) -> None:
+    # Written to a temporary name first so a concurrent reader never sees half a file.
+    tmp_path = path.with_suffix(".tmp")
+    onnx.save(model, tmp_path)
+    tmp_path.replace(path)
+
+
 def build(out_dir: Path | None = None, seed: int = 7) -> Path:
     """Generate, train and export into out_dir (default: artifacts_dir()); returns the path of
     the ONNX model."""
@@ -281,10 +288,7 @@ def build(out_dir: Path | None = None, seed: int = 7) -> Path:
     params, mean, std = train(rng, x[:n_train], y[:n_train])
     held_out_logits, _ = forward(params, (x[n_train:] - mean) / std)
     model_path = out_dir / MODEL_FILE_NAME
-    # Write to a temporary name first so a concurrent reader never sees half a file.
-    tmp_path = model_path.with_suffix(".tmp")
-    onnx.save(to_onnx(params, mean, std), tmp_path)
-    tmp_path.replace(model_path)
+    save_onnx(to_onnx(params, mean, std), model_path)
     write_profile(model_path, x[:n_train])
     log.info(
         "demo ranker written to %s (held-out AUC %.3f, click rate %.2f)",
@@ -303,9 +307,7 @@ def build(out_dir: Path | None = None, seed: int = 7) -> Path:
         )
         logits, _ = forward(variant_params, (x[n_train:] - variant_mean) / variant_std)
         path = out_dir / file_name
-        tmp_path = path.with_suffix(".tmp")
-        onnx.save(to_onnx(variant_params, variant_mean, variant_std), tmp_path)
-        tmp_path.replace(path)
+        save_onnx(to_onnx(variant_params, variant_mean, variant_std), path)
         log.info("%s written (held-out AUC %.3f)", path, auc(logits, y[n_train:]))
     return model_path
 
