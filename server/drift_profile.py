@@ -179,7 +179,7 @@ def _column(raw: Any, where: str) -> ColumnProfile:
         raise ProfileError(f"{where}: needs name, tensor, column, edges, counts ({exc})") from None
     if edges.ndim != 1 or counts.shape != (len(edges) + 1,):
         raise ProfileError(f"{where} ({column.name}): counts must be one longer than edges")
-    if np.any(np.diff(edges) <= 0) or np.any(counts < 0) or column.column < 0:
+    if not np.all(np.diff(edges) > 0) or np.any(counts < 0) or column.column < 0:
         raise ProfileError(f"{where} ({column.name}): edges must ascend, counts be >= 0")
     return column
 

@@ -112,6 +112,12 @@ def test_profile_round_trip_and_bad_files(tmp_path: Path) -> None:
     path.write_text(json.dumps(raw))
     with pytest.raises(ProfileError, match=r"inputs\[0\] \(x\[0\]\): counts must be one longer"):
         load_profile(path)
+    # NaN compares false, so an edge of NaN passed the ascending check and binned garbage.
+    raw = profile.to_dict()
+    raw["inputs"][0]["edges"][3] = math.nan
+    path.write_text(json.dumps(raw))
+    with pytest.raises(ProfileError, match="edges must ascend"):
+        load_profile(path)
 
 
 class _Model:
