@@ -105,7 +105,9 @@ def gateway_config(model_path: Path, workdir: Path, triton_url: str) -> dict[str
             },
         ],
         "routing": {"rollout_tick_s": 0.1, "config_reload_s": 0.2, "config_settle_s": 0.2},
-        "admin": {"token": ADMIN_TOKEN},
+        # Wrong tokens are sent on purpose (the auth alert's data): never throttle the
+        # test's own admin calls from the same address.
+        "admin": {"token": ADMIN_TOKEN, "auth_failure_burst": 10_000},
         "endpoints": [
             {
                 "name": "recs",
@@ -169,6 +171,12 @@ def grpc_infer(gateway: Gateway, model: str) -> None:
         client.close()
 
 
+def wrong_token_calls(gateway: Gateway, count: int) -> None:
+    for _ in range(count):
+        status, _ = post(gateway, "/admin/v1/endpoints/recs/rollout/start", {}, "not-the-token")
+        assert status == 401
+
+
 def rollout_state(gateway: Gateway, endpoint: str) -> str:
     connection = http.client.HTTPConnection("127.0.0.1", gateway.http_port, timeout=30)
     connection.request(
@@ -221,9 +229,12 @@ def put_load_and_faults(
     # A counter's label child is born on its first use, at that value: rate() sees the
     # increments after a scrape of it, so one round makes every series and the next counts.
     traffic_round(gateway, range(5))
+    wrong_token_calls(gateway, 5)
     prometheus.wait_for('switchyard_shed_requests_total{reason="queue_full"}')
+    prometheus.wait_for('switchyard_auth_denied_total{reason="invalid"}')
     prometheus.wait_for("switchyard_features_degraded_responses_total > 0")
     traffic_round(gateway, range(5, 25))
+    wrong_token_calls(gateway, 50)
     status, body = post(
         gateway, "/admin/v1/endpoints/rollout_failing/rollout/start", {}, ADMIN_TOKEN
     )
