@@ -216,8 +216,9 @@ class FeedbackStatsExport:
             setattr(exported, item.name, getattr(stats, item.name))
 
 
-# (endpoint, variant, quality of one joined request): the control plane's record_quality.
-QualitySink = Callable[[str, str, QualityCounts], None]
+# (endpoint, variant, version, quality of one joined request): the control plane's
+# record_quality.
+QualitySink = Callable[[str, str, str, QualityCounts], None]
 
 
 class FeedbackLog:
@@ -327,7 +328,7 @@ class FeedbackLog:
         total.merge(one)
         self._export(key, total)
         if self._sink is not None and prediction.variant:
-            self._sink(prediction.endpoint, prediction.variant, one)
+            self._sink(prediction.endpoint, prediction.variant, prediction.version, one)
         return self._count(FeedbackResult(True, "joined", len(scored), ignored))
 
     def count_invalid(self) -> None:

@@ -175,11 +175,19 @@ class ControlPlane:
             histogram = self._pending[key] = LatencyHistogram()
         histogram.record(latency_s, ok)
 
-    def record_quality(self, endpoint: str, variant: str, quality: QualityCounts) -> None:
-        """Joined feedback of a request an endpoint's variant served; counted for the step
-        running when the feedback arrives (a step outlasts the clicks of its requests)."""
+    def record_quality(
+        self, endpoint: str, variant: str, version: str, quality: QualityCounts
+    ) -> None:
+        """Joined feedback of a request an endpoint's variant served with `version`; counted
+        for the step running when the feedback arrives (a step outlasts the clicks of its
+        requests), unless the variant now names another version: late feedback of an earlier
+        rollout's canary must not judge a new one of the same name."""
         key = self._rollout_key(endpoint, variant)
         if key is None:
+            return
+        spec = self._base.endpoints.get(endpoint)
+        target = spec.variants.get(variant) if spec is not None else None
+        if target is not None and target.version is not None and target.version != version:
             return
         pending = self._pending_quality.get(key)
         if pending is None:

@@ -10,6 +10,7 @@ from prometheus_client import CollectorRegistry
 
 from loadtests.redis_process import RedisServer
 from switchyard.router.endpoint import EndpointSpec, VariantTarget
+from switchyard.router.quality import QualityCounts
 from switchyard.router.rollout_plan import RolloutPlan
 from switchyard.router.router import Router
 from switchyard.router.table import RoutingTable
@@ -134,3 +135,28 @@ def test_rollout_counts_made_while_the_store_is_down_reach_it_when_it_returns(
         asyncio.run(scenario())
     finally:
         redis_server.stop()
+
+
+def test_feedback_of_another_version_never_judges_the_running_rollout(redis_prefix: str) -> None:
+    """Late feedback for a request an earlier rollout's canary (another version under the
+    same variant name) served must not count for the rollout running now."""
+
+    async def scenario() -> None:
+        plane = replica(SHARED_REDIS_URL, redis_prefix, "a")
+        await plane.start()
+        try:
+            await plane.rollout_action("recs", "start", Actor("alice"))
+            one = QualityCounts()
+            one.add_request([(0.9, 1), (0.1, 0)], k=2)
+            plane.record_quality("recs", "canary", "2", one)  # the canary's version: counted
+            plane.record_quality("recs", "canary", "7", one)  # an earlier canary's: not
+            plane.record_quality("recs", "stable", "1", one)
+            pending = plane._pending_quality
+            assert sorted((role, counts.requests) for (_, _, role), counts in pending.items()) == [
+                ("canary", 1),
+                ("stable", 1),
+            ]
+        finally:
+            await plane.close()
+
+    asyncio.run(scenario())

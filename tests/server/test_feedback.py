@@ -33,13 +33,15 @@ class Clock:
 
 def make_log(
     **settings: float,
-) -> tuple[FeedbackLog, Clock, CollectorRegistry, list[tuple[str, str, QualityCounts]]]:
+) -> tuple[FeedbackLog, Clock, CollectorRegistry, list[tuple[str, str, str, QualityCounts]]]:
     registry, clock = CollectorRegistry(), Clock()
-    sunk: list[tuple[str, str, QualityCounts]] = []
+    sunk: list[tuple[str, str, str, QualityCounts]] = []
     log = FeedbackLog(
         FeedbackSettings(**settings),  # type: ignore[arg-type]
         FeedbackMetrics(registry),
-        lambda endpoint, variant, quality: sunk.append((endpoint, variant, quality)),
+        lambda endpoint, variant, version, quality: sunk.append(
+            (endpoint, variant, version, quality)
+        ),
         clock,
     )
     registry.register(FeedbackStatsCollector(log.stats))
@@ -80,7 +82,7 @@ def test_clicks_join_into_exact_ctr_and_auc_and_metrics() -> None:
     assert registry.get_sample_value("switchyard_quality_auc", labels) == quality.auc
     assert registry.get_sample_value("switchyard_quality_ctr_at_k", labels) == 0.5
     assert registry.get_sample_value("switchyard_quality_samples", labels) == 2
-    assert [(e, v) for e, v, _ in sunk] == [("recs", "stable"), ("recs", "stable")]
+    assert [(e, v, n) for e, v, n, _ in sunk] == [("recs", "stable", "1"), ("recs", "stable", "1")]
     assert result_count(registry, "joined") == 2
 
 
