@@ -26,7 +26,7 @@ from switchyard.router.config import table_to_config
 from switchyard.runtimes.client_text import client_text
 from switchyard.runtimes.errors import InvalidArgument, NotFound
 from switchyard.server.access import AccessControl, required_role
-from switchyard.server.caller import MAX_REASON_CHARS, Actor, Caller
+from switchyard.server.caller import Actor, Caller, clean_reason
 from switchyard.server.control.plane import ControlPlane
 from switchyard.server.error_status import require_method
 from switchyard.server.json_body import parse_object
@@ -108,7 +108,7 @@ def _with_body_reason(actor: Actor, document: dict[str, Any]) -> Actor:
         return actor
     if not isinstance(reason, str):
         raise InvalidArgument('"reason" must be a string: why the change is made, for the audit')
-    return replace(actor, reason=reason[:MAX_REASON_CHARS])
+    return replace(actor, reason=clean_reason(reason))
 
 
 def _limit(query: dict[str, list[str]]) -> int:

@@ -47,7 +47,13 @@ class Caller:
         )
 
     def reason(self) -> str:
-        return self.headers.get(REASON_HEADER, "")[:MAX_REASON_CHARS]
+        return clean_reason(self.headers.get(REASON_HEADER, ""))
+
+
+def clean_reason(text: str) -> str:
+    """A caller's reason as the audit trail and the log keep it: bounded, and with control
+    characters (a newline would forge a log line) as spaces."""
+    return "".join(" " if not c.isprintable() else c for c in text[:MAX_REASON_CHARS])
 
 
 @dataclass(frozen=True, slots=True)

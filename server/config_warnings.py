@@ -37,14 +37,12 @@ def config_warnings(config: SwitchyardConfig, raw: Any) -> list[str]:
     before the environment's overrides: what the environment sets is not in the file)."""
     warnings: list[str] = []
     server = config.server
-    # server.tls and admin.tokens_file come with the TLS and access changes; read them
-    # leniently so that this check works with or without them.
-    tls = getattr(server, "tls", None)
-    admin_on = config.admin.token is not None or getattr(config.admin, "tokens_file", None)
-    if admin_on and tls is None and not is_loopback(server.host):
+    admin_on = config.admin.token is not None or config.admin.tokens_file is not None
+    if admin_on and server.tls is None and not is_loopback(server.host):
         warnings.append(
-            f"the admin API on {server.host}:{server.http_port} without TLS: tokens travel in "
-            "clear; set server.tls or bind to 127.0.0.1"
+            f"the admin API on {server.host}:{server.http_port} (and model load/unload on "
+            f"gRPC {server.grpc_port}) without TLS: tokens travel in clear; set server.tls "
+            "or bind to 127.0.0.1"
         )
     for key in inline_secrets(raw):
         warnings.append(

@@ -15,8 +15,8 @@ TOKEN = "inline-admin-token-3c9e1f"
 MODEL = {"name": "m", "versions": [{"version": "1", "path": "m.onnx"}]}
 LOCAL = {"admin": {"token": {"from_env": "T"}}}
 ADMIN_IN_CLEAR = (
-    "the admin API on 0.0.0.0:8000 without TLS: tokens travel in clear; set server.tls or "
-    "bind to 127.0.0.1"
+    "the admin API on 0.0.0.0:8000 (and model load/unload on gRPC 8001) without TLS: tokens "
+    "travel in clear; set server.tls or bind to 127.0.0.1"
 )
 TOKEN_INLINE = "admin.token is written in the file: read it with {from_env: NAME} or " + (
     "{from_file: PATH} instead"

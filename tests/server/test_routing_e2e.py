@@ -540,14 +540,19 @@ def test_admin_reasons_are_audited_and_the_gateways_file_verifies(routed: Gatewa
     status, _, body = request(routed, "PUT", path, {"weights": {"only": 3}}, headers)
     assert status == 200, body
     status, _, body = request(
-        routed, "PUT", path, {"weights": {"only": 4}, "reason": "the body's wins"}, headers
+        routed,
+        "PUT",
+        path,
+        {"weights": {"only": 4}, "reason": "the body's wins\n2026 INFO forged line"},
+        headers,
     )
     assert status == 200, body
     status, _, body = request(routed, "PUT", path, {"weights": {"only": 5}, "reason": 7}, headers)
     assert status == 400 and '"reason" must be a string' in body["error"], body
     _, _, trail = admin(routed, "GET", "/audit")
     mine = [e for e in trail["entries"] if e["identity"] == "admin (for carol)"]
-    assert [e["reason"] for e in mine] == ["ticket 42", "the body's wins"]
+    # A newline would forge a line of the gateway's text log: kept as a space.
+    assert [e["reason"] for e in mine] == ["ticket 42", "the body's wins 2026 INFO forged line"]
     assert all(e["peer"].startswith("127.0.0.1:") and e["role"] == "admin" for e in mine)
     assert mine[1]["seq"] == mine[0]["seq"] + 1 and mine[1]["prev"] == mine[0]["hash"]
     audit_file = str(workdir_of(routed) / "audit.jsonl")
