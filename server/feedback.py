@@ -38,7 +38,7 @@ from switchyard.server.predictions import (
     PredictionStats,
     PredictionStore,
     PredictionStoreUnavailable,
-    Shown,
+    ScoredItem,
 )
 
 REST_PATH = "/v1/feedback"
@@ -260,7 +260,7 @@ class FeedbackLog:
         endpoint: str,
         variant: str,
         version: str,
-        items: Sequence[Shown],
+        items: Sequence[ScoredItem],
         k: int = 0,
     ) -> None:
         """Keep one Recommend response for joining: O(1), no I/O (on the request path).

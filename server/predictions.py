@@ -44,17 +44,10 @@ FLUSH_INTERVAL_S = 0.01
 EXPIRE_PER_PUT = 8
 
 
-class Shown(Protocol):
-    """One item of a Recommend response (server/recommend.ScoredItem)."""
-
-    @property
-    def item_id(self) -> str: ...
-    @property
-    def score(self) -> float: ...
-
-
 @dataclass(frozen=True, slots=True)
-class ShownItem:
+class ScoredItem:
+    """One item of a Recommend response, as it was shown and as a prediction keeps it."""
+
     item_id: str
     score: float
 
@@ -65,7 +58,7 @@ class Prediction:
     variant: str
     version: str
     # The response's own item list, best first: kept as it is, not copied (request path).
-    items: Sequence[Shown]
+    items: Sequence[ScoredItem]
     k: int  # the k the caller asked for (0: every candidate)
     time_s: float
     joined: bool = False  # memory store only; Redis marks it in its own key
@@ -105,7 +98,7 @@ def decode_prediction(raw: bytes | str) -> Prediction:
         endpoint, variant, version, k, time_s, ids, scores = json.loads(raw)
         if not isinstance(ids, list) or not isinstance(scores, list) or len(ids) != len(scores):
             raise ValueError("item ids and scores differ in length")
-        items = [ShownItem(str(i), float(s)) for i, s in zip(ids, scores, strict=True)]
+        items = [ScoredItem(str(i), float(s)) for i, s in zip(ids, scores, strict=True)]
         time_s = float(time_s)
         if not math.isfinite(time_s):
             raise ValueError("time is not finite")

@@ -21,6 +21,7 @@ from switchyard.server.features.definitions import FeatureDefinitions, RowLayout
 from switchyard.server.features.store import FeatureStore
 from switchyard.server.feedback import FeedbackLog, check_request_id, new_request_id
 from switchyard.server.inference import InferenceService, ModelVersionTarget
+from switchyard.server.predictions import ScoredItem
 from switchyard.server.routing import VARIANT_PARAMETER
 from switchyard.server.types import InferInput, InferRequest, ParameterValue
 
@@ -43,12 +44,6 @@ class RecommendRequest:
     request_id: str = ""
     headers: Mapping[str, str] = field(default_factory=dict)
     deadline_s: float | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class ScoredItem:
-    item_id: str
-    score: float
 
 
 @dataclass(slots=True)

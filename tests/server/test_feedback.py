@@ -20,7 +20,7 @@ from switchyard.server.feedback import (
     new_request_id,
     parse_feedback_json,
 )
-from switchyard.server.predictions import PredictionStats, ShownItem
+from switchyard.server.predictions import PredictionStats, ScoredItem
 
 
 class Clock:
@@ -58,7 +58,7 @@ def result_count(registry: CollectorRegistry, result: str) -> float:
 
 
 ITEMS = [
-    ShownItem(item, score)
+    ScoredItem(item, score)
     for item, score in zip(["a", "b", "c", "d"], [0.9, 0.7, 0.4, 0.2], strict=True)
 ]
 

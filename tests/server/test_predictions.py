@@ -17,13 +17,13 @@ from switchyard.server.predictions import (
     Prediction,
     PredictionStoreUnavailable,
     RedisPredictionStore,
-    ShownItem,
+    ScoredItem,
     create_prediction_store,
     decode_prediction,
     encode_prediction,
 )
 
-ITEMS = [ShownItem("a", 0.9), ShownItem("b", 0.30000001192092896), ShownItem("c", -1e-7)]
+ITEMS = [ScoredItem("a", 0.9), ScoredItem("b", 0.30000001192092896), ScoredItem("c", -1e-7)]
 
 
 def prediction(time_s: float = 1000.5) -> Prediction:
@@ -45,7 +45,7 @@ def test_encoding_takes_numpy_float32_scores() -> None:
     np = pytest.importorskip("numpy")
     score = np.float32(0.7)
     back = decode_prediction(
-        encode_prediction(Prediction("e", "", "1", [ShownItem("x", score)], 0, 1.0))
+        encode_prediction(Prediction("e", "", "1", [ScoredItem("x", score)], 0, 1.0))
     )
     assert back.items[0].score == float(score)
 
