@@ -8,8 +8,6 @@ answers and feedback is refused 503 (retry later), counted.
 
 from __future__ import annotations
 
-import http.client
-import json
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -22,10 +20,10 @@ import redis
 
 from loadtests.gateway_process import Gateway, metric_sum, scrape_metrics, start_gateway
 from loadtests.redis_process import RedisServer
+from tests.server.quality_demo import call as admin_call
 from tests.server.quality_demo import quality_demo_config
 
 T = TypeVar("T")
-TOKEN = "feedback-replicas-admin-token-0123456789"
 SHORT_TTL_S = 2.0  # kept 2 x this: ttl_s, then as long again to answer "late"
 
 
@@ -39,7 +37,7 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServ
 
 def pair_config(redis_url: str, prefix: str, ttl_s: float) -> dict[str, Any]:
     config = quality_demo_config()
-    config["admin"] = {"token": TOKEN, "audit_log_path": "audit.jsonl"}
+    config["admin"]["audit_log_path"] = "audit.jsonl"
     config["routing"] = {"rollout_tick_s": 0.1}
     config["feedback"] = {"ttl_s": ttl_s, "ctr_k": 5}
     config["control"] = {
@@ -100,14 +98,8 @@ def short_ttl(
 
 
 def call(gateway: Gateway, method: str, path: str, body: Any = None) -> tuple[int, Any]:
-    connection = http.client.HTTPConnection("127.0.0.1", gateway.http_port, timeout=30)
-    headers = {"Authorization": f"Bearer {TOKEN}", "X-Switchyard-Actor": "alice"}
-    connection.request(
-        method, path, body=None if body is None else json.dumps(body), headers=headers
-    )
-    response = connection.getresponse()
-    raw = response.read()
-    return response.status, json.loads(raw) if raw else {}
+    status, _, answer = admin_call(gateway, method, path, body)
+    return status, answer
 
 
 def recommend(gateway: Gateway, user: str, endpoint: str = "recs") -> dict[str, Any]:

@@ -22,16 +22,14 @@ from loadtests.gateway_process import Gateway, start_gateway
 from loadtests.replay_clicks import replay
 from switchyard.protos import recommend_pb2 as pb
 from switchyard.protos import recommend_pb2_grpc as pb_grpc
-from tests.server.quality_demo import quality_demo_config
-
-TOKEN = "quality-e2e-admin-token-0123456789"
+from tests.server.quality_demo import call, quality_demo_config
 
 
 @pytest.fixture(scope="module")
 def quality_gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
     workdir = tmp_path_factory.mktemp("quality")
     config = quality_demo_config()
-    config["admin"] = {"token": TOKEN, "audit_log_path": str(workdir / "audit.jsonl")}
+    config["admin"]["audit_log_path"] = str(workdir / "audit.jsonl")
     config["routing"] = {"rollout_tick_s": 0.1}
     for endpoint in config["endpoints"]:
         # Short steps, small samples: the same checks, judged in seconds.
@@ -43,19 +41,6 @@ def quality_gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gatewa
     AUDIT_PATHS[gateway.http_port] = workdir / "audit.jsonl"
     yield gateway
     gateway.stop()
-
-
-def call(
-    gateway: Gateway, method: str, path: str, body: Any = None
-) -> tuple[int, dict[str, str], dict[str, Any]]:
-    connection = http.client.HTTPConnection("127.0.0.1", gateway.http_port, timeout=30)
-    headers = {"Authorization": f"Bearer {TOKEN}", "X-Switchyard-Actor": "alice"}
-    connection.request(
-        method, path, body=None if body is None else json.dumps(body), headers=headers
-    )
-    response = connection.getresponse()
-    raw = response.read()
-    return response.status, dict(response.getheaders()), json.loads(raw) if raw else {}
 
 
 def roll_out(gateway: Gateway, endpoint: str, timeout_s: float = 120) -> dict[str, Any]:
