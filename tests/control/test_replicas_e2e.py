@@ -31,6 +31,7 @@ import pytest
 from loadtests.gateway_process import Gateway, metric_sum, scrape_metrics, start_gateway
 from loadtests.redis_process import RedisServer
 from switchyard.demo.build_model import build
+from tests.polling import wait_for
 from tests.server.test_routing_e2e import (
     ADMIN_TOKEN,
     admin,
@@ -185,20 +186,6 @@ def replicas(
 
 
 # Helpers ---------------------------------------------------------------------------------
-
-
-def wait_for(
-    what: str, check: Callable[[], T | None], timeout_s: float, pause_s: float = 0.02
-) -> T:
-    """Poll `check` until it returns something other than None; fail after `timeout_s`."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        result = check()
-        if result is not None:
-            return result
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what}: not within {timeout_s} s")
-        time.sleep(pause_s)
 
 
 def wait_until(

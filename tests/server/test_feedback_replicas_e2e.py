@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
@@ -20,6 +20,7 @@ import redis
 
 from loadtests.gateway_process import Gateway, metric_sum, scrape_metrics, start_gateway
 from loadtests.redis_process import RedisServer
+from tests.polling import wait_for
 from tests.server.quality_demo import call as admin_call
 from tests.server.quality_demo import quality_demo_config
 
@@ -114,17 +115,6 @@ def feedback(gateway: Gateway, answer: dict[str, Any]) -> tuple[int, dict[str, A
     clicked = [answer["items"][0]["item_id"]]
     body = {"request_id": answer["request_id"], "clicked_item_ids": clicked}
     return call(gateway, "POST", "/v1/feedback", body)
-
-
-def wait_for(what: str, check: Callable[[], T | None], timeout_s: float = 10.0) -> T:
-    deadline = time.monotonic() + timeout_s
-    while True:
-        result = check()
-        if result is not None:
-            return result
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what}: not within {timeout_s} s")
-        time.sleep(0.02)
 
 
 def stored(client: redis.Redis, prefix: str, request_id: str) -> bool | None:
