@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import math
 import time
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -17,6 +16,7 @@ import onnxruntime as ort
 from switchyard.runtimes.base import ModelSignature, Runtime, TensorSpec
 from switchyard.runtimes.datatypes import OIP_TO_NUMPY
 from switchyard.runtimes.errors import ModelLoadError
+from switchyard.runtimes.run_placement import RunPlacement
 
 log = logging.getLogger(__name__)
 
@@ -57,9 +57,9 @@ class OrtOptions:
     # Sessions run concurrently from this many threads; ONNX Runtime releases the GIL.
     max_concurrent_runs: int = 1
     warmup: bool = True
-    # Runs that take less than this (a moving average) run on the event loop itself: for a
-    # model of microseconds, handing it to a thread costs more than the run. 0: always a
-    # thread.
+    # Runs that take less than this run on the event loop itself (runtimes/run_placement.py):
+    # for a model of microseconds, handing it to a thread costs more than the run. 0: always
+    # a thread.
     inline_below_s: float = DEFAULT_INLINE_BELOW_S
 
 
@@ -94,13 +94,9 @@ def _warmup_inputs(specs: Sequence[TensorSpec]) -> dict[str, np.ndarray]:
     return feeds
 
 
-# Weight of the newest run in the moving average that decides where runs go.
-_RUN_TIME_SMOOTHING = 0.1
-
-
 class OnnxRuntimeModel(Runtime):
     """One ONNX model in one InferenceSession, run from a small thread pool, or on the event
-    loop while its runs are faster than a thread hop (`inline_below_s`)."""
+    loop while its runs are faster than a thread hop (`inline_below_s`, see run_placement)."""
 
     def __init__(self, model_path: Path, options: OrtOptions, model_label: str) -> None:
         self._path = model_path
@@ -111,8 +107,7 @@ class OnnxRuntimeModel(Runtime):
         self._executor = ThreadPoolExecutor(
             max_workers=options.max_concurrent_runs, thread_name_prefix=f"ort-{model_label}"
         )
-        self._run_s = math.inf  # moving average; unknown until runs are timed
-        self._inline = False
+        self._placement = RunPlacement(options.inline_below_s)
 
     def load(self) -> ModelSignature:
         if not self._path.is_file():
@@ -195,27 +190,16 @@ class OnnxRuntimeModel(Runtime):
         output_names: Sequence[str],
         deadline_s: float | None = None,  # a started session.run cannot be interrupted
     ) -> dict[str, np.ndarray]:
-        if self._inline:
+        inline = self._placement.inline
+        if inline:
             results, run_s = self._timed_run(inputs, output_names)
         else:
             loop = asyncio.get_running_loop()
             results, run_s = await loop.run_in_executor(
                 self._executor, self._timed_run, inputs, output_names
             )
-        self._observe_run(run_s)
+        self._placement.observe(run_s, inline)
         return dict(zip(output_names, results, strict=True))
-
-    def _observe_run(self, run_s: float) -> None:
-        """Move runs onto the loop once they average under the limit, and off it at once
-        when one takes longer (a larger batch, a slower input), so the loop is never held
-        long; halfway back down is needed to return (no flapping at the limit)."""
-        limit_s = self._options.inline_below_s
-        average_s = run_s if math.isinf(self._run_s) else self._run_s
-        self._run_s = average_s + _RUN_TIME_SMOOTHING * (run_s - average_s)
-        if run_s >= limit_s:
-            self._inline = False
-        elif self._run_s < limit_s / 2:
-            self._inline = True
 
     def _timed_run(
         self, inputs: Mapping[str, np.ndarray], output_names: Sequence[str]

@@ -31,6 +31,7 @@ from switchyard.server.grpc_pending import (
     PendingWaitEstimator,
     channelz_calls_started,
     channelz_server_ids,
+    sample_interval_for,
 )
 from switchyard.server.inference import InferenceService
 from switchyard.server.metrics import ServerMetrics
@@ -377,7 +378,9 @@ def create_grpc_server(
     if max_pending_wait_s:
         created = channelz_server_ids() - servers_before
         if len(created) == 1:
-            estimator = PendingWaitEstimator(channelz_calls_started(created.pop()))
+            estimator = PendingWaitEstimator(
+                channelz_calls_started(created.pop()), sample_interval_for(max_pending_wait_s)
+            )
             admission.bound_pending_wait(estimator, max_pending_wait_s)
         else:  # another thread created a server at the same moment: cannot tell which
             log.warning("gRPC server not found in channelz: no pending-wait shedding")

@@ -35,11 +35,16 @@ __all__ = [
     "PendingWaitEstimator",
     "channelz_calls_started",
     "channelz_server_ids",
+    "sample_interval_for",
 ]
 
 log = logging.getLogger(__name__)
 
 PENDING_SAMPLE_INTERVAL_S = 0.01
+# Each sample is a channelz query of about 100 us on the loop: the interval is a twentieth
+# of the bound (a call is dated to within 5% of it), between these.
+MAX_SAMPLE_INTERVAL_S = 0.05
+BOUND_PER_INTERVAL = 20
 # Samples kept while calls wait (one per 10 ms): older ones only date calls far older than
 # any sensible bound, which then look younger (seconds old) than they are.
 MAX_SAMPLES = 4096
@@ -49,6 +54,12 @@ QUIET_SAMPLES_TO_RESYNC = 2
 
 # grpc's Cython core: the channelz queries grpcio-channelz itself is built on (no stubs).
 _cygrpc: Any = importlib.import_module("grpc._cython.cygrpc")
+
+
+def sample_interval_for(max_pending_wait_s: float) -> float:
+    """The sampling interval for calls refused past `max_pending_wait_s`."""
+    interval_s = max_pending_wait_s / BOUND_PER_INTERVAL
+    return min(MAX_SAMPLE_INTERVAL_S, max(PENDING_SAMPLE_INTERVAL_S, interval_s))
 
 
 def channelz_server_ids() -> set[int]:

@@ -36,8 +36,9 @@ class OnnxRuntimeOptions(StrictModel):
     inline_below_s: float = Field(
         default=DEFAULT_INLINE_BELOW_S,
         ge=0,
-        description="Runs averaging less than this many seconds run on the event loop, not a "
-        "thread (a thread hop costs more than a tiny model); 0: always a thread.",
+        description="Runs faster than this many seconds (the median of recent runs) run on "
+        "the event loop, not a thread (a thread hop costs more than a tiny model); 0: always "
+        "a thread.",
     )
 
     def to_runtime_options(self, concurrent_runs: int) -> OrtOptions:

@@ -14,6 +14,7 @@ from switchyard.server.grpc_pending import (
     PendingWaitEstimator,
     channelz_calls_started,
     channelz_server_ids,
+    sample_interval_for,
 )
 
 
@@ -110,6 +111,12 @@ def test_a_count_that_cannot_be_read_stops_the_estimate_not_the_server() -> None
 def test_bad_interval_is_refused() -> None:
     with pytest.raises(ValueError, match="sample_interval_s must be > 0"):
         PendingWaitEstimator(lambda: 0, sample_interval_s=0)
+
+
+def test_the_sampling_interval_is_a_twentieth_of_the_bound_within_limits() -> None:
+    assert sample_interval_for(0.5) == pytest.approx(0.025)  # the default bound
+    assert sample_interval_for(0.05) == 0.01  # never more often than every 10 ms
+    assert sample_interval_for(30.0) == 0.05  # nor less often than every 50 ms
 
 
 class _Live(pb_grpc.GRPCInferenceServiceServicer):
