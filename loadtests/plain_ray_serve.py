@@ -114,11 +114,7 @@ def serve_until_stopped(
 
         direct = os.environ.get("RAY_SERVE_THROUGHPUT_OPTIMIZED") == "1"
         for endpoint in ingress_endpoints(1, "127.0.0.1", app_name=APP_NAME) if direct else []:
-            print(
-                f"ingress replica {endpoint.replica}: {endpoint.protocol} on "
-                f"{endpoint.host}:{endpoint.port}",
-                flush=True,
-            )
+            print(endpoint.line(), flush=True)
         stop.wait()
     finally:
         serve.shutdown()

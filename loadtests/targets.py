@@ -134,16 +134,18 @@ def _spawn(
         )
     try:
         grpc_url = f"127.0.0.1:{grpc_port}"
+        http_url = None if http_port is None else f"127.0.0.1:{http_port}"
         check = _wait_ready(process, grpc_url, ready_timeout_s, log_path)
         if direct_ingress:
-            grpc_url = _direct_grpc_url(log_path)
+            urls = _wait_direct_urls(log_path)
+            grpc_url, http_url = urls["gRPC"], urls["HTTP"]
             check = _wait_ready(process, grpc_url, ready_timeout_s, log_path)
     except BaseException:
         _stop_group(process)
         raise
     return Server(
         grpc_url=grpc_url,
-        http_url=None if http_port is None else f"127.0.0.1:{http_port}",
+        http_url=http_url,
         pid=process.pid,
         startup_s=time.monotonic() - started_s,
         check=check,
@@ -152,22 +154,35 @@ def _spawn(
     )
 
 
-# Serve's fast path: the app's ingress replicas serve on ports of their own, printed at start.
+# Serve's fast path: the app's ingress replicas serve on ports of their own, printed at start
+# (IngressEndpoint.line). Both protocols' load goes there: Serve's proxies on the config's
+# ports are its slow path (REST through the HTTP proxy costs Ray round trips per request).
 RAY_FAST_PATH_ENV = {
     "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1",
     "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": "0",
 }
-_DIRECT_GRPC_LINE = re.compile(r"ingress replica \S+: gRPC on [\d.]+:(\d+)")
+DIRECT_PROTOCOLS = ("HTTP", "gRPC")
+_DIRECT_LINE = re.compile(r"ingress replica \S+: (HTTP|gRPC) on [\d.]+:(\d+)")
 
 
-def _direct_grpc_url(log_path: Path, timeout_s: float = 30.0) -> str:
+def direct_urls(log_text: str) -> dict[str, str]:
+    """Per protocol, the loopback host:port of the first ingress replica port printed."""
+    urls: dict[str, str] = {}
+    for protocol, port in _DIRECT_LINE.findall(log_text):
+        urls.setdefault(protocol, f"127.0.0.1:{port}")
+    return urls
+
+
+def _wait_direct_urls(log_path: Path, timeout_s: float = 30.0) -> dict[str, str]:
     deadline_s = time.monotonic() + timeout_s
     while time.monotonic() < deadline_s:
-        found = _DIRECT_GRPC_LINE.search(log_path.read_text(errors="replace"))
-        if found:
-            return f"127.0.0.1:{found.group(1)}"
+        urls = direct_urls(log_path.read_text(errors="replace"))
+        if all(protocol in urls for protocol in DIRECT_PROTOCOLS):
+            return urls
         time.sleep(0.2)
-    raise TargetUnavailable(f"no ingress replica port in the log:\n{_log_tail(log_path)}")
+    raise TargetUnavailable(
+        f"no ingress replica HTTP and gRPC ports in the log:\n{_log_tail(log_path)}"
+    )
 
 
 def start_echo(model_path: Path, workdir: Path) -> Server:
@@ -209,8 +224,9 @@ def start_standalone(model_path: Path, workdir: Path, workers: int | str = 1) ->
 
 def start_switchyard_ray(model_path: Path, workdir: Path, placement: str = "ingress") -> Server:
     """`switchyard serve --engine ray` on the same config as the standalone target, on Serve's
-    fast path (its default): load goes to the ingress replica's own gRPC port. `placement`:
-    the ranker co-located in the ingress (the default for CPU models) or a deployment."""
+    fast path (its default): load goes to the ingress replica's own gRPC and HTTP ports.
+    `placement`: the ranker co-located in the ingress (the default for CPU models) or a
+    deployment."""
     ports = {"http_port": free_port(), "grpc_port": free_port(), "metrics_port": free_port()}
     config = demo_serving_config(model_path)
     config["server"] = {**config.get("server", {}), "host": "127.0.0.1", **ports}

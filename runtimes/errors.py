@@ -54,6 +54,11 @@ class Overloaded(ResourceExhausted):
         super().__init__(message)
         self.reason = reason
 
+    def __reduce__(self) -> tuple[type[Overloaded], tuple[str, str]]:
+        # Pickled where a Ray variant's refusal crosses to the ingress: the default pickle
+        # calls the class with the message alone, and the unpickling TypeError became a 500.
+        return type(self), (self.args[0], self.reason)
+
 
 class AuthThrottled(ResourceExhausted):
     """Too many failed authentications from the caller's address; refused unchecked until
@@ -64,6 +69,9 @@ class AuthThrottled(ResourceExhausted):
     def __init__(self, message: str, retry_after_s: int) -> None:
         super().__init__(message)
         self.retry_after_s = retry_after_s
+
+    def __reduce__(self) -> tuple[type[AuthThrottled], tuple[str, int]]:
+        return type(self), (self.args[0], self.retry_after_s)  # as Overloaded's
 
 
 class Unavailable(SwitchyardError):

@@ -57,6 +57,10 @@ class IngressEndpoint:
     port: int
     replica: str
 
+    def line(self) -> str:
+        """How it is printed at start (loadtests.targets reads the ports back from it)."""
+        return f"ingress replica {self.replica}: {self.protocol} on {self.host}:{self.port}"
+
 
 def build_app(config: SwitchyardConfig, config_path: Path | None = None) -> Application:
     """The application; with `config_path`, the ingress reloads endpoint edits from it."""
@@ -166,22 +170,30 @@ def start_on_local_ray(
     settings = config.server
     serve.start(http_options=_http_options(settings), grpc_options=_grpc_options(settings))
     serve.run(build_app(config, config_path), name=APP_NAME, route_prefix="/")
+    endpoints: list[IngressEndpoint] = []
+    if fast_path_env(config, local=True):
+        options = ingress_options(config)
+        replicas = options.get("num_replicas") or options["autoscaling_config"]["min_replicas"]
+        endpoints = ingress_endpoints(replicas, settings.host)
+        if not endpoints:  # e.g. a Ray started before, without the flag, or the flag set to 0
+            log.info("Serve's direct ingress is off: clients reach the ingress through the proxies")
+    if not endpoints:
+        log.info(
+            "switchyard on Ray Serve: REST on %s:%d, gRPC on port %d",
+            settings.host, settings.http_port, settings.grpc_port,
+        )  # fmt: skip
+        return endpoints
+    # Serve's proxies still listen on the config's ports, but under direct ingress they are
+    # the slow path, REST above all: for each HTTP request the replica looks the proxy actor
+    # up and calls back into it for the body (Serve's StreamingHTTPRequest), Ray round
+    # trips that cost more CPU than the request itself (README.md, "Serve's fast path").
     log.info(
-        "switchyard on Ray Serve: REST on %s:%d, gRPC on port %d",
+        "switchyard on Ray Serve: Serve's proxies (the slow path) on %s:%d (REST) and port %d "
+        "(gRPC); clients reach the ingress replicas on their own ports:",
         settings.host, settings.http_port, settings.grpc_port,
     )  # fmt: skip
-    if not fast_path_env(config, local=True):
-        return []
-    options = ingress_options(config)
-    replicas = options.get("num_replicas") or options["autoscaling_config"]["min_replicas"]
-    endpoints = ingress_endpoints(replicas, settings.host)
-    if not endpoints:  # e.g. a Ray started before, without the flag, or the flag set to 0
-        log.info("Serve's direct ingress is off: clients reach the ingress through the proxies")
     for endpoint in endpoints:
-        log.info(
-            "ingress replica %s: %s on %s:%d",
-            endpoint.replica, endpoint.protocol, endpoint.host, endpoint.port,
-        )  # fmt: skip
+        log.info("%s", endpoint.line())
     return endpoints
 
 

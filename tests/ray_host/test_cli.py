@@ -17,6 +17,7 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 import tritonclient.grpc as triton_grpc
+import tritonclient.http as triton_http
 import yaml
 
 from loadtests.gateway_process import REPO_ROOT, demo_model_config, free_port
@@ -94,6 +95,12 @@ def test_serve_engine_ray_serves_and_stops_on_sigterm(
         host, port = wait_printed(r"ingress replica \S+: gRPC on (\S+):(\d+)", log)
         result = triton_grpc.InferenceServerClient(f"{host}:{port}").infer("ranker", [tensor])
         np.testing.assert_array_equal(result.as_numpy("score"), score)
+        # REST too, on the replica's own HTTP port (the load tests' REST goes there).
+        host, port = wait_printed(r"ingress replica \S+: HTTP on (\S+):(\d+)", log)
+        rest = triton_http.InferenceServerClient(f"{host}:{port}")
+        tensor = triton_http.InferInput("features", list(features.shape), "FP32")
+        tensor.set_data_from_numpy(features)
+        np.testing.assert_array_equal(rest.infer("ranker", [tensor]).as_numpy("score"), score)
         process.send_signal(signal.SIGTERM)
         assert process.wait(timeout=60) == 0, log.read_text()
         assert "Traceback" not in log.read_text()
