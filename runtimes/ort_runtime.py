@@ -190,7 +190,7 @@ class OnnxRuntimeModel(Runtime):
         output_names: Sequence[str],
         deadline_s: float | None = None,  # a started session.run cannot be interrupted
     ) -> dict[str, np.ndarray]:
-        inline = self._placement.inline
+        inline = self._placement.next_inline()
         if inline:
             results, run_s = self._timed_run(inputs, output_names)
         else:

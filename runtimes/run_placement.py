@@ -49,8 +49,7 @@ class RunPlacement:
         self._probe_next = False
         self._last_probe_s = -float("inf")
 
-    @property
-    def inline(self) -> bool:
+    def next_inline(self) -> bool:
         """Whether the next run goes on the loop."""
         return self._limit_s > 0 and (self._inline or self._probe_next)
 
