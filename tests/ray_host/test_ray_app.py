@@ -420,7 +420,7 @@ def drive_until(
         stop.set()
         for thread in threads:
             thread.join()
-    assert not failures, failures
+    assert not failures, [str(exc) for exc in failures]
     return replicas
 
 
