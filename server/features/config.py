@@ -337,6 +337,7 @@ class FeaturesConfig(StrictModel):
             problem = reference_error(registry, ref)
             if problem is not None:
                 yield error(("defaults", ref), problem, ref)
+        assert isinstance(self.store, FeastStoreConfig)
         if self.store.cache is not None:
             for index, entity in enumerate(self.store.cache.entities or []):
                 if entity not in registry.entities:

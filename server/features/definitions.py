@@ -301,9 +301,8 @@ def _feast_definitions(config: FeaturesConfig, registry: FeastRegistry) -> Featu
         for feature in view.features:
             if feature.value_type in NUMERIC_TYPES:
                 name = f"{view.name}.{feature.name}"
-                dtype = {ValueType.BOOL: "bool", ValueType.INT32: "int32"}.get(
-                    feature.value_type, "float32"
-                )
+                dtypes: dict[int, str] = {ValueType.BOOL: "bool", ValueType.INT32: "int32"}
+                dtype = dtypes.get(feature.value_type, "float32")
                 fields[view.entity].append(FieldSpec(name, dtype, defaults.get(name, 0.0)))
     entities = {
         name: EntitySpec(

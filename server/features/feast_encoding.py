@@ -26,7 +26,7 @@ from switchyard.protos import feast_types_pb2
 ValueType = feast_types_pb2.ValueType
 
 # Value types a model row can hold (FP32 columns); the others (strings, bytes, lists) cannot.
-NUMERIC_TYPES = {
+NUMERIC_TYPES: dict[int, str] = {
     ValueType.FLOAT: "FLOAT",
     ValueType.DOUBLE: "DOUBLE",
     ValueType.INT32: "INT32",
@@ -34,7 +34,11 @@ NUMERIC_TYPES = {
     ValueType.BOOL: "BOOL",
 }
 # Join key types whose ids Recommend's string ids can stand for.
-JOIN_KEY_TYPES = {ValueType.STRING: "STRING", ValueType.INT64: "INT64", ValueType.INT32: "INT32"}
+JOIN_KEY_TYPES: dict[int, str] = {
+    ValueType.STRING: "STRING",
+    ValueType.INT64: "INT64",
+    ValueType.INT32: "INT32",
+}
 SUPPORTED_KEY_VERSIONS = (3,)
 
 # Tag bytes of feast.types.Value (field number << 3 | wire type).

@@ -37,7 +37,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from switchyard.runtimes.circuit_breaker import CircuitBreaker
 from switchyard.runtimes.errors import Unavailable
 from switchyard.server.features.cache import TtlCache
-from switchyard.server.features.config import ID_PLACEHOLDER, RedisStoreConfig
+from switchyard.server.features.config import ID_PLACEHOLDER, RedisClientSettings
 from switchyard.server.features.definitions import EntityColumns, RowLayout
 from switchyard.server.features.store import FeatureBatch, FeatureStats, finish_batch, ids_per_part
 
@@ -67,7 +67,7 @@ class RedisUnavailable(Exception):
 class RedisFeatureStore:
     def __init__(
         self,
-        config: RedisStoreConfig,
+        config: RedisClientSettings,
         *,
         clock: Callable[[], float] = time.monotonic,
         stats: FeatureStats | None = None,
