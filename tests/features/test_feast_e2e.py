@@ -13,11 +13,13 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 import redis
+import yaml
 
 from loadtests.feast_env import feast, feast_python_or_skip, materialize, run_feast_json
 from loadtests.gateway_process import Gateway, scrape_metrics, start_gateway
 from loadtests.recommend_setup import SHARED_REDIS_URL, gateway_config
 from switchyard.demo.feast_repo import RANKER_ROW, write_feast_repo
+from switchyard.server.features.config import FeatureConfigError, parse_features
 from tests.server.test_recommend_e2e import grpc_recommend
 
 STALE_USER = "u7"
@@ -140,3 +142,47 @@ def counter(text: str, name: str) -> float:
     return next(
         float(line.split()[-1]) for line in text.splitlines() if line.startswith(name + " ")
     )
+
+
+def test_a_new_feature_view_is_picked_up_on_restart(
+    feast_repo: Path,
+    feast_gateway: Gateway,
+    demo_model_path: Path,
+    direct_session: ort.InferenceSession,
+    tmp_path: Path,
+) -> None:
+    """Last in the module: it adds a view to the shared repo."""
+    row = ["user_recent.activity", *RANKER_ROW[1:]]
+    features = {
+        "store": {"kind": "feast", "repo_path": str(feast_repo)},
+        "inputs": {"ranker": {"tensor": "features", "candidates": "item", "row": row}},
+    }
+    with pytest.raises(
+        FeatureConfigError, match="'user_recent.activity' not in the Feast registry"
+    ):
+        parse_features(features, tmp_path, "test.yaml")
+    project = yaml.safe_load((feast_repo / "feature_store.yaml").read_text())["project"]
+    write_feast_repo(feast_repo, project=project, stale_user_ids=[STALE_USER], extra_view=True)
+    feast(feast_repo, "apply")
+    materialize(feast_repo)
+    refs = [ref.replace(".", ":") for ref in row]
+    code = (
+        f"rows = [{{'user_id': 'u42', 'item_id': i}} for i in {ITEMS[:5]!r}]\n"
+        f"print(json.dumps(store.get_online_features(features={refs!r}, entity_rows=rows,"
+        " full_feature_names=True).to_dict()))\n"
+    )
+    result = run_feast_json(feast_repo, code)
+    rows = np.array([result[ref.replace(":", "__")] for ref in refs], np.float32).T
+    # The running gateway keeps the layout it started with; a restarted one reads the view.
+    np.testing.assert_array_equal(
+        gateway_scores(feast_gateway, "u42", ITEMS[:5]),
+        scores_of(direct_session, rows_from_feast(feast_features(feast_repo, "u42", ITEMS[:5]))),
+    )
+    restarted = start_gateway(gateway_config(demo_model_path, features), tmp_path)
+    try:
+        got = gateway_scores(restarted, "u42", ITEMS[:5])
+    finally:
+        restarted.stop()
+    np.testing.assert_array_equal(got, scores_of(direct_session, rows))
+    # user_recent.activity is twice user_stats.activity, so the scores did change.
+    assert not np.array_equal(got, gateway_scores(feast_gateway, "u42", ITEMS[:5]))
