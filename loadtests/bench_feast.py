@@ -133,7 +133,7 @@ def time_feast_serve(repo: Path, items: list[str], requests: int, warmup: int) -
 def time_recommend(
     repo: Path, workdir: Path, items: list[str], requests: int, warmup: int
 ) -> list[float]:
-    config = gateway_config(ensure_built() / "ranker.onnx", features_section(repo))
+    config = gateway_config(ensure_built(), features_section(repo))
     config["recommend"] = {"max_candidates": max(len(items), 50)}
     gateway = start_gateway(config, workdir)
     try:

@@ -91,6 +91,11 @@ def read_repo(repo_path: Path) -> FeastRepo:
                 f"{path}: registry_type '{kind}' is not supported; Switchyard reads only "
                 "Feast's file registry (registry: PATH)"
             )
+        if registry.get("enable_online_feature_view_versioning"):
+            raise FeastRegistryError(
+                f"{path}: enable_online_feature_view_versioning is not supported (the online "
+                "store's view names then carry a version suffix)"
+            )
         registry = registry.get("path")
     if not isinstance(registry, str):
         raise FeastRegistryError(f"{path} has no registry path")

@@ -7,10 +7,12 @@ where Feast's own reader sends one HMGET per feature view and entity, this sends
 entity, so a user and 100 items are 101 commands in one write.
 
 Freshness: a view with a ttl whose event timestamp is older than now - ttl has its values
-served as defaults and counted as missing (and as stale_values), as Feast's online read
-does with a view's ttl (feast/infra/online_stores/helpers.py `_is_ttl_expired`... see
-docs/architecture.md "Feast features"). A cached entity is judged when it was fetched, so
-with a cache it may be served up to cache.ttl_s past its view's ttl.
+served as defaults and counted as missing (and as stale_values): the ttl as the
+FeatureView proto documents it, and as feast 0.67 applies it to precomputed vectors
+(OUTSIDE_MAX_AGE in feast/infra/online_stores/online_store.py); its plain
+get_online_features path returns such values as present (docs/architecture.md, "Feast
+features"). A missing `_ts` field is never stale, as there. A cached entity is judged
+when it was fetched, so with a cache it may be served up to cache.ttl_s past its ttl.
 """
 
 from __future__ import annotations
