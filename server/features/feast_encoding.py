@@ -174,6 +174,19 @@ def decode_timestamp_s(data: bytes | None) -> float | None:
     """A serialized google.protobuf.Timestamp as seconds since the epoch; None if absent."""
     if not data:
         return None
+    if len(data) <= 12 and data[0] == 0x08 and data[5] < 0x80 and min(data[1:5]) >= 0x80:
+        # The usual shape: seconds of 2004 to 2514 (a 5-byte varint), then maybe nanos.
+        seconds = (
+            (data[1] & 0x7F)
+            | (data[2] & 0x7F) << 7
+            | (data[3] & 0x7F) << 14
+            | (data[4] & 0x7F) << 21
+            | data[5] << 28
+        )
+        if len(data) == 6:
+            return float(seconds)
+        if data[6] == 0x10:
+            return seconds + _varint(data, 7) * 1e-9
     seconds = nanos = 0
     position = 0
     while position < len(data):
