@@ -171,10 +171,11 @@ def decode_float_values(values: list[bytes | None]) -> np.ndarray | None:
 
 
 def decode_timestamp_s(data: bytes | None) -> float | None:
-    """A serialized google.protobuf.Timestamp as seconds since the epoch; None if absent."""
-    if not data:
+    """A serialized google.protobuf.Timestamp as seconds since the epoch; None if absent
+    (b"" is the epoch itself, as protobuf parses it)."""
+    if data is None:
         return None
-    if len(data) <= 12 and data[0] == 0x08 and data[5] < 0x80 and min(data[1:5]) >= 0x80:
+    if 6 <= len(data) <= 12 and data[0] == 0x08 and data[5] < 0x80 and min(data[1:5]) >= 0x80:
         # The usual shape: seconds of 2004 to 2514 (a 5-byte varint), then maybe nanos.
         seconds = (
             (data[1] & 0x7F)

@@ -6,6 +6,7 @@ import struct
 from typing import Any
 
 import pytest
+from google.protobuf.timestamp_pb2 import Timestamp
 
 from loadtests.feast_env import feast_python_or_skip, run_python_json
 from switchyard.server.features.feast_encoding import (
@@ -120,3 +121,12 @@ def test_wrong_ids_and_bad_values_raise() -> None:
     with pytest.raises(ValueError):
         decode_value(b"\x35\x00")  # a truncated float goes to protobuf, which refuses it
     assert decode_timestamp_s(None) is None
+
+
+@pytest.mark.parametrize(
+    ("seconds", "nanos"),
+    [(0, 0), (1, 0), (300, 5), (1764600000, 0), (1764600000, 999999999), (2**40, 1), (-5, 0)],
+)
+def test_timestamps_decode_as_google_encodes_them(seconds: int, nanos: int) -> None:
+    raw = Timestamp(seconds=seconds, nanos=nanos).SerializeToString()
+    assert decode_timestamp_s(raw) == pytest.approx(seconds + nanos * 1e-9, abs=1e-6)
