@@ -285,7 +285,8 @@ class FeaturesConfig(StrictModel):
     """Online features: the store, the entities, and each model's input rows."""
 
     store: StoreConfig = Field(
-        default_factory=MemoryStoreConfig, description="Where features are read: memory or redis."
+        default_factory=MemoryStoreConfig,
+        description="Where features are read: memory, redis or feast.",
     )
     entities: dict[Name, EntityConfig] = Field(
         default_factory=dict, description="Entity name -> its key and features."
