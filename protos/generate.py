@@ -12,11 +12,13 @@ import filecmp
 import shutil
 import sys
 import tempfile
+from importlib import resources
 from pathlib import Path
 
 from grpc_tools import protoc
 
 PROTOS_DIR = Path(__file__).resolve().parent
+WELL_KNOWN_PROTOS = resources.files("grpc_tools") / "_proto"
 # The package path the stubs are imported under; protoc derives module names from it.
 PACKAGE_PATH = Path("switchyard", "protos")
 
@@ -37,6 +39,7 @@ def generate(out_dir: Path) -> list[Path]:
             args = [
                 "grpc_tools.protoc",
                 f"-I{root}",
+                f"-I{WELL_KNOWN_PROTOS}",  # google/protobuf/duration.proto (feast_core.proto)
                 f"--python_out={root}",
                 f"--pyi_out={root}",
                 f"--grpc_python_out={root}",
@@ -64,12 +67,24 @@ PRIVATE_POOL_LINES = (
 )
 
 
+# Feast's messages import each other and google's Duration, so they share one pool that
+# holds those too (feast_pool.py); `feast.*` names must stay out of the default pool, where
+# the feast package registers them when both are imported in one process.
+FEAST_POOL_LINES = (
+    "# Switchyard: the Feast subset's own pool (switchyard/protos/feast_pool.py), apart from\n"
+    "# the default pool where the feast package registers the same names.\n"
+    "from switchyard.protos.feast_pool import POOL as _POOL\n"
+    "DESCRIPTOR = _POOL.AddSerializedFile("
+)
+
+
 def _use_private_pool(pb2_path: Path) -> None:
     """Register the file's messages in a private descriptor pool instead of the default."""
     text = pb2_path.read_text()
     if GENERATED_POOL_LINE not in text:
         raise SystemExit(f"{pb2_path}: protoc output changed; update {__name__}")
-    pb2_path.write_text(text.replace(GENERATED_POOL_LINE, PRIVATE_POOL_LINES, 1))
+    lines = FEAST_POOL_LINES if pb2_path.name.startswith("feast_") else PRIVATE_POOL_LINES
+    pb2_path.write_text(text.replace(GENERATED_POOL_LINE, lines, 1))
 
 
 def main() -> int:

@@ -228,12 +228,13 @@ def _apply_redis_url_env(
     features = raw.get("features")
     if store_url is not None:
         store = features.get("store") if isinstance(features, dict) else None
-        if isinstance(features, dict) and isinstance(store, dict) and store.get("kind") == "redis":
+        redis_backed = isinstance(store, dict) and store.get("kind") in ("redis", "feast")
+        if isinstance(features, dict) and isinstance(store, dict) and redis_backed:
             raw = {**raw, "features": {**features, "store": {**store, "url": store_url}}}
         else:
             errors.append(
                 f"{FEATURES_STORE_URL_ENV}: is set, but features.store is not "
-                "`kind: redis` (unset the variable or configure a redis store)"
+                "`kind: redis` or `kind: feast` (unset the variable or configure one)"
             )
     if errors:
         raise ConfigError(source, errors)

@@ -16,6 +16,7 @@ from switchyard.runtimes.errors import SwitchyardError
 from switchyard.server.config import DEFAULT_CONFIG_PATH
 from switchyard.server.features.config import (
     DEFAULT_REDIS_URL,
+    FeastStoreConfig,
     FeatureConfigError,
     FeaturesConfig,
     RedisStoreConfig,
@@ -53,6 +54,13 @@ def run_load(args: argparse.Namespace) -> int:
     """Exit status: 0 loaded, 1 the load failed, 2 the config or arguments are wrong."""
     try:
         config = _features_config(args.config)
+        if isinstance(config.store, FeastStoreConfig):
+            print(
+                "switchyard: features.store is kind: feast; load its features with "
+                "`feast materialize`, Switchyard reads them in Feast's layout",
+                file=sys.stderr,
+            )
+            return 2
         entity = FeatureDefinitions.from_config(config).entity(args.entity)
     except (FeatureConfigError, SwitchyardError) as exc:
         print(f"switchyard: {exc}", file=sys.stderr)

@@ -1,7 +1,7 @@
 """The `features:` section of the config: the online store, the entities and model input rows.
 
     features:
-      store:                       # kind: memory (the default) or kind: redis
+      store:                       # kind: memory (the default), redis or feast (below)
         kind: redis
         url: redis://127.0.0.1:6379/0
         timeout_s: 0.05            # the whole fetch: pool wait, connect, one round trip
@@ -19,6 +19,14 @@ hash field per feature holding its value as decimal text, for example
 `HSET user:42 activity 1.5 tenure 3.2`. Every field of a row is FP32 in the model input;
 `dtype` says how file cells are checked when loaded (see definitions.FieldSpec.to_text).
 
+kind: feast reads what Feast materialized into its Redis online store, in Feast's layout
+(server/features/feast_encoding.py), with entities and features from the Feast registry:
+
+      store: {kind: feast, repo_path: feature_repo}   # or project: P, registry: PATH, url: ...
+      inputs:
+        ranker: {candidates: item, row: [user_stats.activity, ..., item_stats.price]}
+      defaults: {user_stats.tenure: 6.6}               # unset: 0
+
 The section is part of the one schema (server/config_base.py): unknown keys are errors and every
 error names its key, e.g. `features.inputs.ranker.row.3: unknown field 'user.actvity'`.
 """
@@ -30,7 +38,14 @@ from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal
 
-from pydantic import Field, ValidationError, WrapValidator, field_validator, model_validator
+from pydantic import (
+    Field,
+    PrivateAttr,
+    ValidationError,
+    WrapValidator,
+    field_validator,
+    model_validator,
+)
 from pydantic_core import InitErrorDetails
 
 from switchyard.demo.paths import config_base_dir
@@ -48,6 +63,14 @@ from switchyard.server.config_sections import (
     resolve_path,
 )
 from switchyard.server.config_yaml import load_yaml
+from switchyard.server.features.feast_registry import (
+    FeastRegistry,
+    FeastRegistryError,
+    read_registry,
+    read_repo,
+    reference_error,
+    split_reference,
+)
 
 NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]*$"
 ID_PLACEHOLDER = "{id}"
@@ -84,12 +107,12 @@ class BreakerConfig(StrictModel):
     open_s: float = Field(default=1.0, gt=0, description="Seconds Redis is skipped once open.")
 
 
-class RedisStoreConfig(RedisConnectionSettings):
-    """Features from Redis: one HASH per entity."""
+class RedisClientSettings(RedisConnectionSettings):
+    """How a Redis-backed store (kind: redis, kind: feast) fetches: the round trip's bound,
+    the pool, the breaker, the cache and the answer when Redis is unavailable."""
 
     renamed_keys: ClassVar[Mapping[str, str]] = {"timeout_ms": "timeout_s"}
 
-    kind: Literal["redis"] = Field(description="redis: features from a Redis server.")
     url: str = Field(
         default=DEFAULT_REDIS_URL,
         pattern=r"^(redis|rediss|unix)://",
@@ -109,6 +132,65 @@ class RedisStoreConfig(RedisConnectionSettings):
         default_factory=BreakerConfig, description="Skipping a Redis that keeps failing."
     )
     cache: CacheConfig | None = Field(default=None, description="In-process cache; unset: none.")
+
+
+class RedisStoreConfig(RedisClientSettings):
+    """Features from Redis: one HASH per entity."""
+
+    kind: Literal["redis"] = Field(description="redis: features from a Redis server.")
+
+
+class FeastStoreConfig(RedisClientSettings):
+    """Features that Feast materialized into its Redis online store, read in Feast's own
+    layout; entities, features and ttls come from the Feast file registry."""
+
+    kind: Literal["feast"] = Field(description="feast: a Feast repo's Redis online store.")
+    repo_path: FilePath | None = Field(
+        default=None,
+        description="The Feast repo (its feature_store.yaml gives project, registry, url and "
+        "key version), relative to the config file.",
+    )
+    project: str | None = Field(default=None, description="Without repo_path: the project.")
+    registry: FilePath | None = Field(
+        default=None, description="Without repo_path: the registry file (registry.db)."
+    )
+    entity_key_serialization_version: int | None = Field(
+        default=None, description="Feast's entity key version; unset: the repo's, else 3."
+    )
+    _registry: FeastRegistry | None = PrivateAttr(default=None)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _url_from_repo(cls, raw: Any) -> Any:
+        """url defaults to the repo's online_store connection_string."""
+        if isinstance(raw, dict) and "url" not in raw and isinstance(raw.get("repo_path"), str):
+            try:
+                url = read_repo(Path(raw["repo_path"])).redis_url
+            except FeastRegistryError:
+                return raw  # reported, at repo_path, by _load_registry
+            if url is not None:
+                return {**raw, "url": url}
+        return raw
+
+    @model_validator(mode="after")
+    def _load_registry(self) -> FeastStoreConfig:
+        if (self.repo_path is None) == (self.project is None or self.registry is None):
+            raise ValueError("give repo_path, or project and registry (not both)")
+        if self.repo_path is not None:
+            repo = read_repo(self.repo_path)
+            project, path, version = repo.project, repo.registry_path, repo.key_version
+        else:
+            assert self.project is not None and self.registry is not None
+            project, path, version = self.project, self.registry, 3
+        if self.entity_key_serialization_version is not None:
+            version = self.entity_key_serialization_version
+        self._registry = read_registry(path, project, version)
+        return self
+
+    @property
+    def feast_registry(self) -> FeastRegistry:
+        assert self._registry is not None  # set by validation
+        return self._registry
 
 
 class MemoryStoreConfig(StrictModel):
@@ -140,7 +222,7 @@ def _without_union_tag(value: Any, handler: Callable[[Any], Any]) -> Any:
 
 
 StoreConfig = Annotated[
-    RedisStoreConfig | MemoryStoreConfig,
+    RedisStoreConfig | FeastStoreConfig | MemoryStoreConfig,
     Field(discriminator="kind"),
     WrapValidator(_without_union_tag),
 ]
@@ -203,7 +285,8 @@ class FeaturesConfig(StrictModel):
     """Online features: the store, the entities, and each model's input rows."""
 
     store: StoreConfig = Field(
-        default_factory=MemoryStoreConfig, description="Where features are read: memory or redis."
+        default_factory=MemoryStoreConfig,
+        description="Where features are read: memory, redis or feast.",
     )
     entities: dict[Name, EntityConfig] = Field(
         default_factory=dict, description="Entity name -> its key and features."
@@ -211,14 +294,62 @@ class FeaturesConfig(StrictModel):
     inputs: dict[str, InputConfig] = Field(
         default_factory=dict, description="Model name -> how its input rows are built."
     )
+    defaults: dict[str, float] = Field(
+        default_factory=dict,
+        description="kind: feast only: `view.feature` -> the value used where it is missing "
+        "or stale (unset: 0).",
+    )
 
     @model_validator(mode="after")
     def _check_references(self) -> FeaturesConfig:
-        raise_errors("features", self._reference_errors())
+        if isinstance(self.store, FeastStoreConfig):
+            raise_errors("features", self._feast_reference_errors(self.store.feast_registry))
+        else:
+            raise_errors("features", self._reference_errors())
         return self
+
+    def _feast_reference_errors(self, registry: FeastRegistry) -> Iterator[InitErrorDetails]:
+        """In feast mode rows reference `view.feature` (or `view:feature`) of the registry
+        and candidates name a Feast entity or a view on it."""
+        error = error_details
+        if self.entities:
+            message = "not used with store kind feast: the entities come from the Feast registry"
+            yield error(("entities",), message, sorted(self.entities))
+        for model, spec in self.inputs.items():
+            if spec.candidates not in registry.entities and (
+                spec.candidates not in registry.views
+                or registry.views[spec.candidates].entity is None
+            ):
+                message = (
+                    f"'{spec.candidates}' is neither an entity nor a single-entity feature view "
+                    f"of the Feast registry (entities: {', '.join(sorted(registry.entities))})"
+                )
+                yield error(("inputs", model, "candidates"), message, spec.candidates)
+            seen: set[tuple[str, str]] = set()
+            for index, ref in enumerate(spec.row):
+                loc = ("inputs", model, "row", index)
+                problem = reference_error(registry, ref)
+                if problem is not None:
+                    yield error(loc, problem, ref)
+                elif split_reference(ref) in seen:
+                    yield error(loc, f"'{ref}' appears twice in the row", ref)
+                seen.add(split_reference(ref))
+        for ref in self.defaults:
+            problem = reference_error(registry, ref)
+            if problem is not None:
+                yield error(("defaults", ref), problem, ref)
+        assert isinstance(self.store, FeastStoreConfig)
+        if self.store.cache is not None:
+            for index, entity in enumerate(self.store.cache.entities or []):
+                if entity not in registry.entities:
+                    loc = ("store", "cache", "entities", index)
+                    yield error(loc, f"unknown Feast entity '{entity}'", entity)
 
     def _reference_errors(self) -> Iterator[InitErrorDetails]:
         error = error_details
+        if self.defaults:
+            message = "only with store kind feast (give other stores' defaults on their fields)"
+            yield error(("defaults",), message, sorted(self.defaults))
         fields = {name: {f.name for f in e.fields} for name, e in self.entities.items()}
         keys = [e.key for e in self.entities.values()]
         if len(set(keys)) != len(keys):
@@ -250,13 +381,17 @@ class FeaturesConfig(StrictModel):
 
 
 def resolve_feature_paths(raw_features: Any, base_dir: Path) -> None:
-    """Make the memory store's relative seed_files absolute against base_dir, in place: call
-    it on the raw section before validation, as server.config does for model paths."""
+    """Make the stores' relative files (seed_files, TLS files, the Feast repo) absolute
+    against base_dir, in place: call it on the raw section before validation, as
+    server.config does for model paths."""
     store = raw_features.get("store") if isinstance(raw_features, dict) else None
     tls = store.get("tls") if isinstance(store, dict) else None
     for key in ("ca_file", "cert_file", "key_file"):
         if isinstance(tls, dict) and isinstance(tls.get(key), str):
             tls[key] = resolve_path(tls[key], base_dir)
+    for key in ("repo_path", "registry"):
+        if isinstance(store, dict) and isinstance(store.get(key), str):
+            store[key] = resolve_path(store[key], base_dir)
     seed_files = store.get("seed_files") if isinstance(store, dict) else None
     if not isinstance(seed_files, dict):
         return

@@ -9,6 +9,7 @@ serving cannot transform features differently.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -17,7 +18,9 @@ from typing import SupportsFloat, SupportsIndex
 import numpy as np
 
 from switchyard.runtimes.errors import NotFound
-from switchyard.server.features.config import ID_PLACEHOLDER, FeaturesConfig
+from switchyard.server.features.config import ID_PLACEHOLDER, FeastStoreConfig, FeaturesConfig
+from switchyard.server.features.feast_encoding import NUMERIC_TYPES, ValueType
+from switchyard.server.features.feast_registry import FeastRegistry, split_reference
 
 _TRUE_TEXTS = frozenset({"1", "true", "yes"})
 _FALSE_TEXTS = frozenset({"0", "false", "no"})
@@ -229,6 +232,8 @@ class FeatureDefinitions:
 
     @classmethod
     def from_config(cls, config: FeaturesConfig) -> FeatureDefinitions:
+        if isinstance(config.store, FeastStoreConfig):
+            return _feast_definitions(config, config.store.feast_registry)
         entities = {
             name: EntitySpec(
                 name,
@@ -283,3 +288,39 @@ def _compile_layout(
         )
     context = tuple(part for name, part in parts.items() if name != candidates)
     return RowLayout(model, tensor, tuple(row), context, parts[candidates])
+
+
+def _feast_definitions(config: FeaturesConfig, registry: FeastRegistry) -> FeatureDefinitions:
+    """Entities and layouts from a Feast registry: one EntitySpec per Feast entity whose
+    fields are the numeric features of every view on it, named `view.feature`."""
+    defaults = {".".join(split_reference(ref)): value for ref, value in config.defaults.items()}
+    fields: dict[str, list[FieldSpec]] = {name: [] for name in registry.entities}
+    for view in registry.views.values():
+        if view.entity not in fields:
+            continue
+        for feature in view.features:
+            if feature.value_type in NUMERIC_TYPES:
+                name = f"{view.name}.{feature.name}"
+                dtypes: dict[int, str] = {ValueType.BOOL: "bool", ValueType.INT32: "int32"}
+                dtype = dtypes.get(feature.value_type, "float32")
+                fields[view.entity].append(FieldSpec(name, dtype, defaults.get(name, 0.0)))
+    entities = {
+        name: EntitySpec(
+            name,
+            f"feast:{registry.project}:{name}:{ID_PLACEHOLDER}",
+            e.join_key,
+            tuple(fields[name]),
+        )
+        for name, e in registry.entities.items()
+    }
+    layouts = {}
+    for model, spec in config.inputs.items():
+        candidates = spec.candidates
+        if candidates not in registry.entities:  # a view: its entity (checked by the config)
+            candidates = registry.views[candidates].entity or candidates
+        refs = [".".join(split_reference(ref)) for ref in spec.row]
+        # `entity.view.feature`: _compile_layout splits at the first dot.
+        entity_refs = [f"{registry.views[ref.partition('.')[0]].entity}.{ref}" for ref in refs]
+        layout = _compile_layout(model, spec.tensor, candidates, entity_refs, entities)
+        layouts[model] = dataclasses.replace(layout, feature_names=tuple(refs))
+    return FeatureDefinitions(entities, layouts)

@@ -6,8 +6,9 @@ import logging
 import time
 from collections.abc import Callable
 
-from switchyard.server.features.config import FeaturesConfig, RedisStoreConfig
+from switchyard.server.features.config import FeastStoreConfig, FeaturesConfig, RedisStoreConfig
 from switchyard.server.features.definitions import FeatureDefinitions
+from switchyard.server.features.feast_store import FeastFeatureStore
 from switchyard.server.features.memory_store import MemoryFeatureStore
 from switchyard.server.features.redis_store import RedisFeatureStore
 from switchyard.server.features.store import FeatureStore
@@ -24,9 +25,12 @@ def create_store(
     """The store of config.store. A memory store reads its seed files here (raising
     FeatureFileError naming row and column); a Redis store connects on first use."""
     store: FeatureStore
-    if isinstance(config.store, RedisStoreConfig):
+    if isinstance(config.store, RedisStoreConfig | FeastStoreConfig):
         settings = config.store
-        store = RedisFeatureStore(settings, clock=clock)
+        if isinstance(settings, FeastStoreConfig):
+            store = FeastFeatureStore(settings, clock=clock)
+        else:
+            store = RedisFeatureStore(settings, clock=clock)
         cache = (
             f"cache {settings.cache.ttl_s:g} s x {settings.cache.max_entries}"
             if settings.cache

@@ -22,7 +22,7 @@ import math
 import time
 from collections.abc import Callable, Mapping, Sequence
 from itertools import chain
-from typing import Any
+from typing import Any, Protocol
 from urllib.parse import urlsplit
 
 import numpy as np
@@ -37,7 +37,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from switchyard.runtimes.circuit_breaker import CircuitBreaker
 from switchyard.runtimes.errors import Unavailable
 from switchyard.server.features.cache import TtlCache
-from switchyard.server.features.config import ID_PLACEHOLDER, RedisStoreConfig
+from switchyard.server.features.config import ID_PLACEHOLDER, RedisClientSettings
 from switchyard.server.features.definitions import EntityColumns, RowLayout
 from switchyard.server.features.store import FeatureBatch, FeatureStats, finish_batch, ids_per_part
 
@@ -48,6 +48,12 @@ CachedRow = tuple[np.ndarray, int]
 # One HMGET's reply as redis-py parses it: the values (None where absent), or the error
 # Redis answered (WRONGTYPE). Any: redis-py types its parsed replies as Any.
 Reply = Any
+
+
+class Packer(Protocol):
+    def command(self, entity_id: str) -> bytes:
+        """The RESP of one entity's HMGET."""
+        ...
 
 
 class RedisUnavailable(Exception):
@@ -61,7 +67,7 @@ class RedisUnavailable(Exception):
 class RedisFeatureStore:
     def __init__(
         self,
-        config: RedisStoreConfig,
+        config: RedisClientSettings,
         *,
         clock: Callable[[], float] = time.monotonic,
         stats: FeatureStats | None = None,
@@ -96,7 +102,7 @@ class RedisFeatureStore:
             self._cache = TtlCache(config.cache.ttl_s, config.cache.max_entries, clock)
             if config.cache.entities is not None:
                 self._cached_entities = frozenset(config.cache.entities)
-        self._packers: dict[EntityColumns, _HmgetPacker] = {}
+        self._packers: dict[EntityColumns, Packer] = {}
 
     async def close(self) -> None:
         await self._pool.disconnect()
@@ -162,7 +168,7 @@ class RedisFeatureStore:
         values: np.ndarray,
         missing: np.ndarray,
     ) -> None:
-        decoded, decoded_missing, invalid = decode_hmget_replies(replies, part)
+        decoded, decoded_missing, invalid = self._decode(replies, part)
         values[rows] = decoded
         missing[rows] = decoded_missing
         self.stats.invalid_values += invalid
@@ -182,9 +188,18 @@ class RedisFeatureStore:
         for p, rows in wanted:
             packer = self._packers.get(parts[p])
             if packer is None:
-                packer = self._packers[parts[p]] = _HmgetPacker(parts[p])
+                packer = self._packers[parts[p]] = self._new_packer(parts[p])
             chunks += [packer.command(ids[p][row]) for row in rows]
         return b"".join(chunks)
+
+    def _new_packer(self, part: EntityColumns) -> Packer:
+        return _HmgetPacker(part)
+
+    def _decode(
+        self, replies: Sequence[Any], part: EntityColumns
+    ) -> tuple[np.ndarray, np.ndarray, int]:
+        """Replies to values, missing counts and the count of unparsable values."""
+        return decode_hmget_replies(replies, part)
 
     async def _round_trip(self, payload: bytes, wanted: list[tuple[int, list[int]]]) -> list[Reply]:
         if not self._breaker.allow():

@@ -37,6 +37,7 @@ class FeatureStats:
     missing_entities: int = 0
     missing_fields: int = 0
     invalid_values: int = 0  # stored text that did not parse as a number (default served)
+    stale_values: int = 0  # kind: feast: values past their view's ttl (default served)
     cache_hits: int = 0
     cache_misses: int = 0
     store_errors: int = 0  # fetches whose store round trip failed (timeout, connection)
