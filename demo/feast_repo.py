@@ -1,6 +1,6 @@
 """A Feast repo of the demo's users and items, for the `kind: feast` tests and benchmark.
 
-    write_feast_repo(out_dir, redis_host_port="127.0.0.1:6379", db=3, project="demo")
+    write_feast_repo(out_dir, redis_host_port="127.0.0.1:6379", db=0, project="demo")
 
 writes feature_store.yaml (a Redis online store, a file offline store, the local file
 registry), data/users.parquet and data/items.parquet from the demo build's users.csv and

@@ -64,6 +64,7 @@ from switchyard.server.config_sections import (
 )
 from switchyard.server.config_yaml import load_yaml
 from switchyard.server.features.feast_registry import (
+    DEFAULT_KEY_VERSION,
     FeastRegistry,
     FeastRegistryError,
     read_registry,
@@ -174,14 +175,21 @@ class FeastStoreConfig(RedisClientSettings):
 
     @model_validator(mode="after")
     def _load_registry(self) -> FeastStoreConfig:
-        if (self.repo_path is None) == (self.project is None or self.registry is None):
-            raise ValueError("give repo_path, or project and registry (not both)")
+        if self.repo_path is not None and (self.project is not None or self.registry is not None):
+            raise ValueError("give repo_path, or project and registry, not both")
         if self.repo_path is not None:
             repo = read_repo(self.repo_path)
             project, path, version = repo.project, repo.registry_path, repo.key_version
+            if repo.redis_url is None and "url" not in self.model_fields_set:
+                raise ValueError(
+                    f"the repo's online store is '{repo.online_store_type}', not redis: "
+                    "Switchyard reads Feast's Redis online store (give url if the repo "
+                    "materializes into Redis under another configuration)"
+                )
+        elif self.project is None or self.registry is None:
+            raise ValueError("give repo_path, or both project and registry")
         else:
-            assert self.project is not None and self.registry is not None
-            project, path, version = self.project, self.registry, 3
+            project, path, version = self.project, self.registry, DEFAULT_KEY_VERSION
         if self.entity_key_serialization_version is not None:
             version = self.entity_key_serialization_version
         self._registry = read_registry(path, project, version)

@@ -290,6 +290,9 @@ def _compile_layout(
     return RowLayout(model, tensor, tuple(row), context, parts[candidates])
 
 
+_FEAST_DTYPES: dict[int, str] = {ValueType.BOOL: "bool", ValueType.INT32: "int32"}
+
+
 def _feast_definitions(config: FeaturesConfig, registry: FeastRegistry) -> FeatureDefinitions:
     """Entities and layouts from a Feast registry: one EntitySpec per Feast entity whose
     fields are the numeric features of every view on it, named `view.feature`."""
@@ -301,12 +304,12 @@ def _feast_definitions(config: FeaturesConfig, registry: FeastRegistry) -> Featu
         for feature in view.features:
             if feature.value_type in NUMERIC_TYPES:
                 name = f"{view.name}.{feature.name}"
-                dtypes: dict[int, str] = {ValueType.BOOL: "bool", ValueType.INT32: "int32"}
-                dtype = dtypes.get(feature.value_type, "float32")
+                dtype = _FEAST_DTYPES.get(feature.value_type, "float32")
                 fields[view.entity].append(FieldSpec(name, dtype, defaults.get(name, 0.0)))
     entities = {
         name: EntitySpec(
             name,
+            # Only for logs and uniqueness: the Feast store forms its keys itself.
             f"feast:{registry.project}:{name}:{ID_PLACEHOLDER}",
             e.join_key,
             tuple(fields[name]),

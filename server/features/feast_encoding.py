@@ -17,7 +17,9 @@ each into a protobuf object costs several times more for the 1,700 values of a u
 
 from __future__ import annotations
 
+import re
 import struct
+from collections.abc import Callable, Iterable, Sequence
 
 import numpy as np
 
@@ -49,6 +51,12 @@ _TAG_FLOAT = 0x35  # field 6, 32-bit
 _TAG_BOOL = 0x38  # field 7, varint
 _DOUBLE = struct.Struct("<d")
 _FLOAT = struct.Struct("<f")
+_UINT32 = struct.Struct("<I")
+_INT64 = struct.Struct("<q")
+_INT32 = struct.Struct("<i")
+_DECIMAL = re.compile(r"-?[0-9]+")
+_SIX_ZEROS = bytes(6)  # not the usual Timestamp shape (no 0x08 tag): NaN in whole_seconds
+# A short cell is padded with 0x80: its sixth byte, a continuation byte, is not the usual shape.
 
 
 def murmur3_32(data: bytes, seed: int = 0) -> int:
@@ -87,27 +95,39 @@ def timestamp_field(view: str) -> bytes:
     return f"_ts:{view}".encode()
 
 
-def entity_key_prefix(join_key: str) -> bytes:
-    """The serialized EntityKey (version 3) of one join key, up to the value's bytes, which
-    key_value then encodes; the Redis key is prefix + value + project."""
-    name = join_key.encode()
-    return struct.pack("<II", 1, ValueType.STRING) + struct.pack("<I", len(name)) + name
+def entity_key_encoder(join_key: str, value_type: int, project: str) -> Callable[[str], bytes]:
+    """The Redis key of an entity id for one join key (version 3): the serialized EntityKey
+    followed by the project.
 
-
-def key_value(value_type: int, entity_id: str) -> bytes:
-    """The value part of a version-3 entity key: its type, length and bytes.
-
-    Raises ValueError when the id is not of the join key's type (an INT64 key and "abc").
+    The encoder raises ValueError for an id that is not of the join key's type: INT64 and
+    INT32 keys take ASCII decimal ids only (int() would also take "1_000", " 12" or "+5",
+    naming another entity's key), and struct.error for one out of the type's range.
     """
+    name = join_key.encode()
+    head = _UINT32.pack(1) + _UINT32.pack(ValueType.STRING) + _UINT32.pack(len(name)) + name
+    head += _UINT32.pack(value_type)
+    tail = project.encode()
     if value_type == ValueType.STRING:
-        raw = entity_id.encode()
-    elif value_type == ValueType.INT64:
-        raw = struct.pack("<q", int(entity_id))
+
+        def encode(entity_id: str) -> bytes:
+            raw = entity_id.encode()
+            return head + _UINT32.pack(len(raw)) + raw + tail
+
+        return encode
+    if value_type == ValueType.INT64:
+        integer = _INT64
     elif value_type == ValueType.INT32:
-        raw = struct.pack("<i", int(entity_id))
+        integer = _INT32
     else:
         raise ValueError(f"join key type {value_type} is not supported")
-    return struct.pack("<II", value_type, len(raw)) + raw
+    head += _UINT32.pack(integer.size)
+
+    def encode_integer(entity_id: str) -> bytes:
+        if _DECIMAL.fullmatch(entity_id) is None:
+            raise ValueError(f"{entity_id!r} is not a decimal integer")
+        return head + integer.pack(int(entity_id)) + tail
+
+    return encode_integer
 
 
 def _varint(data: bytes, start: int) -> int:
@@ -155,19 +175,37 @@ def _decode_with_protobuf(data: bytes) -> float | None:
     raise ValueError(f"a {kind} is not a number")
 
 
-def decode_float_values(values: list[bytes | None]) -> np.ndarray | None:
-    """The values of FLOAT features, all present and in float_val's usual 5 bytes, decoded in
-    one pass; None when any is not (the caller decodes those one by one)."""
+def decode_float_values(values: Iterable[bytes | None], count: int) -> np.ndarray | None:
+    """The `count` values of FLOAT features, all present and in float_val's usual 5 bytes,
+    decoded in one pass; None when any is not (the caller decodes those one by one). A
+    float_val is always 5 bytes, so 5 x count bytes whose every fifth byte is its tag can
+    only be count of them."""
     try:
         raw = b"".join(values)  # type: ignore[arg-type]  # a None raises TypeError
     except TypeError:
         return None
-    if len(raw) != 5 * len(values):
+    if len(raw) != 5 * count:
         return None
-    cells = np.frombuffer(raw, np.uint8).reshape(len(values), 5)
+    cells = np.frombuffer(raw, np.uint8).reshape(-1, 5)
     if not (cells[:, 0] == _TAG_FLOAT).all():
         return None
     return np.ascontiguousarray(cells[:, 1:]).view("<f4").ravel()
+
+
+def whole_seconds(cells: Sequence[bytes | None]) -> np.ndarray:
+    """The whole seconds of serialized google.protobuf.Timestamps, in one pass: float64, NaN
+    where a cell is absent or not in the usual shape (decode those with decode_timestamp_s).
+    The nanos are dropped: the time is at most a second later than this."""
+    joined = b"".join(_SIX_ZEROS if cell is None else cell[:6] for cell in cells)
+    if len(joined) != 6 * len(cells):  # a cell shorter than the usual shape: padded
+        joined = b"".join(
+            _SIX_ZEROS if cell is None else cell[:6].ljust(6, b"\x80") for cell in cells
+        )
+    head = np.frombuffer(joined, np.uint8).reshape(len(cells), 6).astype(np.int64)
+    usual = (head[:, 0] == 0x08) & (head[:, 1:5] >= 0x80).all(axis=1) & (head[:, 5] < 0x80)
+    groups = head[:, 1:6] & 0x7F
+    seconds = (groups << np.array([0, 7, 14, 21, 28])).sum(axis=1)
+    return np.where(usual, seconds.astype(np.float64), np.nan)
 
 
 def decode_timestamp_s(data: bytes | None) -> float | None:
@@ -176,7 +214,7 @@ def decode_timestamp_s(data: bytes | None) -> float | None:
     if data is None:
         return None
     if 6 <= len(data) <= 12 and data[0] == 0x08 and data[5] < 0x80 and min(data[1:5]) >= 0x80:
-        # The usual shape: seconds of 2004 to 2514 (a 5-byte varint), then maybe nanos.
+        # The usual shape: seconds of 1978 to 3058 (a 5-byte varint), then maybe nanos.
         seconds = (
             (data[1] & 0x7F)
             | (data[2] & 0x7F) << 7

@@ -9,6 +9,7 @@ SQL, S3/GCS or the remote registry server), and only single-entity feature views
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -16,7 +17,7 @@ from urllib.parse import quote
 
 import yaml
 
-from switchyard.protos import feast_core_pb2
+from switchyard.protos import feast_core_pb2, feast_types_pb2
 from switchyard.server.features.feast_encoding import (
     JOIN_KEY_TYPES,
     NUMERIC_TYPES,
@@ -35,7 +36,10 @@ class FeastRegistryError(ValueError):
 class FeastRepo:
     project: str
     registry_path: Path
-    redis_url: str | None  # from the redis online store's connection_string
+    # From the Redis online store's connection_string; None: the online store is not Redis
+    # (online_store_type says which), so a url must be given.
+    redis_url: str | None
+    online_store_type: str
     key_version: int
 
 
@@ -59,6 +63,7 @@ class FeastView:
     entity: str | None  # None: not one entity (entityless or composite; not servable)
     ttl_s: float  # 0: never stale
     features: tuple[FeastFeature, ...]  # every feature, numeric or not
+    online: bool  # False: Feast never materializes it
 
 
 @dataclass(frozen=True)
@@ -76,7 +81,8 @@ def read_repo(repo_path: Path) -> FeastRepo:
     """The settings of the Feast repo at repo_path (its feature_store.yaml)."""
     path = repo_path / FEATURE_STORE_YAML
     try:
-        raw = yaml.safe_load(path.read_text())
+        # Feast expands ${VARIABLES} in the file before parsing it; so do we.
+        raw = yaml.safe_load(os.path.expandvars(path.read_text()))
     except OSError as exc:
         raise FeastRegistryError(f"cannot read {path}: {exc.strerror}") from None
     except yaml.YAMLError as exc:
@@ -108,19 +114,38 @@ def read_repo(repo_path: Path) -> FeastRepo:
     if not registry_path.is_absolute():
         registry_path = repo_path / registry_path
     version = raw.get("entity_key_serialization_version", DEFAULT_KEY_VERSION)
-    return FeastRepo(raw["project"], registry_path, _redis_url(raw.get("online_store")), version)
+    if not isinstance(version, int) or isinstance(version, bool):
+        raise FeastRegistryError(
+            f"{path}: entity_key_serialization_version must be a number, got {version!r}"
+        )
+    online_store = raw.get("online_store")
+    if not isinstance(online_store, dict):
+        online_store = {}
+    # Feast's default online store, when the file names none, is SQLite.
+    store_type = str(online_store.get("type", "sqlite"))
+    url = _redis_url(online_store, path) if store_type == "redis" else None
+    return FeastRepo(raw["project"], registry_path, url, store_type, version)
 
 
-def _redis_url(online_store: Any) -> str | None:
-    """Feast's `connection_string` ("host:port,db=1,ssl=true,password=x") as a redis URL."""
-    if not isinstance(online_store, dict) or online_store.get("type") != "redis":
-        return None
+def _redis_url(online_store: dict[str, Any], path: Path) -> str:
+    """Feast's `connection_string` ("host:port,db=1,ssl=true,username=u,password=x") as a
+    redis URL."""
+    redis_type = online_store.get("redis_type", "redis")
+    if redis_type != "redis":
+        raise FeastRegistryError(
+            f"{path}: online_store redis_type '{redis_type}' is not supported; Switchyard "
+            "reads a single Redis server (redis_type: redis)"
+        )
     host_port, *options = str(online_store.get("connection_string", "localhost:6379")).split(",")
-    settings = dict(option.split("=", 1) for option in options if "=" in option)
+    settings = dict(option.strip().split("=", 1) for option in options if "=" in option)
     scheme = "rediss" if settings.get("ssl", "").lower() == "true" else "redis"
+    db = settings.get("db", "0")
+    if not db.isdigit():
+        raise FeastRegistryError(f"{path}: connection_string db={db} is not a number")
+    user = quote(settings.get("username", ""), safe="")
     password = settings.get("password")
-    auth = f":{quote(password, safe='')}@" if password else ""
-    return f"{scheme}://{auth}{host_port}/{settings.get('db', '0')}"
+    auth = f"{user}:{quote(password, safe='')}@" if password else f"{user}@" if user else ""
+    return f"{scheme}://{auth}{host_port.strip()}/{db}"
 
 
 def read_registry(path: Path, project: str, key_version: int) -> FeastRegistry:
@@ -141,11 +166,11 @@ def read_registry(path: Path, project: str, key_version: int) -> FeastRegistry:
         message.ParseFromString(data)
     except Exception:  # protobuf's DecodeError
         raise FeastRegistryError(f"{path} is not a Feast file registry") from None
-    entities = {
-        e.spec.name: FeastEntity(e.spec.name, e.spec.join_key or e.spec.name, e.spec.value_type)
-        for e in message.entities
-        if e.spec.project == project
-    }
+    entity_specs = [e.spec for e in message.entities if e.spec.project == project]
+    join_keys = {spec.name: spec.join_key or spec.name for spec in entity_specs}
+    # Feast forms the keys it materializes from the type of the view's entity column, which
+    # an Entity declared without value_type (Feast's own template) does not repeat.
+    key_types: dict[str, dict[int, list[str]]] = {name: {} for name in join_keys}
     views = {}
     for view in message.feature_views:
         spec = view.spec
@@ -154,10 +179,29 @@ def read_registry(path: Path, project: str, key_version: int) -> FeastRegistry:
         entity = spec.entities[0] if len(spec.entities) == 1 else None
         ttl_s = spec.ttl.seconds + spec.ttl.nanos * 1e-9
         features = tuple(FeastFeature(spec.name, f.name, f.value_type) for f in spec.features)
-        views[spec.name] = FeastView(spec.name, entity, ttl_s, features)
+        views[spec.name] = FeastView(spec.name, entity, ttl_s, features, spec.online)
+        for column in spec.entity_columns:
+            if entity in join_keys and column.name == join_keys[entity] and column.value_type:
+                key_types[entity].setdefault(column.value_type, []).append(spec.name)
+    entities = {}
+    for entity_spec in entity_specs:
+        name = entity_spec.name
+        types = key_types[name]
+        if len(types) > 1:
+            found = "; ".join(f"{_type_name(t)} in {', '.join(v)}" for t, v in types.items())
+            raise FeastRegistryError(
+                f"the feature views on entity '{name}' disagree on the type of its join "
+                f"key '{join_keys[name]}' ({found}): Feast would write keys of each type"
+            )
+        value_type = next(iter(types), entity_spec.value_type)
+        entities[name] = FeastEntity(name, join_keys[name], value_type)
     if not entities and not views:
         raise FeastRegistryError(f"the Feast registry {path} has nothing for project '{project}'")
     return FeastRegistry(project, entities, views)
+
+
+def _type_name(value_type: int) -> str:
+    return str(feast_types_pb2.ValueType.Enum.Name(value_type))
 
 
 def describe_types(types: dict[int, str]) -> str:
@@ -173,9 +217,14 @@ def reference_error(registry: FeastRegistry, ref: str) -> str | None:
     feature = registry.feature(view_name, feature_name)
     if view is None or feature is None:
         known = ", ".join(sorted(registry.views)) or "none"
-        return f"feature '{ref}' not in the Feast registry (views: {known})"
+        return (
+            f"feature '{ref}' not in the Feast registry's feature views (views: {known}; "
+            "stream and on-demand feature views are not read)"
+        )
     if view.entity is None or view.entity not in registry.entities:
         return f"feature view '{view_name}' is not on exactly one entity; only those are supported"
+    if not view.online:
+        return f"feature view '{view_name}' has online=False: Feast does not materialize it"
     if feature.value_type not in NUMERIC_TYPES:
         return (
             f"feature '{ref}' is not a number; model rows take "

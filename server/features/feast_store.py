@@ -36,13 +36,19 @@ from switchyard.server.features.feast_encoding import (
     decode_float_values,
     decode_timestamp_s,
     decode_value,
-    entity_key_prefix,
+    entity_key_encoder,
     field_name,
-    key_value,
     timestamp_field,
+    whole_seconds,
 )
 from switchyard.server.features.feast_registry import FeastRegistry
-from switchyard.server.features.redis_store import Packer, RedisFeatureStore, redacted_url
+from switchyard.server.features.redis_store import (
+    HmgetCommand,
+    Packer,
+    RedisFeatureStore,
+    decode_cells_one_by_one,
+    redacted_url,
+)
 from switchyard.server.features.store import FeatureStats
 
 
@@ -80,21 +86,18 @@ class _FeastPacker:
             all(value_type == ValueType.FLOAT for value_type in types),
         )
         self._entity = entity
-        self._head = b"*%d\r\n$5\r\nHMGET\r\n" % (2 + len(fields))
-        self._tail = b"".join(b"$%d\r\n%s\r\n" % (len(f), f) for f in fields)
-        self._prefix = entity_key_prefix(entity.join_key)
-        self._project = registry.project.encode()
+        self._hmget = HmgetCommand(fields)
+        self._key = entity_key_encoder(entity.join_key, entity.value_type, registry.project)
 
     def command(self, entity_id: str) -> bytes:
         try:
-            value = key_value(self._entity.value_type, entity_id)
-        except (ValueError, OverflowError, struct_error):
+            key = self._key(entity_id)
+        except (ValueError, struct_error):
             raise InvalidArgument(
                 f"id {client_text(entity_id)} of entity '{self._entity.name}' is not a valid "
                 f"{JOIN_KEY_TYPES.get(self._entity.value_type, '?')} join key"
             ) from None
-        key = self._prefix + value + self._project
-        return b"%s$%d\r\n%s\r\n%s" % (self._head, len(key), key, self._tail)
+        return self._hmget(key)
 
 
 class FeastFeatureStore(RedisFeatureStore):
@@ -140,18 +143,22 @@ class FeastFeatureStore(RedisFeatureStore):
         if not (columns.ttl_s > 0).any():
             return None
         width = part.width
-        n_views = len(columns.ttl_s)
-        event_s = np.full((len(replies), n_views), np.inf)
-        for row, reply in enumerate(replies):
-            if isinstance(reply, list):
-                for view, raw in enumerate(reply[width:]):
-                    try:
-                        found = decode_timestamp_s(raw)
-                    except (ValueError, IndexError):
-                        found = None  # judged by its values alone
-                    if found is not None:
-                        event_s[row, view] = found
-        expired = (columns.ttl_s > 0) & (event_s < self._wall_clock() - columns.ttl_s)
+        now_s = self._wall_clock()
+        expired = np.zeros((len(replies), len(columns.ttl_s)), bool)
+        for view, ttl_s in enumerate(columns.ttl_s):
+            if ttl_s <= 0:
+                continue
+            cutoff_s = now_s - ttl_s
+            cells = [reply[width + view] if isinstance(reply, list) else None for reply in replies]
+            seconds = whole_seconds(cells)
+            expired[:, view] = seconds + 1 <= cutoff_s  # stale whatever its nanos
+            # Absent, unusual, or within the cutoff's second: decoded one by one.
+            for row in np.flatnonzero(np.isnan(seconds) | (seconds < cutoff_s) & ~expired[:, view]):
+                try:
+                    event_s = decode_timestamp_s(cells[row])
+                except (ValueError, IndexError):
+                    event_s = None  # judged by its values alone
+                expired[row, view] = event_s is not None and event_s < cutoff_s
         return expired[:, columns.view_of]
 
 
@@ -161,25 +168,10 @@ def _decode_values(
     """Values [m, k] float32 (defaults where absent), which cells were present [m, k], and
     the count of values that are not numbers (served as defaults)."""
     width = part.width
-    if columns.all_float and all(isinstance(reply, list) for reply in replies):
-        cells = list(chain.from_iterable(reply[:width] for reply in replies))
-        flat = decode_float_values(cells)
+    if columns.all_float:
+        # A None reply (or an error one) raises TypeError: decoded one by one below.
+        cells = chain.from_iterable(reply[:width] for reply in replies)
+        flat = decode_float_values(cells, len(replies) * width)
         if flat is not None:
             return flat.reshape(len(replies), width), np.ones((len(replies), width), bool), 0
-    values = np.tile(part.defaults, (len(replies), 1))
-    present = np.zeros((len(replies), width), bool)
-    invalid = 0
-    for row, reply in enumerate(replies):
-        if not isinstance(reply, list):  # WRONGTYPE: not Feast's hash
-            continue
-        for column in range(width):
-            raw = reply[column]
-            try:
-                value = None if raw is None else decode_value(raw)
-            except ValueError:
-                invalid += 1
-                continue
-            if value is not None:  # None: absent, or Feast's null value
-                values[row, column] = value
-                present[row, column] = True
-    return values, present, invalid
+    return decode_cells_one_by_one(replies, part, decode_value)
