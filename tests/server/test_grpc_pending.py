@@ -113,6 +113,17 @@ def test_bad_interval_is_refused() -> None:
         PendingWaitEstimator(lambda: 0, sample_interval_s=0)
 
 
+def test_sampling_slows_while_nothing_waits_and_the_loop_is_free() -> None:
+    arrivals = _Arrivals()
+    estimator = PendingWaitEstimator(arrivals.count, sample_interval_s=0.02, clock=arrivals.clock)
+    estimator.sample()
+    assert estimator.next_interval_s(loop_was_free=True) == pytest.approx(0.08)
+    assert estimator.next_interval_s(loop_was_free=False) == 0.02  # a busy loop
+    arrivals.started = 3  # three calls arrived, none picked up yet
+    estimator.sample(loop_was_free=True)
+    assert estimator.next_interval_s(loop_was_free=True) == 0.02
+
+
 def test_the_sampling_interval_is_a_twentieth_of_the_bound_within_limits() -> None:
     assert sample_interval_for(0.5) == pytest.approx(0.025)  # the default bound
     assert sample_interval_for(0.05) == 0.01  # never more often than every 10 ms
