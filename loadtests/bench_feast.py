@@ -137,6 +137,8 @@ def time_recommend(
 ) -> list[float]:
     config = gateway_config(ensure_built(), features_section(repo))
     config["recommend"] = {"max_candidates": max(len(items), 50)}
+    # As the demo config runs it: ONNX Runtime's own thread pool only contends for the cores.
+    config["models"][0]["runtime_options"] = {"intra_op_threads": 1}
     gateway = start_gateway(config, workdir)
     try:
         with grpc.insecure_channel(gateway.grpc_url) as channel:
