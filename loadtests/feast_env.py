@@ -22,6 +22,7 @@ from typing import Any
 import pytest
 
 from loadtests.gateway_process import REPO_ROOT
+from loadtests.side_venv import SideVenvError, make_side_venv
 
 ENV_SCRIPT = REPO_ROOT / "scripts" / "feast_env.sh"
 # The first run installs about 400 MB of wheels; feast commands take 30 to 60 s on 2 cores.
@@ -37,25 +38,9 @@ class FeastSetupError(RuntimeError):
 def ensure_feast_env() -> Path:
     """The python of .venv-feast, creating the venv first when needed (once per process)."""
     try:
-        result = subprocess.run(
-            ["bash", str(ENV_SCRIPT)],
-            cwd=REPO_ROOT,
-            capture_output=True,
-            text=True,
-            timeout=ENV_SETUP_TIMEOUT_S,
-            check=False,
-        )
-    except subprocess.TimeoutExpired as error:
-        raise FeastSetupError(
-            f"{ENV_SCRIPT} did not finish in {ENV_SETUP_TIMEOUT_S:.0f} s"
-        ) from error
-    python = Path(result.stdout.strip().splitlines()[-1]) if result.stdout.strip() else None
-    if result.returncode != 0 or python is None or not python.is_file():
-        raise FeastSetupError(
-            f"{ENV_SCRIPT} failed (exit {result.returncode}); it needs PyPI access the first "
-            f"time.\nstderr (last 4000 chars):\n{result.stderr[-4000:]}"
-        )
-    return python
+        return make_side_venv(ENV_SCRIPT, ENV_SETUP_TIMEOUT_S)
+    except SideVenvError as error:
+        raise FeastSetupError(str(error)) from None
 
 
 def feast_python_or_skip() -> Path:

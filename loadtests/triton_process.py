@@ -25,6 +25,7 @@ from pathlib import Path
 
 from loadtests.certificates import CertFiles
 from loadtests.gateway_process import REPO_ROOT, free_port, http_ok
+from loadtests.side_venv import SideVenvError, make_side_venv
 
 ENV_SCRIPT = REPO_ROOT / "scripts" / "triton_env.sh"
 SERVER_SCRIPT = Path(__file__).resolve().parent / "pytriton_server.py"
@@ -43,25 +44,9 @@ class TritonSetupError(RuntimeError):
 def ensure_triton_env() -> Path:
     """The python of .venv-triton, creating the venv first when needed (once per process)."""
     try:
-        result = subprocess.run(
-            ["bash", str(ENV_SCRIPT)],
-            cwd=REPO_ROOT,
-            capture_output=True,
-            text=True,
-            timeout=ENV_SETUP_TIMEOUT_S,
-            check=False,
-        )
-    except subprocess.TimeoutExpired as error:
-        raise TritonSetupError(
-            f"{ENV_SCRIPT} did not finish in {ENV_SETUP_TIMEOUT_S:.0f} s"
-        ) from error
-    python = Path(result.stdout.strip().splitlines()[-1]) if result.stdout.strip() else None
-    if result.returncode != 0 or python is None or not python.is_file():
-        raise TritonSetupError(
-            f"{ENV_SCRIPT} failed (exit {result.returncode}); it needs PyPI access the first "
-            f"time.\nstdout:\n{result.stdout}\nstderr (last 4000 chars):\n{result.stderr[-4000:]}"
-        )
-    return python
+        return make_side_venv(ENV_SCRIPT, ENV_SETUP_TIMEOUT_S)
+    except SideVenvError as error:
+        raise TritonSetupError(str(error)) from None
 
 
 @dataclass(frozen=True)
