@@ -35,7 +35,7 @@ import uvloop
 
 from loadtests.feast_env import ensure_feast_env, feast, materialize, run_feast_json
 from loadtests.gateway_process import REPO_ROOT, free_port, start_gateway
-from loadtests.latency import percentiles_us
+from loadtests.latency import percentiles_us, time_async_calls, time_calls
 from loadtests.recommend_setup import SHARED_REDIS_URL, gateway_config
 from switchyard.demo.build_model import ensure_built
 from switchyard.demo.feast_repo import RANKER_ROW, write_feast_repo
@@ -76,13 +76,9 @@ async def time_reader(repo: Path, items: list[str], requests: int, warmup: int) 
     config = parse_features(features_section(repo), repo, "bench")
     layout = FeatureDefinitions.from_config(config).layout("ranker")
     store = FeastFeatureStore(config.store)  # type: ignore[arg-type]  # kind: feast
-    for _ in range(warmup):
-        await store.fetch(layout, {"user": "u42"}, items)
-    samples = []
-    for _ in range(requests):
-        started = time.perf_counter()
-        await store.fetch(layout, {"user": "u42"}, items)
-        samples.append(time.perf_counter() - started)
+    samples = await time_async_calls(
+        lambda: store.fetch(layout, {"user": "u42"}, items), requests, warmup
+    )
     await store.close()
     return samples
 
@@ -119,14 +115,7 @@ def time_feast_serve(repo: Path, items: list[str], requests: int, warmup: int) -
                 if time.monotonic() > deadline or process.poll() is not None:
                     raise RuntimeError("feast serve did not answer") from None
                 time.sleep(0.5)
-        for _ in range(warmup):
-            call()
-        samples = []
-        for _ in range(requests):
-            started = time.perf_counter()
-            call()
-            samples.append(time.perf_counter() - started)
-        return samples
+        return time_calls(call, requests, warmup)
     finally:
         process.terminate()
         process.wait(timeout=30)
@@ -146,13 +135,8 @@ def time_recommend(
             request = pb.RecommendRequest(
                 endpoint="ranker", user_id="u42", candidate_ids=items, k=10
             )
-            for _ in range(warmup):
-                recommend(request, timeout=30)
-            samples = []
-            for _ in range(requests):
-                started = time.perf_counter()
-                response = recommend(request, timeout=30)
-                samples.append(time.perf_counter() - started)
+            samples = time_calls(lambda: recommend(request, timeout=30), requests, warmup)
+            response = recommend(request, timeout=30)
             assert len(response.items) == 10 and not response.features_degraded
             return samples
     finally:

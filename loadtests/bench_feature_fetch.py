@@ -18,7 +18,6 @@ Run: `.venv/bin/python -m loadtests.bench_feature_fetch [--items 100] [--request
 from __future__ import annotations
 
 import argparse
-import time
 import uuid
 from collections.abc import Awaitable, Callable, Mapping
 
@@ -29,7 +28,7 @@ import uvloop
 import yaml
 from redis.typing import EncodableT, FieldT
 
-from loadtests.latency import percentiles_us
+from loadtests.latency import percentiles_us, time_async_calls
 from switchyard.demo.paths import DEMO_CONFIG_PATH as DEMO_FEATURES_PATH
 from switchyard.server.features.config import FeaturesConfig, RedisStoreConfig
 from switchyard.server.features.definitions import (
@@ -42,19 +41,6 @@ from switchyard.server.features.definitions import (
 from switchyard.server.features.memory_store import MemoryFeatureStore
 from switchyard.server.features.redis_store import RedisFeatureStore, decode_hmget_replies
 from switchyard.server.features.store import FeatureStore
-
-
-async def time_calls(
-    call: Callable[[], Awaitable[object]], requests: int, warmup: int
-) -> list[float]:
-    for _ in range(warmup):
-        await call()
-    samples = []
-    for _ in range(requests):
-        started = time.perf_counter()
-        await call()
-        samples.append(time.perf_counter() - started)
-    return samples
 
 
 def demo_definitions(prefix: str) -> FeatureDefinitions:
@@ -138,7 +124,7 @@ async def main(args: argparse.Namespace) -> None:
         print(f"1 user + {args.items} items, {args.requests} sequential fetches, loopback Redis")
         print(f"{'':28}{'p50 us':>10}{'p90 us':>10}{'p99 us':>10}")
         for name, call in cases.items():
-            stats = percentiles_us(await time_calls(call, args.requests, args.warmup))
+            stats = percentiles_us(await time_async_calls(call, args.requests, args.warmup))
             print(f"{name:28}{stats['p50']:10.0f}{stats['p90']:10.0f}{stats['p99']:10.0f}")
     finally:
         for feature_store in (store, cached, memory):

@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import argparse
 import tempfile
-import time
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -21,19 +19,8 @@ import tritonclient.grpc as triton_grpc
 import tritonclient.http as triton_http
 
 from loadtests.gateway_process import demo_model_config, start_gateway
-from loadtests.latency import percentiles_us
+from loadtests.latency import percentiles_us, time_calls
 from switchyard.demo.build_model import ensure_built
-
-
-def time_calls(call: Callable[[], object], requests: int, warmup: int) -> list[float]:
-    for _ in range(warmup):
-        call()
-    samples = []
-    for _ in range(requests):
-        started = time.perf_counter()
-        call()
-        samples.append(time.perf_counter() - started)
-    return samples
 
 
 def main() -> None:

@@ -4,7 +4,8 @@ across client processes."""
 from __future__ import annotations
 
 import statistics
-from collections.abc import Sequence
+import time
+from collections.abc import Awaitable, Callable, Sequence
 
 from hdrh.histogram import HdrHistogram
 
@@ -71,3 +72,29 @@ class LatencyHistogram:
             "mean_ms": self._hist.get_mean_value() / 1e3,
             "max_ms": self._hist.get_max_value() / 1e3,
         }
+
+
+def time_calls(call: Callable[[], object], requests: int, warmup: int) -> list[float]:
+    """Seconds each of `requests` calls took, one after another, after `warmup` untimed."""
+    for _ in range(warmup):
+        call()
+    samples = []
+    for _ in range(requests):
+        started = time.perf_counter()
+        call()
+        samples.append(time.perf_counter() - started)
+    return samples
+
+
+async def time_async_calls(
+    call: Callable[[], Awaitable[object]], requests: int, warmup: int
+) -> list[float]:
+    """time_calls for a coroutine function."""
+    for _ in range(warmup):
+        await call()
+    samples = []
+    for _ in range(requests):
+        started = time.perf_counter()
+        await call()
+        samples.append(time.perf_counter() - started)
+    return samples

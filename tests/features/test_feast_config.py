@@ -250,9 +250,13 @@ def test_repo_settings_switchyard_cannot_follow_are_errors(
 
 
 @pytest.fixture
-def client() -> Iterator[redis.Redis]:
+def client(project: str) -> Iterator[redis.Redis]:
+    """The test Redis; the project's keys are deleted after the test."""
     connection = redis.Redis.from_url(SHARED_REDIS_URL)
     yield connection
+    keys = list(connection.scan_iter(match=f"*{project}", count=1000))
+    if keys:
+        connection.delete(*keys)
     connection.close()
 
 
@@ -306,28 +310,23 @@ def test_store_reads_feasts_layout_with_defaults_and_ttl(
                 timestamp_field("item_stats"): fresh,
             },
         )
-    try:
-        config = parse_features(features_raw(registry, project), tmp_path, "test.yaml")
-        layout = FeatureDefinitions.from_config(config).layout("ranker")
-        store = FeastFeatureStore(config.store)  # type: ignore[arg-type]
+    config = parse_features(features_raw(registry, project), tmp_path, "test.yaml")
+    layout = FeatureDefinitions.from_config(config).layout("ranker")
+    store = FeastFeatureStore(config.store)  # type: ignore[arg-type]
 
-        async def scenario() -> None:
-            batch = await store.fetch(layout, {"user": "u1"}, ["i1", "nope", "i2"])
-            expected = [[1.5, -3, 1, 4.25], [1.5, -3, 1, -1.0], [1.5, -3, 1, 8.5]]
-            np.testing.assert_array_equal(batch.matrix, np.array(expected, np.float32))
-            assert (batch.missing_entities, batch.missing_fields) == (1, 0)
-            # Stale: every user field is its default, the user counts as missing.
-            batch = await store.fetch(layout, {"user": "old"}, ["i1"])
-            np.testing.assert_array_equal(batch.matrix, np.array([[2.5, 0, 0, 4.25]], np.float32))
-            assert batch.missing_entities == 1
-            assert store.stats.stale_values == 1  # only activity was present
-            await store.close()
+    async def scenario() -> None:
+        batch = await store.fetch(layout, {"user": "u1"}, ["i1", "nope", "i2"])
+        expected = [[1.5, -3, 1, 4.25], [1.5, -3, 1, -1.0], [1.5, -3, 1, 8.5]]
+        np.testing.assert_array_equal(batch.matrix, np.array(expected, np.float32))
+        assert (batch.missing_entities, batch.missing_fields) == (1, 0)
+        # Stale: every user field is its default, the user counts as missing.
+        batch = await store.fetch(layout, {"user": "old"}, ["i1"])
+        np.testing.assert_array_equal(batch.matrix, np.array([[2.5, 0, 0, 4.25]], np.float32))
+        assert batch.missing_entities == 1
+        assert store.stats.stale_values == 1  # only activity was present
+        await store.close()
 
-        asyncio.run(scenario())
-    finally:
-        keys = list(client.scan_iter(match=f"*{project}", count=1000))
-        if keys:
-            client.delete(*keys)
+    asyncio.run(scenario())
 
 
 def test_one_fetch_of_float_features_with_stale_null_absent_and_wrongtype_entities(
@@ -368,30 +367,25 @@ def test_one_fetch_of_float_features_with_stale_null_absent_and_wrongtype_entiti
         "defaults": {"item_stats.a": -1.0, "item_stats.b": -2.0},
     }
     raw["store"]["url"] = SHARED_REDIS_URL  # type: ignore[index]
-    try:
-        config = parse_features(raw, tmp_path, "test.yaml")
-        layout = FeatureDefinitions.from_config(config).layout("m")
-        store = FeastFeatureStore(config.store)  # type: ignore[arg-type]
-        ids = ["fresh", "stale", "null_b", "absent", "no_ts", "wrongtype"]
+    config = parse_features(raw, tmp_path, "test.yaml")
+    layout = FeatureDefinitions.from_config(config).layout("m")
+    store = FeastFeatureStore(config.store)  # type: ignore[arg-type]
+    ids = ["fresh", "stale", "null_b", "absent", "no_ts", "wrongtype"]
 
-        async def scenario() -> None:
-            batch = await store.fetch(layout, {}, ids)
-            expected = [[1, 2], [-1, -2], [5, -2], [-1, -2], [7, 8], [-1, -2]]
-            np.testing.assert_array_equal(batch.matrix, np.array(expected, np.float32))
-            # stale, absent and wrongtype are missing entities; null_b a missing field.
-            assert (batch.missing_entities, batch.missing_fields) == (3, 1)
-            assert store.stats.stale_values == 2
-            # Every entity fresh: the one-pass path, the same answer.
-            batch = await store.fetch(layout, {}, ["fresh", "no_ts"])
-            np.testing.assert_array_equal(batch.matrix, np.array([[1, 2], [7, 8]], np.float32))
-            assert (batch.missing_entities, batch.missing_fields) == (0, 0)
-            await store.close()
+    async def scenario() -> None:
+        batch = await store.fetch(layout, {}, ids)
+        expected = [[1, 2], [-1, -2], [5, -2], [-1, -2], [7, 8], [-1, -2]]
+        np.testing.assert_array_equal(batch.matrix, np.array(expected, np.float32))
+        # stale, absent and wrongtype are missing entities; null_b a missing field.
+        assert (batch.missing_entities, batch.missing_fields) == (3, 1)
+        assert store.stats.stale_values == 2
+        # Every entity fresh: the one-pass path, the same answer.
+        batch = await store.fetch(layout, {}, ["fresh", "no_ts"])
+        np.testing.assert_array_equal(batch.matrix, np.array([[1, 2], [7, 8]], np.float32))
+        assert (batch.missing_entities, batch.missing_fields) == (0, 0)
+        await store.close()
 
-        asyncio.run(scenario())
-    finally:
-        keys = list(client.scan_iter(match=f"*{project}", count=1000))
-        if keys:
-            client.delete(*keys)
+    asyncio.run(scenario())
 
 
 def test_unreachable_redis_fails_or_degrades(registry: Path, project: str, tmp_path: Path) -> None:
