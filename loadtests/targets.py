@@ -191,9 +191,15 @@ def start_echo(model_path: Path, workdir: Path) -> Server:
     return _spawn("echo", command, workdir, port, None)
 
 
-def start_standalone(model_path: Path, workdir: Path, workers: int | str = 1) -> Server:
+def start_standalone(
+    model_path: Path,
+    workdir: Path,
+    workers: int | str = 1,
+    command: list[str] | None = None,
+) -> Server:
     """`switchyard serve` on the demo; `workers` > 1 (or auto) shares the routing state in a
-    Redis control store on the local Redis, under a prefix of its own."""
+    Redis control store on the local Redis, under a prefix of its own. `command`: how to run
+    `switchyard` instead (start_gateway's)."""
     started_s = time.monotonic()
     config = demo_serving_config(model_path)
     if workers != 1:
@@ -201,7 +207,7 @@ def start_standalone(model_path: Path, workdir: Path, workers: int | str = 1) ->
         prefix = f"switchyard-compare:{uuid.uuid4().hex[:8]}:"
         config["control"] = {"store": "redis", "url": LOCAL_REDIS_URL, "prefix": prefix}
     try:
-        gateway = start_gateway(config, workdir)
+        gateway = start_gateway(config, workdir, command=command)
     except RuntimeError as exc:
         raise TargetUnavailable(str(exc)[-LOG_TAIL_CHARS:]) from exc
     try:
