@@ -7,11 +7,14 @@ processes) and one caller back to back, against:
   echo        loadtests/echo_server.py: the ceiling of a Python gRPC front end here
   shell       Switchyard standalone whose ModelInfer answers as the echo server does
               (loadtests/front_end_shell.py): the gateway without its inference path
+  model       the same shell whose ModelInfer runs the model with ONNX Runtime and answers,
+              nothing else: the floor of any Python handler that runs the model
   standalone  Switchyard standalone as it serves (the demo config, as in loadtests.compare)
 
 and, in this process without gRPC, the CPU one ModelInfer costs through the servicer
 (decode, route, batch, ONNX Runtime, metrics, drift, encode), one call at a time: the
-handler's own cost. The standalone's gap to echo is the shell's share plus the handler's.
+handler's own cost. The standalone's gap to echo is the shell's share plus the handler's;
+`model` says how much of the handler's no Python gateway can avoid.
 
 Run: `.venv/bin/python -m loadtests.bench_front_end [--rounds 5] [--duration-s 4]`
 """
@@ -41,6 +44,7 @@ from switchyard.server.app import StandaloneServer
 from switchyard.server.config import parse_config
 
 SHELL_COMMAND = [sys.executable, "-m", "loadtests.front_end_shell"]
+SERVERS = ("echo", "shell", "model", "standalone")
 CLOSED_CALLERS = 64
 SEQUENTIAL_DURATION_S = 2.0
 IN_PROCESS_REPEATS = 9  # timed slices; the spread says how noisy the machine was
@@ -101,24 +105,23 @@ async def handler_cpu_us(model_path: Path, calls: int) -> list[float]:
 def start(name: str, model_path: Path, workdir: Path) -> targets.Server:
     if name == "echo":
         return targets.start_echo(model_path, workdir)
-    return targets.start_standalone(
-        model_path, workdir / name, command=SHELL_COMMAND if name == "shell" else None
-    )
+    answer = {"shell": "echo", "model": "model"}.get(name)
+    command = None if answer is None else [*SHELL_COMMAND, answer]
+    return targets.start_standalone(model_path, workdir / name, command=command)
 
 
 def measure(rounds: int, duration_s: float, model_path: Path) -> dict[str, dict[str, list[float]]]:
     """Per server, per round: closed-loop req/s, server CPU us a request, sequential p50 ms."""
-    names = ("echo", "shell", "standalone")
     figures: dict[str, dict[str, list[float]]] = {
-        name: {"closed_per_s": [], "server_us": [], "sequential_p50_ms": []} for name in names
+        name: {"closed_per_s": [], "server_us": [], "sequential_p50_ms": []} for name in SERVERS
     }
     with tempfile.TemporaryDirectory() as folder:
         workdir = Path(folder)
-        for name in names:
+        for name in SERVERS:
             (workdir / name).mkdir()
         servers: dict[str, targets.Server] = {}
         try:
-            for name in names:
+            for name in SERVERS:
                 servers[name] = start(name, model_path, workdir)
             with LoadGenerator(2, progress=False) as generator:
                 for round_index in range(rounds):
@@ -161,7 +164,7 @@ def report(figures: dict[str, dict[str, list[float]]], handler_us: list[float]) 
             f"{statistics.median(ratios):.2f}x ({', '.join(f'{r:.2f}' for r in ratios)})",
             num(statistics.median(served["server_us"]), 0),
             num(statistics.median(served["sequential_p50_ms"]), 2),
-            f"+{statistics.median(over_ms):.2f}",
+            f"{statistics.median(over_ms):+.2f}",
         ])  # fmt: skip
     headers = ["server", f"closed loop ({CLOSED_CALLERS} callers) req/s",
                "x echo, median (rounds)", "server CPU us/req", "sequential p50 ms",

@@ -13,7 +13,7 @@ import pytest
 from loadtests import bench_front_end
 
 
-def test_front_end_bench_reports_echo_shell_and_standalone(
+def test_front_end_bench_reports_every_server(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     argv = ["--rounds", "1", "--duration-s", "0.3", "--in-process-calls", "300"]
@@ -26,7 +26,7 @@ def test_front_end_bench_reports_echo_shell_and_standalone(
         if line.startswith("| ") and not line.startswith("| server")
         for cells in [line.split("|")]
     }
-    assert set(rows) == {"echo", "shell", "standalone"}
+    assert set(rows) == {"echo", "shell", "model", "standalone"}
     assert rows["echo"][3].strip().startswith("1.00x")
     for cells in rows.values():
         assert float(cells[2].replace(",", "")) > 0  # closed-loop req/s
