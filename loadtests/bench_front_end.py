@@ -28,9 +28,7 @@ import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import NoReturn
 
-import grpc
 import numpy as np
 import uvloop
 
@@ -38,6 +36,7 @@ from loadtests import targets
 from loadtests.clients import RequestSpec
 from loadtests.loadgen import LoadGenerator, LoadSpec
 from loadtests.report import markdown_table, num
+from loadtests.tracing_overhead import InProcessContext
 from switchyard.demo.build_model import ensure_built
 from switchyard.protos import open_inference_pb2 as pb
 from switchyard.server.app import StandaloneServer
@@ -48,22 +47,6 @@ SERVERS = ("echo", "shell", "model", "standalone")
 CLOSED_CALLERS = 64
 SEQUENTIAL_DURATION_S = 2.0
 IN_PROCESS_REPEATS = 9  # timed slices; the spread says how noisy the machine was
-
-
-class _Context:
-    """The servicer's view of a call (CallContext), with nothing the call did not send."""
-
-    def invocation_metadata(self) -> Sequence[tuple[str, str | bytes]]:
-        return ()
-
-    def time_remaining(self) -> float | None:
-        return None
-
-    def set_trailing_metadata(self, metadata: Sequence[tuple[str, str]]) -> None:
-        pass
-
-    async def abort(self, code: grpc.StatusCode, details: str = "") -> NoReturn:
-        raise RuntimeError(f"ModelInfer failed: {code.name} {details}")
 
 
 def infer_request_bytes(rows: int = 1) -> bytes:
@@ -82,7 +65,7 @@ async def handler_cpu_us(model_path: Path, calls: int) -> list[float]:
     await server.core.start()
     try:
         infer = server.core.oip_servicer().ModelInfer
-        wire, context = infer_request_bytes(), _Context()
+        wire, context = infer_request_bytes(), InProcessContext(())
 
         async def call() -> None:
             answer = await infer(pb.ModelInferRequest.FromString(wire), context)
