@@ -54,6 +54,31 @@ def write_registry(path: Path, project: str, *, ttl_s: int = 3600) -> Path:
     return path
 
 
+def write_one_view_registry(
+    path: Path,
+    project: str,
+    entity: tuple[str, str, T.Enum],
+    view_name: str,
+    features: dict[str, T.Enum],
+    *,
+    ttl_s: int = 0,
+) -> Path:
+    """A registry of one entity (name, join key, value type) and one online view on it."""
+    registry = feast_core_pb2.Registry()
+    spec = registry.entities.add().spec
+    spec.name, spec.join_key, spec.value_type = entity
+    spec.project = project
+    view = registry.feature_views.add()
+    view.spec.name, view.spec.project, view.spec.online = view_name, project, True
+    view.spec.entities.append(entity[0])
+    view.spec.ttl.seconds = ttl_s
+    for name, value_type in features.items():
+        feature = view.spec.features.add()
+        feature.name, feature.value_type = name, value_type
+    path.write_bytes(registry.SerializeToString())
+    return path
+
+
 def features_raw(registry: Path, project: str, **extra: Any) -> dict[str, Any]:
     raw: dict[str, Any] = {
         "store": {
@@ -333,19 +358,14 @@ def test_one_fetch_of_float_features_with_stale_null_absent_and_wrongtype_entiti
     project: str, tmp_path: Path, client: redis.Redis
 ) -> None:
     """The all-FLOAT fast path gives way, row by row, to every case that needs it."""
-    path = tmp_path / "registry.db"
-    registry = feast_core_pb2.Registry()
-    entity = registry.entities.add()
-    entity.spec.name, entity.spec.join_key, entity.spec.project = "item", "item_id", project
-    entity.spec.value_type = T.STRING
-    view = registry.feature_views.add()
-    view.spec.name, view.spec.project, view.spec.online = "item_stats", project, True
-    view.spec.entities.append("item")
-    view.spec.ttl.seconds = 3600
-    for name in ("a", "b"):
-        feature = view.spec.features.add()
-        feature.name, feature.value_type = name, T.FLOAT
-    path.write_bytes(registry.SerializeToString())
+    path = write_one_view_registry(
+        tmp_path / "registry.db",
+        project,
+        ("item", "item_id", T.STRING),
+        "item_stats",
+        {"a": T.FLOAT, "b": T.FLOAT},
+        ttl_s=3600,
+    )
     now = time.time()
 
     def put(item: str, a: bytes | None, b: bytes | None, ts: bytes | None) -> None:
@@ -405,17 +425,9 @@ def test_unreachable_redis_fails_or_degrades(registry: Path, project: str, tmp_p
 
 
 def test_ids_of_the_wrong_type_are_invalid_arguments(tmp_path: Path, project: str) -> None:
-    registry = feast_core_pb2.Registry()
-    entity = registry.entities.add()
-    entity.spec.name, entity.spec.join_key, entity.spec.project = "user", "user_id", project
-    entity.spec.value_type = T.INT64
-    view = registry.feature_views.add()
-    view.spec.name, view.spec.project, view.spec.online = "u", project, True
-    view.spec.entities.append("user")
-    feature = view.spec.features.add()
-    feature.name, feature.value_type = "a", T.FLOAT
-    path = tmp_path / "registry.db"
-    path.write_bytes(registry.SerializeToString())
+    path = write_one_view_registry(
+        tmp_path / "registry.db", project, ("user", "user_id", T.INT64), "u", {"a": T.FLOAT}
+    )
     raw = {
         "store": {
             "kind": "feast",
