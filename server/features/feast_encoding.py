@@ -56,7 +56,6 @@ _INT64 = struct.Struct("<q")
 _INT32 = struct.Struct("<i")
 _DECIMAL = re.compile(r"-?[0-9]+")
 _SIX_ZEROS = bytes(6)  # not the usual Timestamp shape (no 0x08 tag): NaN in whole_seconds
-# A short cell is padded with 0x80: its sixth byte, a continuation byte, is not the usual shape.
 
 
 def murmur3_32(data: bytes, seed: int = 0) -> int:
@@ -197,7 +196,9 @@ def whole_seconds(cells: Sequence[bytes | None]) -> np.ndarray:
     where a cell is absent or not in the usual shape (decode those with decode_timestamp_s).
     The nanos are dropped: the time is at most a second later than this."""
     joined = b"".join(_SIX_ZEROS if cell is None else cell[:6] for cell in cells)
-    if len(joined) != 6 * len(cells):  # a cell shorter than the usual shape: padded
+    if len(joined) != 6 * len(cells):
+        # A cell shorter than the usual shape: padded with 0x80, whose sixth byte (a varint
+        # continuation byte) makes it unusual, so it is decoded one by one.
         joined = b"".join(
             _SIX_ZEROS if cell is None else cell[:6].ljust(6, b"\x80") for cell in cells
         )
